@@ -1,0 +1,1 @@
+//! Test support: the lab, the k3s stand-in, and helpers for end-to-end tests.

@@ -1,0 +1,1 @@
+//! The artifacts the installer carries: see `assets/` (the lock file and the embedding crate).
