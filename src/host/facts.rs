@@ -209,7 +209,8 @@ impl Facts {
 
     /// Whether k3s (server or agent) is running.
     pub fn k3s_running(&self) -> bool {
-        self.k3s_unit.as_deref() == Some("active") || self.k3s_agent_unit.as_deref() == Some("active")
+        self.k3s_unit.as_deref() == Some("active")
+            || self.k3s_agent_unit.as_deref() == Some("active")
     }
 }
 
@@ -223,7 +224,9 @@ fn is_link_local(ip: &IpAddr) -> bool {
 /// Why facts could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FactsError {
-    #[error("the facts script did not finish (no `gather=done` line); the host may lack /bin/sh or a basic command")]
+    #[error(
+        "the facts script did not finish (no `gather=done` line); the host may lack /bin/sh or a basic command"
+    )]
     Incomplete,
     #[error("{key}: cannot read {value:?}")]
     Bad { key: String, value: String },
@@ -349,7 +352,12 @@ pub fn parse(output: &str) -> Result<Facts, FactsError> {
             })
             .collect()
     };
-    let nonempty = |k: &str| single.get(k).filter(|v| !v.is_empty()).map(|v| v.to_string());
+    let nonempty = |k: &str| {
+        single
+            .get(k)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.to_string())
+    };
 
     Ok(Facts {
         os_id: get("os_id"),
@@ -481,7 +489,9 @@ gather=done
         assert_eq!(f.k3s_sha256, None);
         assert!(!f.k3s_running());
         assert_eq!(
-            f.file_sha256.get("/etc/rancher/k3s/config.yaml").map(String::as_str),
+            f.file_sha256
+                .get("/etc/rancher/k3s/config.yaml")
+                .map(String::as_str),
             Some("abc")
         );
     }
