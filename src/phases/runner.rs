@@ -240,25 +240,25 @@ impl Runner {
         });
         let cancel = self.cancel.clone();
         let step = &step;
-        let results: Vec<(usize, Result<(StepOk, T), StepError>)> =
-            futures::stream::iter(hosts.iter().cloned().enumerate())
-                .map(|(i, host)| {
-                    let cancel = cancel.clone();
-                    async move {
-                        if cancel.is_cancelled() {
-                            return (i, Err(StepError::interrupted()));
-                        }
-                        let r = tokio::select! {
-                            biased;
-                            _ = cancel.cancelled() => Err(StepError::interrupted()),
-                            r = step(host) => r,
-                        };
-                        (i, r)
+        type Indexed<T> = (usize, Result<(StepOk, T), StepError>);
+        let results: Vec<Indexed<T>> = futures::stream::iter(hosts.iter().cloned().enumerate())
+            .map(|(i, host)| {
+                let cancel = cancel.clone();
+                async move {
+                    if cancel.is_cancelled() {
+                        return (i, Err(StepError::interrupted()));
                     }
-                })
-                .buffer_unordered(limit.max(1))
-                .collect()
-                .await;
+                    let r = tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => Err(StepError::interrupted()),
+                        r = step(host) => r,
+                    };
+                    (i, r)
+                }
+            })
+            .buffer_unordered(limit.max(1))
+            .collect()
+            .await;
         let mut ordered: Vec<Option<Result<(StepOk, T), StepError>>> =
             (0..hosts.len()).map(|_| None).collect();
         for (i, r) in results {
