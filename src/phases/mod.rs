@@ -3,6 +3,7 @@
 //! failure, events, timings and the [`journal`].
 
 pub mod journal;
+pub mod preflight;
 pub mod runner;
 
 pub use journal::Journal;
