@@ -4,6 +4,7 @@
 
 pub mod journal;
 pub mod preflight;
+pub mod reachability;
 pub mod runner;
 
 pub use journal::Journal;
