@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::secret::Secret;
 
 pub mod error;
+pub mod facts;
 pub mod fake;
 pub mod fanout;
 pub mod known_hosts;
