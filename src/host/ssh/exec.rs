@@ -602,7 +602,12 @@ async fn run_inner(
         }));
     }
     if phase == Phase::Pre {
-        return Err(RunError::Host(classify_pre(opts, &sudo_lines, &pre)));
+        return Err(RunError::Host(classify_pre(
+            opts,
+            &sudo_lines,
+            &pre,
+            &out.stdout_str(),
+        )));
     }
     if let Err(e) = writer_result {
         // The command finished but could not take all of its input: report it as the
@@ -633,10 +638,16 @@ fn pre_line(line: &str, pid: &mut Option<u32>, sudo_lines: &mut Vec<String>) {
 }
 
 /// The command never started: say why, from what sudo or the login shell printed.
-fn classify_pre(opts: &RunOpts, lines: &[String], rest: &str) -> HostError {
+fn classify_pre(opts: &RunOpts, lines: &[String], rest: &str, stdout: &str) -> HostError {
     let mut all: Vec<String> = lines.to_vec();
     if !rest.trim().is_empty() {
         all.push(rest.trim().to_owned());
+    }
+    // Some refusals go to stdout (nologin's "This account is currently not available.").
+    for l in crate::host::tail(stdout, 5).lines() {
+        if !l.trim().is_empty() {
+            all.push(l.trim().to_owned());
+        }
     }
     let text = all.join("\n");
     let host = opts.host.clone();
