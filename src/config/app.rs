@@ -95,10 +95,12 @@ impl ValueDecl {
     /// Checks one given value (interpolating `${VAR}` in text) and returns it typed.
     pub fn check(&self, raw: &serde_json::Value, env: &dyn Env) -> Result<AppValue, Problem> {
         let text = match raw {
-            serde_json::Value::String(s) => interpolate::interpolate(s, env).map_err(|e| match e {
-                InterpolateError::Unset(vars) => unset_problem(&vars),
-                InterpolateError::Malformed(m) => Problem::new(m),
-            })?,
+            serde_json::Value::String(s) => {
+                interpolate::interpolate(s, env).map_err(|e| match e {
+                    InterpolateError::Unset(vars) => unset_problem(&vars),
+                    InterpolateError::Malformed(m) => Problem::new(m),
+                })?
+            }
             serde_json::Value::Number(n) => n.to_string(),
             serde_json::Value::Bool(b) => b.to_string(),
             serde_json::Value::Null => {
@@ -310,7 +312,11 @@ impl Declaration {
         let mut seen = HashMap::new();
         let no_env = interpolate::MapEnv::default();
         for (i, v) in self.values.iter().enumerate() {
-            let ok_name = v.name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            let ok_name = v
+                .name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase())
                 && v.name.chars().all(|c| c.is_ascii_alphanumeric());
             if !ok_name {
                 problems.push(format!("values[{i}]: `{}` is not a camelCase name", v.name));
@@ -322,7 +328,10 @@ impl Declaration {
                 problems.push(format!("values[{i}] {}: no description", v.name));
             }
             if (v.min.is_some() || v.max.is_some()) && v.ty != ValueType::Int {
-                problems.push(format!("values[{i}] {}: min/max apply to type int only", v.name));
+                problems.push(format!(
+                    "values[{i}] {}: min/max apply to type int only",
+                    v.name
+                ));
             }
             if let (Some(lo), Some(hi)) = (v.min, v.max) {
                 if lo > hi {
@@ -330,7 +339,10 @@ impl Declaration {
                 }
             }
             if v.choices.is_some() && v.ty != ValueType::String {
-                problems.push(format!("values[{i}] {}: choices apply to type string only", v.name));
+                problems.push(format!(
+                    "values[{i}] {}: choices apply to type string only",
+                    v.name
+                ));
             }
             if let Some(d) = &v.default {
                 if v.is_secret() {
@@ -464,7 +476,10 @@ mod tests {
         assert!(d.get("gatewayPort").is_some());
         assert!(d.get("hostname").is_some());
         assert!(d.get("adminPassword").unwrap().is_secret());
-        assert_eq!(d.get("adminPassword").unwrap().env_var(), "APP_ADMIN_PASSWORD");
+        assert_eq!(
+            d.get("adminPassword").unwrap().env_var(),
+            "APP_ADMIN_PASSWORD"
+        );
     }
 
     #[test]
@@ -476,7 +491,8 @@ mod tests {
         assert!(all.contains("port 8080 is also"), "{all}");
         assert!(all.contains("secret must not have a default"), "{all}");
         assert!(all.contains("camelCase"), "{all}");
-        let unknown = "application: x\nvalues:\n  - {name: p, type: port, description: d, colour: red}\n";
+        let unknown =
+            "application: x\nvalues:\n  - {name: p, type: port, description: d, colour: red}\n";
         assert!(Declaration::parse(unknown).is_err());
     }
 
@@ -484,12 +500,20 @@ mod tests {
     fn values_are_typed_and_checked() {
         let d = Declaration::embedded().unwrap();
         let env = interpolate::MapEnv {
-            vars: [("PW".to_string(), "s3cret-value".to_string())].into_iter().collect(),
+            vars: [("PW".to_string(), "s3cret-value".to_string())]
+                .into_iter()
+                .collect(),
             fallback: None,
         };
         let port = d.get("gatewayPort").unwrap();
-        assert_eq!(port.check(&8443.into(), &env).unwrap(), AppValue::Port(8443));
-        assert_eq!(port.check(&"9443".into(), &env).unwrap(), AppValue::Port(9443));
+        assert_eq!(
+            port.check(&8443.into(), &env).unwrap(),
+            AppValue::Port(8443)
+        );
+        assert_eq!(
+            port.check(&"9443".into(), &env).unwrap(),
+            AppValue::Port(9443)
+        );
         assert!(port.check(&31000.into(), &env).is_err());
         assert!(port.check(&10250.into(), &env).is_err());
         assert!(port.check(&"x".into(), &env).is_err());

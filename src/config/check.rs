@@ -98,7 +98,9 @@ pub fn dns_name(s: &str) -> Result<String, Problem> {
     for label in name.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -175,9 +177,7 @@ pub fn host_key(s: &str) -> Result<String, Problem> {
     use base64::Engine;
     let hint = "copy it from `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on the host, for example SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
     let Some(b64) = s.strip_prefix("SHA256:") else {
-        return Err(
-            Problem::new("a host key fingerprint starts with `SHA256:`").hint(hint),
-        );
+        return Err(Problem::new("a host key fingerprint starts with `SHA256:`").hint(hint));
     };
     match base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64.trim_end_matches('=')) {
         Ok(bytes) if bytes.len() == 32 => Ok(format!("SHA256:{}", b64.trim_end_matches('='))),
@@ -204,8 +204,12 @@ pub fn reserved_port(port: u16) -> Option<&'static str> {
         10249 => "kube-proxy metrics on every node",
         10250 => "the kubelet API on every node",
         10256 => "kube-proxy health on every node",
-        10257..=10259 => "the controller manager, cloud controller and scheduler on servers (10257-10259)",
-        NODE_PORT_MIN..=NODE_PORT_MAX => "the Kubernetes NodePort range (30000-32767), which kube-proxy owns on every node",
+        10257..=10259 => {
+            "the controller manager, cloud controller and scheduler on servers (10257-10259)"
+        }
+        NODE_PORT_MIN..=NODE_PORT_MAX => {
+            "the Kubernetes NodePort range (30000-32767), which kube-proxy owns on every node"
+        }
         _ => return None,
     })
 }
@@ -217,7 +221,9 @@ pub const NODE_PORT_MAX: u16 = 32767;
 /// An application (host) port.
 pub fn app_port(port: i64) -> Result<u16, Problem> {
     let Ok(p) = u16::try_from(port) else {
-        return Err(Problem::new(format!("{port} is not a port number")).hint("a port is 1 to 65535"));
+        return Err(
+            Problem::new(format!("{port} is not a port number")).hint("a port is 1 to 65535")
+        );
     };
     if p == 0 {
         return Err(Problem::new("0 is not a port number").hint("a port is 1 to 65535"));
@@ -252,9 +258,18 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(address("10.0.0.1").unwrap(), Address::Ip("10.0.0.1".parse().unwrap()));
-        assert_eq!(address("fd00::1").unwrap(), Address::Ip("fd00::1".parse().unwrap()));
-        assert_eq!(address("[fd00::1]").unwrap(), Address::Ip("fd00::1".parse().unwrap()));
+        assert_eq!(
+            address("10.0.0.1").unwrap(),
+            Address::Ip("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            address("fd00::1").unwrap(),
+            Address::Ip("fd00::1".parse().unwrap())
+        );
+        assert_eq!(
+            address("[fd00::1]").unwrap(),
+            Address::Ip("fd00::1".parse().unwrap())
+        );
         assert_eq!(address("Node1.Example.").unwrap().key(), "node1.example");
         assert!(address("10.0.0.256").unwrap_err().message.contains("IPv4"));
         assert!(address("10.0.0.1:22").is_err());
@@ -286,7 +301,9 @@ mod tests {
         assert!(app_port(30000).unwrap_err().message.contains("NodePort"));
         assert!(app_port(32767).is_err());
         assert!(app_port(32768).is_ok());
-        for p in [6443, 6444, 2379, 2382, 10250, 10248, 10249, 10256, 10010, 10257, 10259] {
+        for p in [
+            6443, 6444, 2379, 2382, 10250, 10248, 10249, 10256, 10010, 10257, 10259,
+        ] {
             assert!(app_port(p).is_err(), "{p}");
         }
         assert!(app_port(0).is_err());

@@ -117,7 +117,9 @@ impl Diagnostics {
     }
 
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.items.iter().filter(|d| d.severity == Severity::Warning)
+        self.items
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
     }
 
     pub fn has_errors(&self) -> bool {
@@ -187,7 +189,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }
@@ -207,10 +211,24 @@ mod tests {
         let d = Diagnostics::new(
             "answers.yaml",
             vec![
-                Diagnostic::error(Loc { line: 12, column: 7 }, p.clone(), "duplicate")
-                    .with_hint("list each host once"),
+                Diagnostic::error(
+                    Loc {
+                        line: 12,
+                        column: 7,
+                    },
+                    p.clone(),
+                    "duplicate",
+                )
+                .with_hint("list each host once"),
                 Diagnostic::error(Loc { line: 3, column: 1 }, Path::parse("kind"), "wrong"),
-                Diagnostic::error(Loc { line: 12, column: 7 }, p, "duplicate"),
+                Diagnostic::error(
+                    Loc {
+                        line: 12,
+                        column: 7,
+                    },
+                    p,
+                    "duplicate",
+                ),
             ],
         );
         assert_eq!(

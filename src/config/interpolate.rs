@@ -113,9 +113,12 @@ mod tests {
 
     fn env() -> MapEnv<'static> {
         MapEnv {
-            vars: [("A".to_string(), "one".to_string()), ("B_2".into(), "two".into())]
-                .into_iter()
-                .collect(),
+            vars: [
+                ("A".to_string(), "one".to_string()),
+                ("B_2".into(), "two".into()),
+            ]
+            .into_iter()
+            .collect(),
             fallback: None,
         }
     }

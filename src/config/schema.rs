@@ -68,7 +68,11 @@ pub fn core_json(node: &Node) -> Value {
                 return Value::from(n);
             }
             if looks_like_float(text) {
-                if let Some(n) = text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+                if let Some(n) = text
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                {
                     return Value::Number(n);
                 }
             }
@@ -97,8 +101,9 @@ fn looks_like_float(text: &str) -> bool {
     let t = text.trim_start_matches(['+', '-']);
     !t.is_empty()
         && t.bytes().any(|b| b.is_ascii_digit())
-        && t.bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || b == b'-' || b == b'+')
+        && t.bytes().all(|b| {
+            b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || b == b'-' || b == b'+'
+        })
 }
 
 /// The path whose values the application declaration checks (not the schema walker), so
@@ -119,7 +124,9 @@ pub fn check(tree: &Node, schema: &Value) -> (Value, Vec<Diagnostic>) {
         root: schema,
         diags: Vec::new(),
     };
-    let v = w.walk(tree, schema, &Path::root(), None).unwrap_or(Value::Null);
+    let v = w
+        .walk(tree, schema, &Path::root(), None)
+        .unwrap_or(Value::Null);
     (v, w.diags)
 }
 
@@ -195,10 +202,7 @@ impl<'s> Walker<'s> {
         path: &Path,
         hint: Option<&'s str>,
     ) -> Option<Value> {
-        let hint = schema
-            .get("description")
-            .and_then(Value::as_str)
-            .or(hint);
+        let hint = schema.get("description").and_then(Value::as_str).or(hint);
         let schema = self.resolve(schema);
         let hint = hint.or(schema.get("description").and_then(Value::as_str));
 
@@ -220,7 +224,12 @@ impl<'s> Walker<'s> {
                 )),
                 _ if node.is_null() => Some(Value::Object(Map::new())),
                 _ => {
-                    self.error(node, path, format!("expected a mapping of values, found {}", found(node)), hint);
+                    self.error(
+                        node,
+                        path,
+                        format!("expected a mapping of values, found {}", found(node)),
+                        hint,
+                    );
                     None
                 }
             };
@@ -287,7 +296,10 @@ impl<'s> Walker<'s> {
         };
         if let Some(c) = schema.get("const") {
             if &value != c {
-                let want = c.as_str().map(str::to_owned).unwrap_or_else(|| c.to_string());
+                let want = c
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| c.to_string());
                 self.error(
                     node,
                     path,
@@ -331,7 +343,10 @@ impl<'s> Walker<'s> {
                     self.error(
                         node,
                         path,
-                        format!("{n} is out of range: expected {}", describe_type("integer", schema)),
+                        format!(
+                            "{n} is out of range: expected {}",
+                            describe_type("integer", schema)
+                        ),
                         hint,
                     );
                     return None;
@@ -380,11 +395,16 @@ impl<'s> Walker<'s> {
                         if known.is_empty() {
                             msg_hint.push_str("no fields are allowed here");
                         } else {
-                            msg_hint.push_str(&format!("the fields here are: {}", known.join(", ")));
+                            msg_hint
+                                .push_str(&format!("the fields here are: {}", known.join(", ")));
                         }
                         self.diags.push(
-                            Diagnostic::error(key.loc, child_path, format!("unknown field `{}`", key.text))
-                                .with_hint(msg_hint),
+                            Diagnostic::error(
+                                key.loc,
+                                child_path,
+                                format!("unknown field `{}`", key.text),
+                            )
+                            .with_hint(msg_hint),
                         );
                     }
                     Some(s @ Value::Object(_)) => {
@@ -450,7 +470,11 @@ impl<'s> Walker<'s> {
                 self.error(
                     node,
                     path,
-                    format!("expected one of {}, found {}", consts.join(", "), found(node)),
+                    format!(
+                        "expected one of {}, found {}",
+                        consts.join(", "),
+                        found(node)
+                    ),
                     Some(&choices),
                 );
             }
@@ -460,7 +484,9 @@ impl<'s> Walker<'s> {
         let tags: Vec<(&str, &'s Value)> = branches
             .iter()
             .filter_map(|b| {
-                let t = b.pointer("/properties/type/const").and_then(Value::as_str)?;
+                let t = b
+                    .pointer("/properties/type/const")
+                    .and_then(Value::as_str)?;
                 Some((t, b))
             })
             .collect();
@@ -469,7 +495,10 @@ impl<'s> Walker<'s> {
             self.error(
                 node,
                 path,
-                format!("expected a mapping with `type: {tag_list}`, found {}", found(node)),
+                format!(
+                    "expected a mapping with `type: {tag_list}`, found {}",
+                    found(node)
+                ),
                 hint,
             );
             return None;
@@ -557,7 +586,12 @@ mod tests {
                 "10:7 spec.hosts[0].address: missing field `address`",
             ]
         );
-        assert_eq!(d[5].hint.as_deref().map(|h| h.starts_with("did you mean `address`?")), Some(true));
+        assert_eq!(
+            d[5].hint
+                .as_deref()
+                .map(|h| h.starts_with("did you mean `address`?")),
+            Some(true)
+        );
         // The broken port is left out; the rest survives for semantic checks.
         assert!(v["spec"]["ssh"].get("port").is_none());
         assert_eq!(v["kind"], "Cluster");
@@ -567,7 +601,14 @@ mod tests {
     fn missing_sections_and_wrong_shapes() {
         let (_, d) = run("apiVersion: installer.dev/v1\nkind: Cluster\nspec:\n  hosts: 10.0.0.1\n");
         let m = messages(&d);
-        assert!(m.iter().any(|m| m.contains("metadata: missing field `metadata`")), "{m:?}");
-        assert!(m.iter().any(|m| m.contains("spec.hosts: expected a list")), "{m:?}");
+        assert!(
+            m.iter()
+                .any(|m| m.contains("metadata: missing field `metadata`")),
+            "{m:?}"
+        );
+        assert!(
+            m.iter().any(|m| m.contains("spec.hosts: expected a list")),
+            "{m:?}"
+        );
     }
 }

@@ -213,10 +213,13 @@ impl Node {
             return self.loc;
         };
         match (self.get(&Path(parent.to_vec())), last) {
-            (Some(Node {
-                kind: NodeKind::Map(entries),
-                ..
-            }), Seg::Key(k)) => entries
+            (
+                Some(Node {
+                    kind: NodeKind::Map(entries),
+                    ..
+                }),
+                Seg::Key(k),
+            ) => entries
                 .iter()
                 .find(|(key, _)| &key.text == k)
                 .map(|(key, _)| key.loc)
@@ -293,7 +296,9 @@ impl Builder {
                     return Err(ParseError {
                         loc,
                         message: "the file holds more than one YAML document (`---`)".into(),
-                        hint: Some("an answer file describes one cluster: keep one document".into()),
+                        hint: Some(
+                            "an answer file describes one cluster: keep one document".into(),
+                        ),
                     });
                 }
             }
@@ -407,7 +412,10 @@ impl Builder {
                         return Err(ParseError {
                             loc: node.loc,
                             message: "merge keys (`<<`) are not supported in an answer file".into(),
-                            hint: Some("write the fields out, or use the shared `spec.ssh` defaults".into()),
+                            hint: Some(
+                                "write the fields out, or use the shared `spec.ssh` defaults"
+                                    .into(),
+                            ),
                         });
                     }
                     if let Some((first, _)) = entries.iter().find(|(k, _)| &k.text == text) {
