@@ -230,7 +230,7 @@ pub fn app_port(port: i64) -> Result<u16, Problem> {
     }
     if let Some(what) = reserved_port(p) {
         return Err(Problem::new(format!("port {p} is taken by {what}")).hint(
-            "every pod uses the host network, so application ports share the node's ports: pick one below 30000 that k3s does not use, for example 8443",
+            "every pod uses the host network, so an application port is a port on every node: pick one below 30000 that k3s does not use",
         ));
     }
     Ok(p)

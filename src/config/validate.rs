@@ -1024,23 +1024,39 @@ impl<'a> Validator<'a> {
                 (c, cg, &cp, "pod", "clusterCidr"),
                 (s, sg, &sp, "service", "serviceCidr"),
             ] {
+                let mut inside: Vec<String> = Vec::new();
                 for (ip, hpath) in host_ips {
                     if net.contains(ip) {
-                        let where_ = if *given { path.clone() } else { np.clone() };
-                        let suggestion = suggest_free(net, &avoid)
-                            .map(|n| format!(", for example {n}"))
-                            .unwrap_or_default();
-                        self.error(
-                            &where_,
-                            Problem::new(format!(
-                                "the {}{what} network {net} contains the host address {ip} ({hpath})",
-                                if *given { "" } else { "default " }
-                            ))
-                            .hint(format!("set spec.network.{field} to a range no host is in{suggestion}")),
-                        );
-                        ok = false;
+                        let item = format!("{ip} ({hpath})");
+                        if !inside.contains(&item) {
+                            inside.push(item);
+                        }
                     }
                 }
+                if inside.is_empty() {
+                    continue;
+                }
+                let where_ = if *given { path.clone() } else { np.clone() };
+                let suggestion = suggest_free(net, &avoid);
+                if let Some(sug) = suggestion {
+                    avoid.push(sug);
+                }
+                self.error(
+                    &where_,
+                    Problem::new(format!(
+                        "the {}{what} network {net} contains the host address{} {}",
+                        if *given { "" } else { "default " },
+                        if inside.len() == 1 { "" } else { "es" },
+                        inside.join(", ")
+                    ))
+                    .hint(format!(
+                        "set spec.network.{field} to a range no host is in{}",
+                        suggestion
+                            .map(|n| format!(", for example {n}"))
+                            .unwrap_or_default()
+                    )),
+                );
+                ok = false;
             }
         }
         if ok {
@@ -1098,7 +1114,14 @@ impl<'a> Validator<'a> {
                     paths.insert(name.clone(), p);
                 }
                 Err(pr) => {
-                    self.error(&p, pr.hint(pr_hint(d)));
+                    let pr = match pr.hint.clone() {
+                        Some(h) => match d.default_text() {
+                            Some(def) => pr.hint(format!("{h} (the default is {def})")),
+                            None => pr.hint(h),
+                        },
+                        None => pr.hint(pr_hint(d)),
+                    };
+                    self.error(&p, pr);
                     ok = false;
                 }
             }
@@ -1168,7 +1191,7 @@ impl<'a> Validator<'a> {
 }
 
 fn pr_hint(d: &super::app::ValueDecl) -> String {
-    let mut h = d.description.clone();
+    let mut h = format!("{}: {}", d.name, d.description);
     if let Some(def) = d.default_text() {
         h.push_str(&format!(" (default {def})"));
     }
@@ -1200,7 +1223,7 @@ pub fn resolve_roles(hosts: &[raw::Host]) -> Vec<Role> {
 }
 
 /// A private range of the same size as `net` that overlaps nothing in `avoid`.
-fn suggest_free(net: &IpNet, avoid: &[IpNet]) -> Option<IpNet> {
+pub fn suggest_free(net: &IpNet, avoid: &[IpNet]) -> Option<IpNet> {
     let IpNet::V4(v4) = net else { return None };
     let prefix = v4.prefix_len().max(8);
     (42u8..=250).find_map(|second| {
