@@ -41,20 +41,31 @@ pub struct Cli {
 pub struct GlobalArgs {
     /// How to show progress: `auto` (bars on a terminal, else plain lines), `plain` (one line
     /// per event, no colour, no cursor movement) or `json` (one JSON object per line on stdout)
-    #[arg(long, value_enum, default_value_t = OutputFormat::Auto, global = true)]
+    #[arg(long, value_enum, default_value_t = OutputFormat::Auto, global = true, help_heading = "Global options")]
     pub output: OutputFormat,
 
     /// Show more detail (-vv: remote command output too)
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
 
     /// Show only warnings, errors and the result
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
     pub quiet: bool,
 
     /// Write the debug log here (default: installer.log beside the answer file, else in the
     /// working directory). Always written, secrets redacted
-    #[arg(long, value_name = "FILE", global = true)]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub log_file: Option<PathBuf>,
 }
 

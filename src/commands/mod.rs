@@ -28,7 +28,7 @@ pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         None => {
             if prompt::interactive() {
-                with_output(g, settings, None, |out| wizard(out))
+                with_output(g, settings, None, wizard)
             } else {
                 let help = Cli::command().render_help();
                 eprintln!(
@@ -163,13 +163,12 @@ fn with_output(
         }
         Err(e) => {
             out.error(&e);
-            if let Some(l) = &out.log {
-                if e.exit_code() != EXIT_OK
-                    && settings.verbosity >= 0
-                    && settings.mode != crate::report::Mode::Json
-                {
-                    eprintln!("The debug log is in {}", l.path().display());
-                }
+            if let Some(l) = &out.log
+                && !matches!(e, Error::Invalid(_) | Error::Usage { .. })
+                && settings.verbosity >= 0
+                && settings.mode != crate::report::Mode::Json
+            {
+                eprintln!("The debug log is in {}", l.path().display());
             }
             e.exit_code()
         }

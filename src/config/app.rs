@@ -124,13 +124,13 @@ impl ValueDecl {
         let t = text.trim();
         let value = match self.ty {
             ValueType::String => {
-                if let Some(choices) = &self.choices {
-                    if !choices.iter().any(|c| c == t) {
-                        return Err(Problem::new(format!(
-                            "`{t}` is not one of {}",
-                            choices.join(", ")
-                        )));
-                    }
+                if let Some(choices) = &self.choices
+                    && !choices.iter().any(|c| c == t)
+                {
+                    return Err(Problem::new(format!(
+                        "`{t}` is not one of {}",
+                        choices.join(", ")
+                    )));
                 }
                 if self.is_secret() {
                     AppValue::Secret(Secret::new(text))
@@ -333,10 +333,10 @@ impl Declaration {
                     v.name
                 ));
             }
-            if let (Some(lo), Some(hi)) = (v.min, v.max) {
-                if lo > hi {
-                    problems.push(format!("values[{i}] {}: min {lo} > max {hi}", v.name));
-                }
+            if let (Some(lo), Some(hi)) = (v.min, v.max)
+                && lo > hi
+            {
+                problems.push(format!("values[{i}] {}: min {lo} > max {hi}", v.name));
             }
             if v.choices.is_some() && v.ty != ValueType::String {
                 problems.push(format!(
@@ -456,11 +456,11 @@ pub fn distinct_ports<'a>(
 ) -> Result<(), Problem> {
     let mut seen: BTreeMap<u16, &String> = BTreeMap::new();
     for (name, v) in values {
-        if let AppValue::Port(p) = v {
-            if let Some(other) = seen.insert(*p, name) {
-                return Err(Problem::new(format!("port {p} is also {other}"))
-                    .hint("every pod uses the host network: give each port value its own port"));
-            }
+        if let AppValue::Port(p) = v
+            && let Some(other) = seen.insert(*p, name)
+        {
+            return Err(Problem::new(format!("port {p} is also {other}"))
+                .hint("every pod uses the host network: give each port value its own port"));
         }
     }
     Ok(())

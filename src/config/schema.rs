@@ -67,14 +67,13 @@ pub fn core_json(node: &Node) -> Value {
             if let Some(n) = parse_int(text) {
                 return Value::from(n);
             }
-            if looks_like_float(text) {
-                if let Some(n) = text
+            if looks_like_float(text)
+                && let Some(n) = text
                     .parse::<f64>()
                     .ok()
                     .and_then(serde_json::Number::from_f64)
-                {
-                    return Value::Number(n);
-                }
+            {
+                return Value::Number(n);
             }
             Value::String(text.clone())
         }
@@ -294,20 +293,20 @@ impl<'s> Walker<'s> {
             }
             return None;
         };
-        if let Some(c) = schema.get("const") {
-            if &value != c {
-                let want = c
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| c.to_string());
-                self.error(
-                    node,
-                    path,
-                    format!("must be `{want}`, found {}", found(node)),
-                    hint,
-                );
-                return None;
-            }
+        if let Some(c) = schema.get("const")
+            && &value != c
+        {
+            let want = c
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| c.to_string());
+            self.error(
+                node,
+                path,
+                format!("must be `{want}`, found {}", found(node)),
+                hint,
+            );
+            return None;
         }
         Some(value)
     }
@@ -335,24 +334,25 @@ impl<'s> Walker<'s> {
         if types.contains(&"string") {
             return Some(Value::String(text.to_owned()));
         }
-        if types.contains(&"integer") && style == Style::Plain {
-            if let Some(n) = parse_int(text) {
-                let lo = schema.get("minimum").and_then(Value::as_i64);
-                let hi = schema.get("maximum").and_then(Value::as_i64);
-                if lo.is_some_and(|lo| n < lo) || hi.is_some_and(|hi| n > hi) {
-                    self.error(
-                        node,
-                        path,
-                        format!(
-                            "{n} is out of range: expected {}",
-                            describe_type("integer", schema)
-                        ),
-                        hint,
-                    );
-                    return None;
-                }
-                return Some(Value::from(n));
+        if types.contains(&"integer")
+            && style == Style::Plain
+            && let Some(n) = parse_int(text)
+        {
+            let lo = schema.get("minimum").and_then(Value::as_i64);
+            let hi = schema.get("maximum").and_then(Value::as_i64);
+            if lo.is_some_and(|lo| n < lo) || hi.is_some_and(|hi| n > hi) {
+                self.error(
+                    node,
+                    path,
+                    format!(
+                        "{n} is out of range: expected {}",
+                        describe_type("integer", schema)
+                    ),
+                    hint,
+                );
+                return None;
             }
+            return Some(Value::from(n));
         }
         if types.contains(&"boolean") && style == Style::Plain {
             match text {

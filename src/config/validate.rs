@@ -397,15 +397,15 @@ impl<'a> Validator<'a> {
             } => {
                 let kp = path.key("keyFile");
                 let file = self.existing_file(&kp, key_file, "key file");
-                if let Some(f) = &file {
-                    if f.extension().is_some_and(|e| e == "pub") {
-                        self.error(
-                            &kp,
-                            Problem::new(format!("{} is a public key", f.display()))
-                                .hint("name the private key (the same path without `.pub`)"),
-                        );
-                        return None;
-                    }
+                if let Some(f) = &file
+                    && f.extension().is_some_and(|e| e == "pub")
+                {
+                    self.error(
+                        &kp,
+                        Problem::new(format!("{} is a public key", f.display()))
+                            .hint("name the private key (the same path without `.pub`)"),
+                    );
+                    return None;
                 }
                 let pass = match passphrase {
                     Some(p) => Some(self.secret(&path.key("passphrase"), p)?),
@@ -1025,12 +1025,11 @@ impl<'a> Validator<'a> {
                 (s, sg, &sp, "service", "serviceCidr"),
             ] {
                 let mut inside: Vec<String> = Vec::new();
+                let mut seen: Vec<IpAddr> = Vec::new();
                 for (ip, hpath) in host_ips {
-                    if net.contains(ip) {
-                        let item = format!("{ip} ({hpath})");
-                        if !inside.contains(&item) {
-                            inside.push(item);
-                        }
+                    if net.contains(ip) && !seen.contains(ip) {
+                        seen.push(*ip);
+                        inside.push(format!("{ip} ({hpath})"));
                     }
                 }
                 if inside.is_empty() {
@@ -1094,19 +1093,18 @@ impl<'a> Validator<'a> {
                 ok = false;
                 continue;
             };
-            if d.is_secret() {
-                if let serde_json::Value::String(s) = raw {
-                    if !interpolate::has_reference(s) {
-                        self.warn(
-                            &p,
-                            "a secret is written in the file in clear text".into(),
-                            &format!(
-                                "write `${{{}}}` and export it instead, so the file can be shared",
-                                d.env_var()
-                            ),
-                        );
-                    }
-                }
+            if d.is_secret()
+                && let serde_json::Value::String(s) = raw
+                && !interpolate::has_reference(s)
+            {
+                self.warn(
+                    &p,
+                    "a secret is written in the file in clear text".into(),
+                    &format!(
+                        "write `${{{}}}` and export it instead, so the file can be shared",
+                        d.env_var()
+                    ),
+                );
             }
             match d.check(raw, self.ctx.env) {
                 Ok(v) => {

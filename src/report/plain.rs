@@ -220,10 +220,11 @@ impl EventSink for PlainRenderer {
                     }
                     Err(_) => true,
                 };
-                if show && self.verbosity >= 0 {
-                    if let Some(l) = line(event, self.verbosity) {
-                        self.err(&l);
-                    }
+                if show
+                    && self.verbosity >= 0
+                    && let Some(l) = line(event, self.verbosity)
+                {
+                    self.err(&l);
                 }
             }
             _ => {
