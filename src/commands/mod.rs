@@ -15,7 +15,7 @@ use crate::cli::{Cli, Command, GlobalArgs};
 use crate::config::app::Declaration;
 use crate::config::interpolate::{MapEnv, ProcessEnv};
 use crate::config::{Plan, load_file};
-use crate::error::{EXIT_OK, EXIT_USAGE, Error};
+use crate::error::{EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Error};
 use crate::report::{LogFile, Output, OutputSettings, logfile, prompt};
 use std::future::Future;
 use std::path::Path;
@@ -188,7 +188,7 @@ fn load(out: &Output, file: &Path, overlay: Option<&MapEnv<'_>>) -> Result<Plan,
         Some(o) => o,
         None => &ProcessEnv,
     };
-    let loaded = load_file(file, env, prompter, &decl)?;
+    let loaded = guard_interrupt(|| load_file(file, env, prompter, &decl))?;
     for w in loaded.warnings.warnings() {
         out.reporter.warn(None, w.render(&loaded.warnings.file));
     }
@@ -214,15 +214,15 @@ fn wizard(out: &Output) -> Result<(), Error> {
     let decl = Declaration::embedded().map_err(|e| Error::failed(e, None))?;
     let prompts = out.prompts();
     let cwd = std::env::current_dir().map_err(|e| Error::failed(e, None))?;
-    let outcome = crate::config::wizard::run(&prompts, &decl, &ProcessEnv, &cwd).map_err(|e| {
-        match e.kind() {
-            std::io::ErrorKind::Interrupted => Error::Interrupted,
-            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::AlreadyExists => {
-                Error::usage(e.to_string(), None)
-            }
-            _ => Error::failed(e, None),
-        }
-    })?;
+    let outcome =
+        guard_interrupt(|| crate::config::wizard::run(&prompts, &decl, &ProcessEnv, &cwd))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::Interrupted => Error::Interrupted,
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::AlreadyExists => {
+                    Error::usage(e.to_string(), None)
+                }
+                _ => Error::failed(e, None),
+            })?;
     out.log(&format!("wizard saved {}", outcome.path.display()));
     if !outcome.run_now {
         return Ok(());
@@ -241,4 +241,40 @@ fn wizard(out: &Output) -> Result<(), Error> {
         ..Default::default()
     };
     block_on(install::run(plan, opts, out.reporter.clone()))
+}
+
+/// Runs blocking prompt code so that a Ctrl-C ends the process with exit code 130 and the
+/// cursor restored, rather than a death by signal. (Inside a prompt in raw mode the key
+/// arrives as input and dialoguer returns `Interrupted`; in line mode it is a SIGINT.)
+fn guard_interrupt<R>(f: impl FnOnce() -> R) -> R {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let watcher = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            let _ = ready_tx.send(());
+            return;
+        };
+        rt.block_on(async move {
+            // The handler is installed when `signal` returns: only then may prompts start.
+            let sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+            let _ = ready_tx.send(());
+            let Ok(mut sig) = sig else { return };
+            tokio::select! {
+                Some(()) = sig.recv() => {
+                    let _ = console::Term::stderr().show_cursor();
+                    eprintln!();
+                    std::process::exit(EXIT_INTERRUPTED);
+                }
+                _ = stop_rx => {}
+            }
+        });
+    });
+    let _ = ready_rx.recv();
+    let r = f();
+    let _ = stop_tx.send(());
+    let _ = watcher.join();
+    r
 }
