@@ -1,6 +1,8 @@
 //! The `installer` binary from the outside: help text, the JSON Schema, the example answer
 //! files, the invalid-input report, exit codes, the log file, completions and the man page.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
+
 use assert_cmd::Command;
 use std::path::{Path, PathBuf};
 
@@ -319,4 +321,24 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     // Hidden from the help, so users see only what they need.
     let help = stdout(&installer(home.path()).arg("--help").output().unwrap());
     assert!(!help.contains("completions"));
+}
+
+#[test]
+fn docs_list_the_application_values_of_the_declaration() {
+    let decl = installer::config::app::Declaration::embedded().unwrap();
+    let path = root().join("docs/answer-file.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let begin = doc.find("<!-- BEGIN app-values").expect("begin marker");
+    let begin_end = begin + doc[begin..].find("-->\n").expect("end of begin marker") + 4;
+    let end = doc.find("<!-- END app-values -->").expect("end marker");
+    let expected = decl.markdown_table();
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let updated = format!("{}{}{}", &doc[..begin_end], expected, &doc[end..]);
+        std::fs::write(&path, updated).unwrap();
+        return;
+    }
+    assert!(
+        doc[begin_end..end] == expected,
+        "docs/answer-file.md lists other application values than templates/app/values.yaml; run\n  UPDATE_DOCS=1 cargo test -p installer --test cli docs"
+    );
 }

@@ -3,6 +3,8 @@
 //! references) that validates, and run it as a dry run that prints the plan. The saved
 //! file must then work unattended (`installer install --dry-run -f`).
 
+#![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
+
 use expectrl::{Eof, Expect, Session};
 use std::path::Path;
 use std::process::Command;

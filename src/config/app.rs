@@ -382,6 +382,31 @@ impl Declaration {
             .collect()
     }
 
+    /// The declared values as a Markdown table (for docs/answer-file.md).
+    pub fn markdown_table(&self) -> String {
+        let mut out = String::from("| value | type | default | description |\n|---|---|---|---|\n");
+        for v in &self.values {
+            let mut ty = v.ty.as_str().to_owned();
+            if let (Some(lo), Some(hi)) = (v.min, v.max) {
+                ty.push_str(&format!(" ({lo}-{hi})"));
+            }
+            if v.is_secret() && v.ty != ValueType::Secret {
+                ty.push_str(", secret");
+            }
+            let default = match (&v.default_text(), v.required) {
+                (Some(d), _) => format!("`{d}`"),
+                (None, true) => "required".into(),
+                (None, false) => "unset".into(),
+            };
+            out.push_str(&format!(
+                "| `{}` | {ty} | {default} | {} |\n",
+                v.name,
+                v.description.replace('|', "\\|")
+            ));
+        }
+        out
+    }
+
     pub fn get(&self, name: &str) -> Option<&ValueDecl> {
         self.values.iter().find(|v| v.name == name)
     }
