@@ -50,16 +50,15 @@ pub fn parse_lock(text: &str) -> Result<Vec<Entry>, String> {
             ));
         }
         let sha256 = field("sha256").filter(|s| !s.is_empty());
-        if let Some(s) = &sha256 {
-            if s.len() != 64
+        if let Some(s) = &sha256
+            && (s.len() != 64
                 || !s
                     .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return Err(format!(
-                    "artifact {name}: `sha256` must be 64 lower-case hex digits"
-                ));
-            }
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
+            return Err(format!(
+                "artifact {name}: `sha256` must be 64 lower-case hex digits"
+            ));
         }
         let state = field("sha256_state").unwrap_or_else(|| "unverified".into());
         match (&sha256, state.as_str()) {
@@ -272,10 +271,10 @@ impl HashCache {
         if let Ok(text) = std::fs::read_to_string(path) {
             for line in text.lines() {
                 let parts: Vec<&str> = line.splitn(4, '\t').collect();
-                if let [len, mtime, sha, p] = parts[..] {
-                    if let (Ok(len), Ok(mtime)) = (len.parse(), mtime.parse()) {
-                        entries.insert(p.to_owned(), (len, mtime, sha.to_owned()));
-                    }
+                if let [len, mtime, sha, p] = parts[..]
+                    && let (Ok(len), Ok(mtime)) = (len.parse(), mtime.parse())
+                {
+                    entries.insert(p.to_owned(), (len, mtime, sha.to_owned()));
                 }
             }
         }
@@ -300,10 +299,12 @@ impl HashCache {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos());
         let key = path.display().to_string();
-        if let Some((len, m, sha)) = self.entries.get(&key) {
-            if *len == meta.len() && *m == mtime && mtime != 0 {
-                return Ok(sha.clone());
-            }
+        if let Some((len, m, sha)) = self.entries.get(&key)
+            && *len == meta.len()
+            && *m == mtime
+            && mtime != 0
+        {
+            return Ok(sha.clone());
         }
         let sha = sha256_file(path)?;
         self.entries.insert(key, (meta.len(), mtime, sha.clone()));

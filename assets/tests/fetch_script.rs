@@ -2,6 +2,8 @@
 //! writes, so the verification and lock-update logic runs exactly as it would against
 //! GitHub, without any network. Needs bash, curl, sha256sum and jq (Debian: `jq`).
 
+#![allow(clippy::unwrap_used)] // test code: a failed fixture step should panic
+
 use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
