@@ -1,4 +1,5 @@
 //! Unit tests of the embedding decision (`plan.rs`, the code `build.rs` runs).
+#![allow(clippy::unwrap_used)] // test code: a failed fixture step should panic
 
 use crate::plan::{self, Decision, Entry, Settings};
 use std::path::{Path, PathBuf};
