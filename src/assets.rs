@@ -286,6 +286,39 @@ impl AssetLock {
         p
     }
 
+    /// A lock for the files of `dir` under this lock's names: every entry whose file is in
+    /// `dir` gets that file's checksum and size (`sha256_state: recorded`); entries whose
+    /// file is absent are dropped. This is how a test harness describes its stand-in k3s
+    /// binary and small image archives (`--assets-lock`), keeping the names the installer
+    /// asks for. Hashes by streaming; blocking I/O.
+    pub fn with_checksums_of(&self, dir: &Path) -> Result<AssetLock, AssetError> {
+        let mut artifacts = Vec::new();
+        for e in &self.artifacts {
+            let path = dir.join(&e.file);
+            if !path.is_file() {
+                continue;
+            }
+            let (sha256, size) = sha256_file(&path)?;
+            artifacts.push(LockEntry {
+                sha256: Some(sha256),
+                size: Some(size),
+                sha256_state: Sha256State::Recorded,
+                sha256_source: Some(format!("test artifact {}", path.display())),
+                ..e.clone()
+            });
+        }
+        Ok(AssetLock {
+            artifacts,
+            about: Some(format!("generated for the files in {}", dir.display())),
+            ..self.clone()
+        })
+    }
+
+    /// The lock as JSON (the format of `assets/assets.lock`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
     /// The entry of that name.
     pub fn entry(&self, name: &str) -> Option<&LockEntry> {
         self.artifacts.iter().find(|e| e.name == name)

@@ -316,3 +316,21 @@ fn store_new_reads_an_override_lock_and_checks_the_dir() {
     let err = AssetStore::new(Some(&dir.path().join("nope")), None).unwrap_err();
     assert!(err.to_string().contains("no such directory"), "{err}");
 }
+
+#[test]
+fn a_test_lock_for_a_directory_keeps_the_names_and_takes_the_files_checksums() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k3s-amd64"), "bar\n").unwrap();
+    let builtin = AssetLock::parse(installer_assets::LOCK_JSON, "built-in").unwrap();
+    let lab = builtin.with_checksums_of(dir.path()).unwrap();
+    assert_eq!(lab.k3s_version, builtin.k3s_version);
+    assert_eq!(lab.artifacts.len(), 1, "entries without a file are dropped");
+    assert_eq!(lab.artifacts[0].sha256.as_deref(), Some(BAR_SHA));
+    assert_eq!(lab.artifacts[0].sha256_state, Sha256State::Recorded);
+    // It round-trips through the lock format and then verifies the directory.
+    let path = dir.path().join("lab.lock");
+    std::fs::write(&path, lab.to_json()).unwrap();
+    let store = AssetStore::new(Some(dir.path()), Some(&path)).unwrap();
+    let r = store.k3s_binary(Arch::Amd64).unwrap();
+    assert_eq!(r.sha256, BAR_SHA);
+}
