@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::secret::Secret;
 
 pub mod error;
+pub mod facts;
 pub use error::{AuthAttempt, HostError};
 
 /// A shell command to run on a host.
