@@ -91,6 +91,25 @@ impl Arch {
             Arch::Arm64 => "arm64",
         }
     }
+
+    /// The artifact architecture for a host's gathered architecture (`None` for one the
+    /// installer has no k3s for).
+    pub fn from_facts(arch: &crate::host::facts::Arch) -> Option<Arch> {
+        match arch {
+            crate::host::facts::Arch::Amd64 => Some(Arch::Amd64),
+            crate::host::facts::Arch::Arm64 => Some(Arch::Arm64),
+            crate::host::facts::Arch::Other(_) => None,
+        }
+    }
+}
+
+impl From<Arch> for crate::host::facts::Arch {
+    fn from(a: Arch) -> Self {
+        match a {
+            Arch::Amd64 => crate::host::facts::Arch::Amd64,
+            Arch::Arm64 => crate::host::facts::Arch::Arm64,
+        }
+    }
 }
 
 impl fmt::Display for Arch {
@@ -482,6 +501,30 @@ impl AssetStore {
     /// The k3s release this store installs.
     pub fn k3s_version(&self) -> &str {
         &self.lock.k3s_version
+    }
+
+    /// The architectures this run can install: those whose k3s binary and airgap images
+    /// are embedded (with the lock's checksum) or present in `--assets DIR`. Cheap: nothing
+    /// is hashed here (resolving verifies). Preflight checks every host's architecture
+    /// against this list.
+    pub fn available_arches(&self) -> Vec<Arch> {
+        let present = |e: &LockEntry| {
+            let Some(sha) = &e.sha256 else { return false };
+            self.embedded
+                .iter()
+                .any(|x| x.name == e.name && x.sha256 == sha)
+                || self.dir.as_ref().is_some_and(|d| d.join(&e.file).is_file())
+        };
+        let mut out = Vec::new();
+        for arch in [Arch::Amd64, Arch::Arm64] {
+            let both = [ArtifactKind::K3sBinary, ArtifactKind::K3sAirgapImages]
+                .into_iter()
+                .all(|k| self.lock.k3s_entry(k, arch).is_some_and(present));
+            if both {
+                out.push(arch);
+            }
+        }
+        out
     }
 
     /// The k3s binary for `arch`.

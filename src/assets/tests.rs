@@ -334,3 +334,30 @@ fn a_test_lock_for_a_directory_keeps_the_names_and_takes_the_files_checksums() {
     let r = store.k3s_binary(Arch::Amd64).unwrap();
     assert_eq!(r.sha256, BAR_SHA);
 }
+
+#[test]
+fn available_arches_need_both_k3s_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let images =
+        r#",{"name": "k3s-airgap-images-amd64", "kind": "k3s-airgap-images", "arch": "amd64",
+        "version": "v1.36.4+k3s1", "file": "images.tar.zst", "url": "u",
+        "sha256": "@SHA@", "sha256_state": "published"}"#
+            .replace("@SHA@", FOO_SHA);
+    let store = AssetStore::from_parts(
+        lock_with(Some(FOO_SHA), &images),
+        "t",
+        Some(dir.path().into()),
+        embedded_foo(),
+    );
+    assert_eq!(store.available_arches(), vec![], "images missing");
+    std::fs::write(dir.path().join("images.tar.zst"), "foo\n").unwrap();
+    assert_eq!(store.available_arches(), vec![Arch::Amd64]);
+}
+
+#[test]
+fn arch_converts_from_and_to_host_facts() {
+    use crate::host::facts::Arch as HostArch;
+    assert_eq!(Arch::from_facts(&HostArch::Arm64), Some(Arch::Arm64));
+    assert_eq!(Arch::from_facts(&HostArch::Other("riscv64".into())), None);
+    assert_eq!(HostArch::from(Arch::Amd64), HostArch::Amd64);
+}
