@@ -1,38 +1,13 @@
 //! `installer version`: this installer's version and the version of every artifact it
 //! carries, or `missing` for one this build does not embed.
 //!
-//! The artifact inventory comes from the `installer-assets` crate through
-//! `installer::assets::inventory()` (interface agreed with the assets work). Until that
-//! lands on main, [`inventory`] below is a local stand-in that reports the artifacts the
-//! product carries, all `missing`, which is the truth for a build without them.
+//! The artifact inventory is `installer::assets::inventory()`: every artifact of the lock
+//! this binary was built with, and whether it is embedded.
 
+use crate::assets::{ArtifactStatus, inventory};
 use crate::error::Error;
 use crate::report::{Mode, text};
-use serde::Serialize;
 use std::io::Write;
-
-/// One artifact and whether this binary carries it (the agreed shape of
-/// `installer::assets::ArtifactStatus`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ArtifactStatus {
-    pub name: String,
-    pub version: String,
-    pub sha256: String,
-    pub embedded: bool,
-}
-
-/// Stand-in for `installer::assets::inventory()`: nothing is embedded in this build.
-pub fn inventory() -> Vec<ArtifactStatus> {
-    ["k3s", "k3s-airgap-images", "app-images"]
-        .iter()
-        .map(|n| ArtifactStatus {
-            name: (*n).to_owned(),
-            version: String::new(),
-            sha256: String::new(),
-            embedded: false,
-        })
-        .collect()
-}
 
 /// Renders the version report.
 pub fn render(mode: Mode, artifacts: &[ArtifactStatus]) -> String {

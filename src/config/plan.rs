@@ -48,6 +48,15 @@ impl Plan {
         self.hosts.iter().filter(|h| h.role == Role::Agent)
     }
 
+    /// The application's port values (every one a host port on every node), for the
+    /// preflight port checks and firewall openings.
+    pub fn app_ports(&self) -> Vec<(String, u16)> {
+        self.app
+            .iter()
+            .filter_map(|(k, v)| v.as_port().map(|p| (k.clone(), p)))
+            .collect()
+    }
+
     /// What to show for a dry run: plain strings only, secrets never included.
     pub fn summary(&self) -> PlanSummary {
         PlanSummary {

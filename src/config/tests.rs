@@ -113,6 +113,14 @@ fn a_single_host_is_a_single_server_with_defaults() {
     assert_eq!(p.enforcer, EnforcerMode::Enforce);
     assert_eq!(p.app.get("gatewayPort"), Some(&AppValue::Port(8443)));
     assert_eq!(p.app.get("adminPassword"), None);
+    assert_eq!(
+        p.app_ports(),
+        vec![
+            ("apiPort".to_string(), 8081),
+            ("gatewayPort".into(), 8443),
+            ("storePort".into(), 7379)
+        ]
+    );
     assert_eq!(l.warnings.items.len(), 0);
 }
 
