@@ -34,6 +34,8 @@ struct State {
     bars: HashMap<(String, String), ProgressBar>,
     /// Hosts that failed in each phase (their lines stay).
     failed: HashMap<String, Vec<String>>,
+    /// The last line of each finished host step, printed when its phase ends.
+    finals: HashMap<(String, String), String>,
 }
 
 fn spinner_style() -> ProgressStyle {
@@ -54,6 +56,14 @@ fn bytes_style() -> ProgressStyle {
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ")
+}
+
+/// Stops a host line's spinner and shows its result, without finishing the bar (finished
+/// bars left in a MultiProgress upset its line accounting when lines are printed above).
+fn settle(pb: &ProgressBar, msg: &str) {
+    pb.disable_steady_tick();
+    pb.set_style(done_style());
+    pb.set_message(msg.to_owned());
 }
 
 fn done_style() -> ProgressStyle {
@@ -169,7 +179,6 @@ impl EventSink for TerminalRenderer {
                 detail,
             } => {
                 let pb = self.host_bar(&mut st, phase, host);
-                pb.set_style(done_style());
                 let (mark, word) = match outcome {
                     HostOutcome::Changed => (style("✓").green(), "done"),
                     HostOutcome::Unchanged => (style("✓").green(), "already done"),
@@ -179,7 +188,10 @@ impl EventSink for TerminalRenderer {
                     .as_deref()
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default();
-                pb.finish_with_message(format!("{} {word}{d}", mark.for_stderr()));
+                let msg = format!("{} {word}{d}", mark.for_stderr());
+                settle(&pb, &msg);
+                let line = format!("    {} {msg}", pb.prefix());
+                st.finals.insert((phase.clone(), host.clone()), line);
             }
             Event::HostFailed {
                 phase,
@@ -188,62 +200,72 @@ impl EventSink for TerminalRenderer {
                 hint,
             } => {
                 let pb = self.host_bar(&mut st, phase, host);
-                pb.set_style(done_style());
-                let mut msg = format!("{} {error}", style("✗").red().bold().for_stderr());
+                let msg = format!("{} {error}", style("✗").red().bold().for_stderr());
+                settle(&pb, &msg);
+                let mut line = format!("    {} {msg}", pb.prefix());
                 if let Some(h) = hint {
-                    msg.push_str(&format!(
-                        "\n{:w$}      {} {h}",
+                    line.push_str(&format!(
+                        "\n    {:w$} {} {h}",
                         "",
                         style("hint:").yellow().for_stderr(),
                         w = st.host_width
                     ));
                 }
-                pb.finish_with_message(msg);
+                st.finals.insert((phase.clone(), host.clone()), line);
                 st.failed
                     .entry(phase.clone())
                     .or_default()
                     .push(host.clone());
             }
             Event::PhaseFinished { phase, elapsed, ok } => {
+                // Finished work leaves the bars and is printed as plain lines above them:
+                // only running work stays in the MultiProgress.
                 let title = st
                     .titles
                     .get(phase)
                     .cloned()
                     .unwrap_or_else(|| phase.clone());
                 let failed = st.failed.get(phase).cloned().unwrap_or_default();
-                let mine: Vec<(String, ProgressBar)> = st
+                let mut hosts: Vec<(String, ProgressBar)> = st
                     .bars
                     .iter()
                     .filter(|((p, _), _)| p == phase)
                     .map(|((_, h), b)| (h.clone(), b.clone()))
                     .collect();
-                let n = mine.len();
-                for (host, pb) in mine {
-                    if *ok && !failed.contains(&host) {
-                        pb.finish_and_clear();
-                        self.mp.remove(&pb);
-                    } else if !pb.is_finished() {
-                        pb.finish();
+                hosts.sort_by(|a, b| a.0.cmp(&b.0));
+                let n = hosts.len();
+                let mut lines = Vec::new();
+                let mark = if *ok {
+                    style("✓").green().for_stderr()
+                } else {
+                    style("✗").red().bold().for_stderr()
+                };
+                let count = if n > 0 {
+                    format!(" ({n} host{})", if n == 1 { "" } else { "s" })
+                } else {
+                    String::new()
+                };
+                lines.push(format!(
+                    "{mark} {title}{count} {}",
+                    style(text::secs(*elapsed)).dim().for_stderr()
+                ));
+                for (host, pb) in hosts {
+                    let key = (phase.clone(), host.clone());
+                    let fin = st.finals.remove(&key);
+                    if !*ok || failed.contains(&host) || self.verbosity > 0 {
+                        lines.push(
+                            fin.unwrap_or_else(|| format!("    {} (no result)", pb.prefix())),
+                        );
                     }
-                    st.bars.remove(&(phase.clone(), host));
+                    pb.finish_and_clear();
+                    self.mp.remove(&pb);
+                    st.bars.remove(&key);
                 }
                 if let Some(h) = st.headers.remove(phase) {
-                    h.set_style(done_style());
-                    let mark = if *ok {
-                        style("✓").green().for_stderr()
-                    } else {
-                        style("✗").red().bold().for_stderr()
-                    };
-                    let hosts = if n > 0 && *ok {
-                        format!(" ({n} host{})", if n == 1 { "" } else { "s" })
-                    } else {
-                        String::new()
-                    };
-                    h.finish_with_message(format!(
-                        "{mark} {title}{hosts} {}",
-                        style(text::secs(*elapsed)).dim().for_stderr()
-                    ));
+                    h.finish_and_clear();
+                    self.mp.remove(&h);
                 }
+                self.println(&lines.join("\n"));
             }
             Event::Message { level, .. } => {
                 if let Some(l) = plain::line(event, self.verbosity) {
@@ -282,16 +304,13 @@ impl EventSink for TerminalRenderer {
 
     fn finish(&self) {
         if let Ok(mut st) = self.state.lock() {
-            for (_, pb) in st.bars.drain() {
-                if !pb.is_finished() {
-                    pb.abandon();
-                }
+            let bars: Vec<ProgressBar> = st.bars.drain().map(|(_, b)| b).collect();
+            let headers: Vec<ProgressBar> = st.headers.drain().map(|(_, b)| b).collect();
+            for pb in bars.into_iter().chain(headers) {
+                pb.finish_and_clear();
+                self.mp.remove(&pb);
             }
-            for (_, pb) in st.headers.drain() {
-                if !pb.is_finished() {
-                    pb.abandon();
-                }
-            }
+            let _ = self.mp.clear();
         }
     }
 }
