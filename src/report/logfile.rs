@@ -94,7 +94,7 @@ mod tests {
         std::fs::write(&path, "old run\n").unwrap();
         let log = Arc::new(LogFile::create(&path).unwrap());
         let _s = crate::secret::Secret::new("log-secret-value");
-        log.line("raw line with log-secret-value\nand password: hunter22");
+        log.line("raw line with log-secret-value\npassword: hunter22");
         let r = Reporter::new(vec![log.clone()]);
         r.message(Level::Info, Some("h1"), "event with log-secret-value");
         let text = std::fs::read_to_string(&path).unwrap();
