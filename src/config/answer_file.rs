@@ -210,7 +210,7 @@ impl Role {
     }
 }
 
-/// One host.
+/// One host: at least its `address`, written `- address: 10.0.0.11`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Host {

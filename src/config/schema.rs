@@ -146,6 +146,13 @@ fn found(node: &Node) -> String {
     }
 }
 
+fn required_here(schema: &Value, key: &str) -> bool {
+    schema
+        .get("required")
+        .and_then(Value::as_array)
+        .is_some_and(|r| r.iter().any(|k| k.as_str() == Some(key)))
+}
+
 fn type_names(schema: &Value) -> Vec<&str> {
     match schema.get("type") {
         Some(Value::String(s)) => vec![s.as_str()],
@@ -378,6 +385,11 @@ impl<'s> Walker<'s> {
         for (key, child) in entries {
             let child_path = path.key(&key.text);
             match props.and_then(|p| p.get(&key.text)) {
+                // `network:` with everything under it commented out: the same as leaving it out.
+                Some(prop)
+                    if child.is_null()
+                        && !required_here(schema, &key.text)
+                        && type_names(self.resolve(prop)).contains(&"object") => {}
                 Some(prop) => {
                     if let Some(v) = self.walk(child, prop, &child_path, None) {
                         out.insert(key.text.clone(), v);
@@ -595,6 +607,22 @@ mod tests {
         // The broken port is left out; the rest survives for semantic checks.
         assert!(v["spec"]["ssh"].get("port").is_none());
         assert_eq!(v["kind"], "Cluster");
+    }
+
+    #[test]
+    fn empty_optional_sections_are_like_absent_ones() {
+        let (v, d) = run(
+            "apiVersion: installer.dev/v1\nkind: Cluster\nmetadata: {name: demo}\nspec:\n  ssh:\n  network:\n  hosts:\n    - address: 10.0.0.1\n",
+        );
+        assert!(d.is_empty(), "{d:?}");
+        assert!(v["spec"].get("network").is_none());
+        // A required section cannot be empty.
+        let (_, d) =
+            run("apiVersion: installer.dev/v1\nkind: Cluster\nmetadata:\nspec:\n  hosts: []\n");
+        assert_eq!(
+            messages(&d),
+            vec!["3:9 metadata: expected a mapping (`key: value` lines), found nothing"]
+        );
     }
 
     #[test]
