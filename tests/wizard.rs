@@ -57,6 +57,20 @@ impl Pty {
         self.s.send(keys).expect("send keys");
     }
 
+    /// Types a hidden answer. A password prompt turns echo off with TCSAFLUSH, which drops
+    /// input that arrived before it: wait until the terminal's echo is off, then type.
+    fn send_secret(&mut self, text: &str) {
+        for _ in 0..1000 {
+            if matches!(self.s.get_process().get_echo(), Ok(false)) {
+                self.send(text);
+                self.send(ENTER);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the password prompt never turned echo off\n{}", self.seen);
+    }
+
     fn finish(&mut self) -> i32 {
         if let Ok(c) = self.s.expect(Eof) {
             self.seen.push_str(&String::from_utf8_lossy(c.before()));
@@ -103,8 +117,7 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
     p.send(DOWN); // from "a private key file" (no agent) to "a password"
     p.send(ENTER);
     p.expect("SSH password for admin");
-    p.send("wizard-ssh-password");
-    p.send(ENTER);
+    p.send_secret("wizard-ssh-password");
 
     p.expect("How does admin become root?");
     p.send(DOWN);
@@ -131,8 +144,7 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
     p.expect("adminEmail (");
     p.send(ENTER);
     p.expect("adminPassword (");
-    p.send("wizard-admin-password");
-    p.send(ENTER);
+    p.send_secret("wizard-admin-password");
 
     // The summary is the validated plan.
     p.expect("Plan for cluster `appliance`");
@@ -280,7 +292,7 @@ fn a_single_root_host_with_the_agent_needs_few_questions() {
         p.send(ENTER);
     }
     p.expect("adminPassword (");
-    p.send(ENTER); // empty: left unset
+    p.send_secret(""); // empty: left unset
     p.expect("Save the answer file as");
     p.send("site.yaml");
     p.send(ENTER);

@@ -83,7 +83,8 @@ pub fn validate_text(
     };
 
     let mut answered: HashMap<Path, Secret> = HashMap::new();
-    loop {
+    // Round 1 finds what to ask; round 2 builds the plan with the answers.
+    for round in 1..=2 {
         let mut v = Validator {
             tree: &tree,
             ctx,
@@ -102,9 +103,10 @@ pub fn validate_text(
         }
         if !v.prompts.is_empty() {
             let prompts = std::mem::take(&mut v.prompts);
+            let prompter = if round == 1 { ctx.prompter } else { None };
             let mut missing = Vec::new();
             for (p, what) in prompts {
-                match ctx.prompter.and_then(|pr| pr.secret(&what)) {
+                match prompter.and_then(|pr| pr.secret(&what)) {
                     Some(s) => {
                         answered.insert(p, s);
                     }
@@ -129,6 +131,8 @@ pub fn validate_text(
             None => Err(Diagnostics::new(file, all)),
         };
     }
+    // Not reached: round 2 either builds the plan or reports what is still missing.
+    Err(Diagnostics::new(file, diags))
 }
 
 /// Why an answer file could not be loaded.
