@@ -909,6 +909,7 @@ impl<'a> Validator<'a> {
                 hosts,
                 network: network?,
                 enforcer,
+                allow_cgroup_v1: a.spec.k3s.allow_cgroup_v1.unwrap_or(false),
                 app: app?,
             })
         } else {
@@ -1066,6 +1067,7 @@ impl<'a> Validator<'a> {
             Some(NetworkPlan {
                 cluster_cidr: cluster?.0,
                 service_cidr: service?.0,
+                host_firewall: a.spec.network.host_firewall.unwrap_or_default(),
             })
         } else {
             None

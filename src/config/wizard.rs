@@ -266,6 +266,7 @@ pub fn run(
             hosts: hosts.iter().map(|h| raw::Host::new(h.clone())).collect(),
             network,
             enforcer: raw::Enforcer::default(),
+            k3s: raw::K3s::default(),
             app: raw::App { values },
         },
     };
