@@ -162,10 +162,37 @@ fn lab_up_login_verify_host_keys_down_leaves_nothing() {
     assert!(ip(&["link", "del", &dummy]).success());
     assert!(lab::leftovers(&layout).is_empty());
 
-    // up after down works.
+    // A test process that dies without tearing its lab down (exit skips Drop): the next up of the
+    // same LAB_ID removes what it left and starts cleanly.
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_up_one_node_then_exit_without_teardown",
+            "--nocapture",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "helper failed: {status}");
+    let left = lab::leftovers(&layout);
+    assert!(
+        left.iter().any(|l| l.starts_with("process:")),
+        "the helper's node should still run: {left:#?}"
+    );
+
+    // up after down (and after a crashed owner) works.
     let lab = Lab::up(1).expect("up after down");
     let out = lab.ssh_ok(&lab.nodes()[0], "hostname").unwrap();
     assert_eq!(out.trim(), "node1");
     lab.down().expect("down");
     assert!(lab::leftovers(&layout).is_empty());
+}
+
+/// Run by the test above as a child process: starts a lab and exits without dropping it.
+#[test]
+#[ignore = "helper for lab_up_login_verify_host_keys_down_leaves_nothing"]
+fn helper_up_one_node_then_exit_without_teardown() {
+    let lab = Lab::up(1).unwrap();
+    assert!(lab.ssh(&lab.nodes()[0], "true").unwrap().status.success());
+    std::process::exit(0);
 }
