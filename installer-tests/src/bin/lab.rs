@@ -85,7 +85,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Cmd::Build { force } => {
             let t = Instant::now();
-            let (path, outcome) = Lab::build(force)?;
+            let (path, outcome, pruned) = Lab::build(force)?;
             let what = match outcome {
                 lab::BaseOutcome::Cached => "already cached",
                 lab::BaseOutcome::Unpacked => "unpacked from the cached tarball",
@@ -97,6 +97,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 path.display(),
                 lab::recipe_hash()
             );
+            for p in pruned {
+                println!("removed the cached base of another recipe: {}", p.display());
+            }
         }
         Cmd::Up {
             n,
@@ -170,14 +173,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ));
         }
         Cmd::Cp { file, dest } => {
-            lab::require_root()?;
-            let lab = Lab::attach()?;
             let (node, path) = dest.split_once(':').with_context(|| {
                 format!("{dest:?} is not NODE:PATH\nhint: lab cp ./file node2:/tmp/file")
             })?;
             if path.is_empty() {
                 bail!("{dest:?} has no path after the colon\nhint: lab cp ./file node2:/tmp/file");
             }
+            lab::require_root()?;
+            let lab = Lab::attach()?;
             let node = lab.node(node)?;
             lab.cp(&file, node, path)?;
         }

@@ -211,10 +211,12 @@ impl Lab {
         LabBuilder::new(n)
     }
 
-    /// Builds (or unpacks) the cached base root filesystem; `force` rebuilds it from scratch.
-    pub fn build(force: bool) -> Result<(PathBuf, BaseOutcome)> {
+    /// Builds (or unpacks) the cached base root filesystem; `force` rebuilds it from scratch. Then
+    /// removes cached bases of other recipes that no running lab uses (listed in the result).
+    pub fn build(force: bool) -> Result<(PathBuf, BaseOutcome, Vec<PathBuf>)> {
         require_root()?;
-        recipe::ensure_base(force)
+        let (path, outcome) = recipe::ensure_base(force)?;
+        Ok((path, outcome, recipe::prune_cache()))
     }
 
     /// The running lab of this `LAB_ID` (e.g. one started with `lab up`), without owning it: dropping
