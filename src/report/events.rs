@@ -125,11 +125,9 @@ impl Event {
         match &mut self {
             Event::HostStep { message, .. } => *message = redact(message),
             Event::HostOutput { line, .. } => *line = redact(line),
-            Event::HostDone { detail, .. } => {
-                if let Some(d) = detail {
-                    *d = redact(d)
-                }
-            }
+            Event::HostDone {
+                detail: Some(d), ..
+            } => *d = redact(d),
             Event::HostFailed { error, hint, .. } => {
                 *error = redact(error);
                 if let Some(h) = hint {
