@@ -100,3 +100,66 @@ fn help_lists_the_subcommands() {
         );
     }
 }
+
+/// Runs the helper below as an unprivileged user (nobody when we are root), so the lab's
+/// prerequisites are missing; returns (success, stderr).
+fn run_skip_helper(required: bool) -> (bool, String) {
+    let exe = std::env::current_exe().unwrap();
+    let mut c = if installer_tests::lab::is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&exe);
+        c
+    } else {
+        std::process::Command::new(&exe)
+    };
+    c.args([
+        "--ignored",
+        "--exact",
+        "helper_lab_test_without_prerequisites",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("LAB_ID", "9")
+    .env_remove("LAB_REQUIRED");
+    if required {
+        c.env("LAB_REQUIRED", "1");
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn lab_tests_skip_with_a_reason_and_fail_under_lab_required() {
+    let (ok, stderr) = run_skip_helper(false);
+    assert!(
+        ok,
+        "without LAB_REQUIRED the test must skip, not fail: {stderr}"
+    );
+    assert!(
+        stderr.contains("SKIPPED (lab test): the lab needs root"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run_skip_helper(true);
+    assert!(
+        !ok,
+        "with LAB_REQUIRED=1 a missing prerequisite must fail the test"
+    );
+    assert!(
+        stderr.contains("LAB_REQUIRED=1 but the lab cannot run here: it needs root"),
+        "{stderr}"
+    );
+}
+
+/// Helper for the test above: an ordinary lab test.
+#[test]
+#[ignore = "helper for lab_tests_skip_with_a_reason_and_fail_under_lab_required"]
+fn helper_lab_test_without_prerequisites() {
+    let Some(_lab) = installer_tests::lab_or_skip!(1) else {
+        return;
+    };
+    panic!("the lab came up without its prerequisites");
+}

@@ -47,6 +47,23 @@ fn stop_kill_start_and_link_faults() {
     // same host key: the strict login against the unchanged known_hosts works.
     assert!(login_works(&lab, n2));
 
+    // reboot = clean halt + boot of the same disk.
+    let before = lab
+        .ssh_ok(
+            n2,
+            "systemctl show -p ActiveEnterTimestampMonotonic --value init.scope",
+        )
+        .unwrap();
+    lab.reboot_node(n2).unwrap();
+    let after = lab
+        .ssh_ok(
+            n2,
+            "systemctl show -p ActiveEnterTimestampMonotonic --value init.scope",
+        )
+        .unwrap();
+    assert_ne!(before, after, "node2's systemd did not start again");
+    assert_eq!(lab.ssh_ok(n2, "cat /root/marker").unwrap(), "kept\n");
+
     // kill: no shutdown at all, every process gone at once; the node boots again afterwards.
     let boot_before = lab.ssh_ok(n3, "cat /proc/sys/kernel/random/boot_id; systemctl show -p ActiveEnterTimestampMonotonic --value init.scope").unwrap();
     lab.kill_node(n3).unwrap();

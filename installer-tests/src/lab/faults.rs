@@ -70,6 +70,13 @@ impl Lab {
         Ok(())
     }
 
+    /// Reboots `node`: a clean halt, then a boot of the same disk (a `reboot` inside a node only
+    /// stops it, since nothing restarts the nspawn process). Waits for the SSH login.
+    pub fn reboot_node(&self, node: &Node) -> Result<()> {
+        self.stop_node(node)?;
+        self.start_node(node)
+    }
+
     /// Cuts `node` off the network: the host side of its veth goes down. The node keeps its address
     /// and routes; no packet reaches it or leaves it. Undo with [`Lab::link_up`].
     pub fn link_down(&self, node: &Node) -> Result<()> {

@@ -803,3 +803,27 @@ pub fn down_from_state() -> Result<bool> {
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lab_can_be_shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Lab>();
+        send_sync::<Node>();
+    }
+
+    #[test]
+    fn the_macro_takes_counts_and_builders() {
+        assert_eq!(3.into_lab_builder().nodes, 3);
+        assert_eq!(
+            Lab::builder(2)
+                .rancher_size_mib(8)
+                .into_lab_builder()
+                .rancher_size_mib,
+            Some(8)
+        );
+    }
+}
