@@ -2,7 +2,7 @@
 //! login for exactly one user, the three lab keys, a systemd `Type=notify` service (the k3s stand-in
 //! runs as one), /dev/kmsg, a plain-directory /var/lib/rancher, its own firewall tools, writable
 //! cgroups, a real time-sync daemon that cannot touch the shared clock, a default route via the
-//! bridge without the host forwarding anything. Needs root and the lab; skipped with the reason
+//! bridge without the host forwarding anything (and the lab's own forward-drop table). Needs root and the lab; skipped with the reason
 //! otherwise (failed under LAB_REQUIRED=1).
 
 #![allow(clippy::unwrap_used)]
@@ -216,10 +216,26 @@ fn users_sudo_password_login_and_key_types() {
 #[test]
 fn nodes_run_notify_services_and_have_what_k3s_needs() {
     let forward_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
-    let Some(lab) = installer_tests::lab_or_skip!(2) else {
+    // forward_guard: the forward-drop nftables table is added although this host may not forward.
+    let Some(lab) = installer_tests::lab_or_skip!(Lab::builder(2).forward_guard(true)) else {
         return;
     };
     let (n1, n2) = (&lab.nodes()[0], &lab.nodes()[1]);
+    let layout = lab.layout().clone();
+    let table = Command::new("nft")
+        .args(["list", "table", "inet", &layout.nft_table()])
+        .output()
+        .unwrap();
+    let rules = text(&table.stdout);
+    let b = layout.bridge();
+    assert!(
+        rules.contains(&format!("iifname \"{b}\" oifname != \"{b}\" drop")),
+        "{rules}"
+    );
+    assert!(
+        rules.contains(&format!("oifname \"{b}\" iifname != \"{b}\" drop")),
+        "{rules}"
+    );
 
     // A Type=notify service (the k3s stand-in runs as k3s.service): active only after READY=1.
     let unit = r#"cat > /etc/systemd/system/notify-probe.service <<'EOF'
@@ -293,6 +309,11 @@ systemctl daemon-reload && systemctl start notify-probe.service && systemctl sho
     assert!(format!("{err:#}").contains("rancher_size_mib"), "{err:#}");
 
     lab.down().unwrap();
+    assert!(
+        lab::leftovers(&layout).is_empty(),
+        "{:?}",
+        lab::leftovers(&layout)
+    );
 }
 
 #[test]

@@ -94,6 +94,7 @@ pub struct LabBuilder {
     rancher_size_mib: Option<u64>,
     boot_timeout: Duration,
     cli_owned: bool,
+    forward_guard: bool,
 }
 
 impl LabBuilder {
@@ -104,6 +105,7 @@ impl LabBuilder {
             rancher_size_mib: None,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             cli_owned: false,
+            forward_guard: false,
         }
     }
 
@@ -117,6 +119,13 @@ impl LabBuilder {
     /// How long each node may take to boot and accept SSH (default 90 s).
     pub fn boot_timeout(mut self, t: Duration) -> Self {
         self.boot_timeout = t;
+        self
+    }
+
+    /// Add the nftables table that drops forwarded lab traffic even when the host does not forward
+    /// (it is always added when the host forwards). Needs nftables.
+    pub fn forward_guard(mut self, always: bool) -> Self {
+        self.forward_guard = always;
         self
     }
 
@@ -314,7 +323,7 @@ impl Lab {
         net::create_bridge(&layout)?;
         self.update(|st| st.bridge = true)?;
         net::configure_bridge(&layout)?;
-        if net::host_forwards() {
+        if b.forward_guard || net::host_forwards() {
             net::add_nft_table(&layout)?;
             self.update(|st| st.nft_table = true)?;
         }
