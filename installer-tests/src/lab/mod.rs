@@ -759,6 +759,11 @@ fn node_of(layout: &Layout, r: &NodeRecord) -> Result<Node> {
 /// process or of an earlier boot is torn down; a lab started with `lab up` is refused.
 fn clear_leftover(layout: &Layout) -> Result<()> {
     let Some(mut st) = State::load(layout)? else {
+        // A state directory without a state file (a crash between creating it and the first save)
+        // holds nothing of value; remove_tree refuses if anything is mounted inside.
+        if layout.state_dir().is_dir() {
+            state::remove_tree(&layout.state_dir())?;
+        }
         return Ok(());
     };
     if st.same_boot() {
