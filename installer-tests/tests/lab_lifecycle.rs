@@ -21,6 +21,26 @@ fn ip(args: &[&str]) -> std::process::ExitStatus {
     Command::new("ip").args(args).status().expect("run ip")
 }
 
+/// A network interface this test creates, deleted even when an assertion fails (a leftover bridge
+/// would make every later `up` of this LAB_ID refuse).
+struct TestLink(String);
+
+impl TestLink {
+    fn bridge(name: &str) -> TestLink {
+        assert!(
+            ip(&["link", "add", name, "type", "bridge"]).success(),
+            "cannot create {name}"
+        );
+        TestLink(name.to_string())
+    }
+}
+
+impl Drop for TestLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
 #[test]
 fn lab_up_login_verify_host_keys_down_leaves_nothing() {
     let t = Instant::now();
@@ -135,7 +155,7 @@ fn lab_up_login_verify_host_keys_down_leaves_nothing() {
 
     // Refuses a bridge it did not create, and leaves it alone.
     let bridge = layout.bridge();
-    assert!(ip(&["link", "add", &bridge, "type", "bridge"]).success());
+    let foreign = TestLink::bridge(&bridge);
     let err = Lab::up(1).expect_err("up must refuse a foreign bridge");
     let shown = format!("{err:#}");
     assert!(shown.contains(&bridge), "{shown}");
@@ -145,13 +165,12 @@ fn lab_up_login_verify_host_keys_down_leaves_nothing() {
             .exists(),
         "up removed a bridge it did not create"
     );
-    assert!(ip(&["link", "del", &bridge]).success());
+    drop(foreign);
 
     // Refuses when an address of its subnet is taken elsewhere.
-    let dummy = format!("labtest{}", layout.id());
+    let other = TestLink::bridge(&format!("labtest{}", layout.id()));
     let addr = format!("10.77.{}.200/24", layout.id());
-    assert!(ip(&["link", "add", &dummy, "type", "bridge"]).success());
-    assert!(ip(&["addr", "add", &addr, "dev", &dummy]).success());
+    assert!(ip(&["addr", "add", &addr, "dev", &other.0]).success());
     let err = Lab::up(1)
         .map(|_| ())
         .expect_err("up must refuse a taken subnet");
@@ -159,7 +178,7 @@ fn lab_up_login_verify_host_keys_down_leaves_nothing() {
         format!("{err:#}").contains("inside the lab subnet"),
         "{err:#}"
     );
-    assert!(ip(&["link", "del", &dummy]).success());
+    drop(other);
     assert!(lab::leftovers(&layout).is_empty());
 
     // A test process that dies without tearing its lab down (exit skips Drop): the next up of the
