@@ -13,6 +13,21 @@ fn lab() -> Command {
     c
 }
 
+/// A copy of `bin` that the unprivileged user can run even when the checkout is not readable by it
+/// (CI may clone under /root).
+fn copy_for_nobody(bin: &std::path::Path) -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("lab-cli-test")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join(bin.file_name().unwrap());
+    std::fs::copy(bin, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, copy)
+}
+
 #[test]
 fn up_refuses_node_counts_outside_one_to_five() {
     for n in ["0", "6"] {
@@ -52,7 +67,7 @@ fn cp_wants_node_colon_path() {
 
 #[test]
 fn refuses_to_run_without_root() {
-    let bin = assert_cmd::cargo::cargo_bin("lab");
+    let (_dir, bin) = copy_for_nobody(&assert_cmd::cargo::cargo_bin("lab"));
     let mut c = if installer_tests::lab::is_root() {
         // Run the same binary as nobody.
         let mut c = Command::new("setpriv");
@@ -104,7 +119,7 @@ fn help_lists_the_subcommands() {
 /// Runs the helper below as an unprivileged user (nobody when we are root), so the lab's
 /// prerequisites are missing; returns (success, stderr).
 fn run_skip_helper(required: bool) -> (bool, String) {
-    let exe = std::env::current_exe().unwrap();
+    let (_dir, exe) = copy_for_nobody(&std::env::current_exe().unwrap());
     let mut c = if installer_tests::lab::is_root() {
         let mut c = std::process::Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
