@@ -1,7 +1,7 @@
 //! The lab's life cycle on real nodes (issue 3, "Done when"): `up 5`, an SSH login to each node that
 //! verifies its host key against the written known_hosts, `systemctl is-system-running` answering
 //! `running` or `degraded` on each, then `down` leaving no mount, cgroup, bridge, process or state.
-//! Also: `down` twice, `up` after `down`, a failed `up` cleaning up, and the refusals (bridge or
+//! The answer file `up` writes validates with the installer's loader. Also: `down` twice, `up` after `down`, a failed `up` cleaning up, and the refusals (bridge or
 //! subnet taken by someone else). One test function: its steps must not interleave with another lab
 //! of the same LAB_ID. Needs root and the lab; skipped with the reason otherwise (failed under
 //! LAB_REQUIRED=1).
@@ -121,6 +121,27 @@ fn lab_up_login_verify_host_keys_down_leaves_nothing() {
         "{}",
         text(&out.stderr)
     );
+
+    // The answer file validates with the installer's own loader and describes exactly these nodes.
+    let decl = installer::config::app::Declaration::embedded().unwrap();
+    let loaded = installer::config::load_file(
+        &lab.answer_file_path(),
+        &installer::config::interpolate::ProcessEnv,
+        None,
+        &decl,
+    )
+    .unwrap_or_else(|e| panic!("the lab's answer file does not validate: {e}"));
+    assert_eq!(loaded.plan.hosts.len(), 5);
+    for (h, n) in loaded.plan.hosts.iter().zip(lab.nodes()) {
+        assert_eq!(h.ssh.address, n.addr.to_string());
+        assert_eq!(h.ssh.user, "root");
+        assert_eq!(h.node_name.as_deref(), Some(n.name.as_str()));
+        assert_eq!(
+            h.ssh.host_key.as_deref(),
+            Some(n.host_key_fingerprint.as_str())
+        );
+        assert_eq!(h.ssh.known_hosts_file, lab.known_hosts_path());
+    }
 
     // Every node has its own host key and address.
     let mut keys: Vec<&str> = lab
