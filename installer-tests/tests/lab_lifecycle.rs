@@ -1,8 +1,9 @@
 //! The lab's life cycle on real nodes (issue 3, "Done when"): `up 5`, an SSH login to each node that
 //! verifies its host key against the written known_hosts, `systemctl is-system-running` answering
 //! `running` or `degraded` on each, then `down` leaving no mount, cgroup, bridge, process or state.
-//! The answer file `up` writes validates with the installer's loader. Also: `down` twice, `up` after `down`, a failed `up` cleaning up, and the refusals (bridge or
-//! subnet taken by someone else). One test function: its steps must not interleave with another lab
+//! The answer file `up` writes validates with the installer's loader. Also: `down` twice, `up`
+//! after `down`, a failed `up` cleaning up, recovery after a crashed owner, and the refusals (bridge
+//! or subnet taken by someone else). One test function: its steps must not interleave with another lab
 //! of the same LAB_ID. Needs root and the lab; skipped with the reason otherwise (failed under
 //! LAB_REQUIRED=1).
 
