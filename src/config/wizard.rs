@@ -550,6 +550,7 @@ mod tests {
                 hosts: vec![raw::Host::new("10.0.0.1")],
                 network: raw::Network::default(),
                 enforcer: raw::Enforcer::default(),
+                k3s: raw::K3s::default(),
                 app: raw::App {
                     values: [("gatewayPort".to_string(), serde_json::Value::from(9443))]
                         .into_iter()
