@@ -14,4 +14,5 @@ pub mod notify;
 pub mod paths;
 pub mod pki;
 pub mod token;
+pub mod store;
 pub mod version;
