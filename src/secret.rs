@@ -31,12 +31,12 @@ pub fn register(value: &str) {
     if value.len() < MIN_REGISTERED_LEN {
         return;
     }
-    if let Ok(mut reg) = registry().lock() {
-        if !reg.iter().any(|v| v == value) {
-            reg.push(value.to_owned());
-            // Longest first, so a secret that contains another is masked whole.
-            reg.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        }
+    if let Ok(mut reg) = registry().lock()
+        && !reg.iter().any(|v| v == value)
+    {
+        reg.push(value.to_owned());
+        // Longest first, so a secret that contains another is masked whole.
+        reg.sort_by_key(|v| std::cmp::Reverse(v.len()));
     }
 }
 
@@ -121,10 +121,7 @@ fn redact_k3s_tokens(text: &str) -> String {
 fn redact_pem_private_keys(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    loop {
-        let Some(start) = rest.find("-----BEGIN ") else {
-            break;
-        };
+    while let Some(start) = rest.find("-----BEGIN ") {
         let header_end = match rest[start..]
             .find("-----\n")
             .or(rest[start + 11..].find("-----").map(|p| p + 11))

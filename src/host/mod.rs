@@ -15,6 +15,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::secret::Secret;
 
 pub mod error;
+pub mod facts;
+pub mod fake;
+pub mod fanout;
+pub mod known_hosts;
+pub mod ssh;
+pub mod ssh_config;
 pub use error::{AuthAttempt, HostError};
 
 /// A shell command to run on a host.
@@ -100,8 +106,8 @@ impl CommandOutput {
     }
 }
 
-/// Where the bytes of an upload come from.
-#[derive(Debug, Clone)]
+/// Where the bytes of an upload come from. `Debug` shows sizes, never content.
+#[derive(Clone)]
 pub enum UploadSource {
     /// Bytes embedded in the installer binary (`include_bytes!`): streamed, never copied.
     Static {
@@ -117,6 +123,20 @@ pub enum UploadSource {
     },
     /// Small generated content (configuration files, units).
     Bytes(bytes::Bytes),
+}
+
+impl std::fmt::Debug for UploadSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UploadSource::Static { bytes, sha256 } => {
+                write!(f, "Static({} bytes, sha256 {:?})", bytes.len(), sha256)
+            }
+            UploadSource::File { path, sha256 } => {
+                write!(f, "File({}, sha256 {:?})", path.display(), sha256)
+            }
+            UploadSource::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+        }
+    }
 }
 
 impl UploadSource {
@@ -218,10 +238,7 @@ pub trait RemoteExt: Remote {
 
     /// Reads a file, or `None` if it does not exist.
     async fn read_file(&self, path: &str, sudo: bool) -> Result<Option<Vec<u8>>, HostError> {
-        let quoted = shell_quote(path);
-        let mut cmd = RemoteCommand::new(format!(
-            "if [ -e {quoted} ]; then cat {quoted}; else exit 3; fi"
-        ));
+        let mut cmd = RemoteCommand::new(read_file_script(path));
         cmd.sudo = sudo;
         let out = self.exec(cmd).await?;
         match out.status {
@@ -238,6 +255,38 @@ pub trait RemoteExt: Remote {
 }
 
 impl<T: Remote + ?Sized> RemoteExt for T {}
+
+/// A shared host is a host: lets `Arc<dyn Remote>` (and `Arc<SshHost>`) go wherever a
+/// `Remote` is expected, for example [`fanout::fan_out`].
+#[async_trait]
+impl<T: Remote + ?Sized> Remote for Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    async fn exec(&self, cmd: RemoteCommand) -> Result<CommandOutput, HostError> {
+        (**self).exec(cmd).await
+    }
+
+    async fn upload(
+        &self,
+        src: &UploadSource,
+        target: &UploadTarget,
+        progress: Option<Progress>,
+    ) -> Result<UploadOutcome, HostError> {
+        (**self).upload(src, target, progress).await
+    }
+
+    async fn connect_tcp(&self, host: &str, port: u16) -> Result<Tunnel, HostError> {
+        (**self).connect_tcp(host, port).await
+    }
+}
+
+/// The script [`RemoteExt::read_file`] runs (exit 3: no such file).
+pub fn read_file_script(path: &str) -> String {
+    let quoted = shell_quote(path);
+    format!("if [ -e {quoted} ]; then cat {quoted}; else exit 3; fi")
+}
 
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
@@ -268,6 +317,12 @@ mod tests {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+    }
+
+    #[test]
+    fn upload_source_debug_never_shows_content() {
+        let src = UploadSource::Bytes(bytes::Bytes::from_static(b"secret-token-content"));
+        assert_eq!(format!("{src:?}"), "Bytes(20 bytes)");
     }
 
     #[test]

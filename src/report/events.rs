@@ -99,6 +99,11 @@ pub enum Event {
         host: Option<String>,
         text: String,
     },
+    /// The validated plan (`install --dry-run`): data, so renderers print it on stdout.
+    /// Holds no secret (a [`crate::config::plan::PlanSummary`] is plain strings).
+    PlanReady {
+        plan: crate::config::plan::PlanSummary,
+    },
     /// The command is over; `ok` says whether it succeeded.
     CommandFinished {
         command: String,
@@ -125,11 +130,9 @@ impl Event {
         match &mut self {
             Event::HostStep { message, .. } => *message = redact(message),
             Event::HostOutput { line, .. } => *line = redact(line),
-            Event::HostDone { detail, .. } => {
-                if let Some(d) = detail {
-                    *d = redact(d)
-                }
-            }
+            Event::HostDone {
+                detail: Some(d), ..
+            } => *d = redact(d),
             Event::HostFailed { error, hint, .. } => {
                 *error = redact(error);
                 if let Some(h) = hint {

@@ -1,0 +1,161 @@
+//! Waiting with a deadline that explains itself: every wait names what it waited for and,
+//! when it gives up, what it saw last (a condition message, a pod's waiting reason).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+
+/// One look at the thing being waited for.
+pub enum Probe<T> {
+    Done(T),
+    /// Not there yet; the text says what was seen.
+    NotYet(String),
+}
+
+/// A wait that gave up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("gave up after {} waiting for {what}; last seen: {last}", humantime::format_duration(*.after))]
+pub struct WaitTimeout {
+    pub what: String,
+    pub after: Duration,
+    pub last: String,
+}
+
+/// Probes every `interval` until `probe` is done or `timeout` passes.
+pub async fn until<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut probe: F,
+) -> Result<T, WaitTimeout>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Probe<T>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match probe().await {
+            Probe::Done(v) => return Ok(v),
+            Probe::NotYet(seen) => seen,
+        };
+        if start.elapsed() >= timeout {
+            return Err(WaitTimeout {
+                what: what.to_owned(),
+                after: Duration::from_secs(start.elapsed().as_secs()),
+                last,
+            });
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Whether a node is Ready, and if not, why (the Ready condition's reason and message,
+/// plus its taints), in words fit for an operator.
+pub fn node_readiness(node: &Node) -> (bool, String) {
+    let conds = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    let ready = conds.iter().find(|c| c.type_ == "Ready");
+    match ready {
+        Some(c) if c.status == "True" => (true, "Ready".into()),
+        Some(c) => {
+            let mut s = format!(
+                "NotReady ({}: {})",
+                c.reason.as_deref().unwrap_or("no reason"),
+                c.message.as_deref().unwrap_or("no message")
+            );
+            let taints: Vec<String> = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .map(|t| {
+                    t.iter()
+                        .map(|t| format!("{}:{}", t.key, t.effect))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !taints.is_empty() {
+                s.push_str(&format!("; taints {}", taints.join(", ")));
+            }
+            (false, s)
+        }
+        None => (false, "no Ready condition reported yet".into()),
+    }
+}
+
+/// The pod CIDR kube-controller-manager assigned to the node, if any yet.
+pub fn pod_cidr(node: &Node) -> Option<String> {
+    node.spec.as_ref().and_then(|s| s.pod_cidr.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn until_returns_when_done_and_explains_a_timeout() {
+        let n = AtomicU32::new(0);
+        let v = until(
+            "three",
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || async {
+                let i = n.fetch_add(1, Ordering::SeqCst);
+                if i >= 2 {
+                    Probe::Done(i)
+                } else {
+                    Probe::NotYet(format!("saw {i}"))
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(v, 2);
+        let e = until::<(), _, _>(
+            "the moon",
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || async { Probe::NotYet("clouds".into()) },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.what, "the moon");
+        assert_eq!(e.last, "clouds");
+        assert!(e.to_string().starts_with("gave up after"), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("waiting for the moon; last seen: clouds"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn node_readiness_explains_not_ready() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "srv1"},
+            "spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]},
+            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                "message": "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized"}]}
+        })).unwrap();
+        let (ok, why) = node_readiness(&node);
+        assert!(!ok);
+        assert!(why.contains("cni plugin not initialized"), "{why}");
+        assert!(
+            why.ends_with("taints node.kubernetes.io/not-ready:NoSchedule"),
+            "{why}"
+        );
+        let ready: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "srv1"},
+            "spec": {"podCIDR": "10.42.0.0/24"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        assert_eq!(node_readiness(&ready), (true, "Ready".to_string()));
+        assert_eq!(pod_cidr(&ready).as_deref(), Some("10.42.0.0/24"));
+    }
+}
