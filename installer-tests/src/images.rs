@@ -40,10 +40,16 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: unsupported image archive type (the k3s stand-in reads .tar, .tar.gz, .tgz, .tar.zst, .tzst)")]
+    #[error(
+        "{path}: unsupported image archive type (the k3s stand-in reads .tar, .tar.gz, .tgz, .tar.zst, .tzst)"
+    )]
     Unsupported { path: String },
     #[error("{path}: {what}: {msg}")]
-    Bad { path: String, what: String, msg: String },
+    Bad {
+        path: String,
+        what: String,
+        msg: String,
+    },
 }
 
 /// The compression a file name implies, or `None` if it is not an archive this module reads.
@@ -83,7 +89,11 @@ pub fn normalize(reference: &str) -> String {
         Some(_) => ("docker.io".to_string(), r.to_string()),
         None => ("docker.io".to_string(), r.to_string()),
     };
-    let domain = if domain == "index.docker.io" { "docker.io".to_string() } else { domain };
+    let domain = if domain == "index.docker.io" {
+        "docker.io".to_string()
+    } else {
+        domain
+    };
     let path = if domain == "docker.io" && !path.contains('/') {
         format!("library/{path}")
     } else {
@@ -100,7 +110,10 @@ pub fn normalize(reference: &str) -> String {
 
 /// Whether `s` looks like a full reference (has a repository, not only a tag).
 fn is_full_reference(s: &str) -> bool {
-    s.contains('/') || (s.contains(':') && !s.starts_with(':') && s.split(':').next().is_some_and(|p| !p.is_empty()))
+    s.contains('/')
+        || (s.contains(':')
+            && !s.starts_with(':')
+            && s.split(':').next().is_some_and(|p| !p.is_empty()))
 }
 
 /// Options for [`write_archive`].
@@ -233,7 +246,11 @@ fn familiar(normalized: &str) -> String {
 }
 
 /// Write an image archive at `path` naming `images`, in the `docker save` layout.
-pub fn write_archive(path: &Path, images: &[&str], opts: &ArchiveOptions) -> Result<(), ImageError> {
+pub fn write_archive(
+    path: &Path,
+    images: &[&str],
+    opts: &ArchiveOptions,
+) -> Result<(), ImageError> {
     let compression = match opts.compression {
         Some(c) => c,
         None => compression_for(path)?.unwrap_or(Compression::None),
@@ -292,7 +309,11 @@ fn write_tar<W: Write>(w: &mut W, images: &[&str], opts: &ArchiveOptions) -> std
     for (i, image) in images.iter().enumerate() {
         let name = normalize(image);
         let content = format!("k3s stand-in image {name}\n");
-        let layer = layer_blob("standin-image.txt", &mut content.as_bytes(), content.len() as u64)?;
+        let layer = layer_blob(
+            "standin-image.txt",
+            &mut content.as_bytes(),
+            content.len() as u64,
+        )?;
         let mut layers = vec![(layer.digest.clone(), layer.size)];
         if let Some(p) = &padding
             && i == 0
@@ -306,7 +327,11 @@ fn write_tar<W: Write>(w: &mut W, images: &[&str], opts: &ArchiveOptions) -> std
             header.set_mode(0o644);
             header.set_mtime(0);
             header.set_cksum();
-            b.append_data(&mut header, format!("blobs/sha256/{}", layer.digest), &mut f)?;
+            b.append_data(
+                &mut header,
+                format!("blobs/sha256/{}", layer.digest),
+                &mut f,
+            )?;
         }
         let config = serde_json::json!({
             "architecture": "amd64",
@@ -316,7 +341,11 @@ fn write_tar<W: Write>(w: &mut W, images: &[&str], opts: &ArchiveOptions) -> std
         });
         let (config_digest, config_bytes) = json_blob(&config);
         if written.insert(config_digest.clone()) {
-            append_bytes(&mut b, &format!("blobs/sha256/{config_digest}"), &config_bytes)?;
+            append_bytes(
+                &mut b,
+                &format!("blobs/sha256/{config_digest}"),
+                &config_bytes,
+            )?;
         }
         let manifest = serde_json::json!({
             "schemaVersion": 2,
@@ -326,9 +355,16 @@ fn write_tar<W: Write>(w: &mut W, images: &[&str], opts: &ArchiveOptions) -> std
         });
         let (manifest_digest, manifest_bytes) = json_blob(&manifest);
         if written.insert(manifest_digest.clone()) {
-            append_bytes(&mut b, &format!("blobs/sha256/{manifest_digest}"), &manifest_bytes)?;
+            append_bytes(
+                &mut b,
+                &format!("blobs/sha256/{manifest_digest}"),
+                &manifest_bytes,
+            )?;
         }
-        let tag = name.rsplit_once(':').map(|(_, t)| t.to_string()).unwrap_or_default();
+        let tag = name
+            .rsplit_once(':')
+            .map(|(_, t)| t.to_string())
+            .unwrap_or_default();
         index_manifests.push(serde_json::json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": format!("sha256:{manifest_digest}"),
@@ -346,7 +382,11 @@ fn write_tar<W: Write>(w: &mut W, images: &[&str], opts: &ArchiveOptions) -> std
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": index_manifests,
     });
-    append_bytes(&mut b, "index.json", &serde_json::to_vec(&index).unwrap_or_default())?;
+    append_bytes(
+        &mut b,
+        "index.json",
+        &serde_json::to_vec(&index).unwrap_or_default(),
+    )?;
     append_bytes(
         &mut b,
         "manifest.json",
@@ -386,13 +426,24 @@ pub fn read_image_names(path: &Path) -> Result<Vec<String>, ImageError> {
     };
     for entry in archive.entries().map_err(&e)? {
         let mut entry = entry.map_err(&e)?;
-        let entry_path = entry.path().map_err(&e)?.to_string_lossy().trim_start_matches("./").to_string();
+        let entry_path = entry
+            .path()
+            .map_err(&e)?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
         match entry_path.as_str() {
             "index.json" => {
                 let mut s = String::new();
                 entry.read_to_string(&mut s).map_err(&e)?;
-                let v: serde_json::Value = serde_json::from_str(&s).map_err(|err| bad("index.json", err.to_string()))?;
-                for m in v.get("manifests").and_then(|m| m.as_array()).into_iter().flatten() {
+                let v: serde_json::Value =
+                    serde_json::from_str(&s).map_err(|err| bad("index.json", err.to_string()))?;
+                for m in v
+                    .get("manifests")
+                    .and_then(|m| m.as_array())
+                    .into_iter()
+                    .flatten()
+                {
                     let ann = m.get("annotations");
                     let get = |k: &str| ann.and_then(|a| a.get(k)).and_then(|v| v.as_str());
                     if let Some(n) = get("io.containerd.image.name") {
@@ -407,10 +458,15 @@ pub fn read_image_names(path: &Path) -> Result<Vec<String>, ImageError> {
             "manifest.json" => {
                 let mut s = String::new();
                 entry.read_to_string(&mut s).map_err(&e)?;
-                let v: serde_json::Value =
-                    serde_json::from_str(&s).map_err(|err| bad("manifest.json", err.to_string()))?;
+                let v: serde_json::Value = serde_json::from_str(&s)
+                    .map_err(|err| bad("manifest.json", err.to_string()))?;
                 for m in v.as_array().into_iter().flatten() {
-                    for t in m.get("RepoTags").and_then(|t| t.as_array()).into_iter().flatten() {
+                    for t in m
+                        .get("RepoTags")
+                        .and_then(|t| t.as_array())
+                        .into_iter()
+                        .flatten()
+                    {
                         if let Some(t) = t.as_str() {
                             names.insert(normalize(t));
                         }
@@ -432,22 +488,44 @@ mod tests {
     #[test]
     fn normalisation_matches_containerd() {
         assert_eq!(normalize("nginx"), "docker.io/library/nginx:latest");
-        assert_eq!(normalize("rancher/mirrored-pause:3.6"), "docker.io/rancher/mirrored-pause:3.6");
-        assert_eq!(normalize("docker.io/rancher/mirrored-pause:3.6"), "docker.io/rancher/mirrored-pause:3.6");
-        assert_eq!(normalize("registry.example/app/api:1.0"), "registry.example/app/api:1.0");
+        assert_eq!(
+            normalize("rancher/mirrored-pause:3.6"),
+            "docker.io/rancher/mirrored-pause:3.6"
+        );
+        assert_eq!(
+            normalize("docker.io/rancher/mirrored-pause:3.6"),
+            "docker.io/rancher/mirrored-pause:3.6"
+        );
+        assert_eq!(
+            normalize("registry.example/app/api:1.0"),
+            "registry.example/app/api:1.0"
+        );
         assert_eq!(normalize("localhost:5000/x"), "localhost:5000/x:latest");
-        assert_eq!(normalize("busybox@sha256:abc"), "docker.io/library/busybox@sha256:abc");
+        assert_eq!(
+            normalize("busybox@sha256:abc"),
+            "docker.io/library/busybox@sha256:abc"
+        );
     }
 
     #[test]
     fn every_format_round_trips() {
         let d = tempfile::tempdir().unwrap();
-        let imgs = ["docker.io/rancher/mirrored-pause:3.6", "registry.example/app/api:1.0"];
+        let imgs = [
+            "docker.io/rancher/mirrored-pause:3.6",
+            "registry.example/app/api:1.0",
+        ];
         for name in ["a.tar", "b.tar.gz", "c.tgz", "d.tar.zst", "e.tzst"] {
             let p = d.path().join(name);
             write_archive(&p, &imgs, &ArchiveOptions::default()).unwrap();
             let got = read_image_names(&p).unwrap();
-            assert_eq!(got, vec!["docker.io/rancher/mirrored-pause:3.6".to_string(), "registry.example/app/api:1.0".to_string()], "{name}");
+            assert_eq!(
+                got,
+                vec![
+                    "docker.io/rancher/mirrored-pause:3.6".to_string(),
+                    "registry.example/app/api:1.0".to_string()
+                ],
+                "{name}"
+            );
         }
     }
 
@@ -461,7 +539,10 @@ mod tests {
         };
         write_archive(&p, &["nginx:1.27"], &opts).unwrap();
         assert!(std::fs::metadata(&p).unwrap().len() > 3 << 20);
-        assert_eq!(read_image_names(&p).unwrap(), vec!["docker.io/library/nginx:1.27".to_string()]);
+        assert_eq!(
+            read_image_names(&p).unwrap(),
+            vec!["docker.io/library/nginx:1.27".to_string()]
+        );
     }
 
     #[test]
@@ -486,8 +567,14 @@ mod tests {
 
     #[test]
     fn lz4_and_bzip2_are_reported_unsupported() {
-        assert!(matches!(compression_for(Path::new("x.tar.lz4")), Err(ImageError::Unsupported { .. })));
-        assert!(matches!(compression_for(Path::new("x.tar.bz2")), Err(ImageError::Unsupported { .. })));
+        assert!(matches!(
+            compression_for(Path::new("x.tar.lz4")),
+            Err(ImageError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            compression_for(Path::new("x.tar.bz2")),
+            Err(ImageError::Unsupported { .. })
+        ));
         assert!(matches!(compression_for(Path::new("x.txt")), Ok(None)));
     }
 }

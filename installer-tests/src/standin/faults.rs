@@ -79,7 +79,10 @@ impl Faults {
         let map: std::collections::BTreeMap<String, serde_json::Value> =
             serde_saphyr::from_str(text).map_err(|e| format!("faults file: {e}"))?;
         for (k, v) in map {
-            let as_bool = || v.as_bool().ok_or_else(|| format!("faults file: {k} must be true or false"));
+            let as_bool = || {
+                v.as_bool()
+                    .ok_or_else(|| format!("faults file: {k} must be true or false"))
+            };
             let as_dur = || {
                 let s = match &v {
                     serde_json::Value::String(s) => s.clone(),
@@ -169,11 +172,17 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         assert_eq!(Faults::parse("").unwrap(), Faults::default());
-        let f = Faults::parse("startup-delay: 0\nnever-ready: true\nlearner-promotion-delay: 500ms\n").unwrap();
+        let f =
+            Faults::parse("startup-delay: 0\nnever-ready: true\nlearner-promotion-delay: 500ms\n")
+                .unwrap();
         assert_eq!(f.startup_delay, Duration::ZERO);
         assert!(f.never_ready);
         assert_eq!(f.learner_promotion_delay, Duration::from_millis(500));
-        assert!(Faults::parse("nevr-ready: true").unwrap_err().contains("unknown key"));
+        assert!(
+            Faults::parse("nevr-ready: true")
+                .unwrap_err()
+                .contains("unknown key")
+        );
     }
 
     #[test]

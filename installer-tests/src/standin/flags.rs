@@ -136,12 +136,14 @@ pub fn table() -> &'static [FlagSpec] {
 fn etcd_snapshot_table() -> &'static [FlagSpec] {
     static TABLE: OnceLock<Vec<FlagSpec>> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let v = |name: &str, kind: Kind, aliases: Vec<&'static str>, env: Option<&'static str>| FlagSpec {
-            name: name.to_string(),
-            scope: Scope::Server,
-            kind,
-            aliases,
-            env,
+        let v = |name: &str, kind: Kind, aliases: Vec<&'static str>, env: Option<&'static str>| {
+            FlagSpec {
+                name: name.to_string(),
+                scope: Scope::Server,
+                kind,
+                aliases,
+                env,
+            }
         };
         let mut t = vec![
             v("debug", Kind::Bool, vec![], Some("K3S_DEBUG")),
@@ -154,8 +156,18 @@ fn etcd_snapshot_table() -> &'static [FlagSpec] {
             v("etcd-server", Kind::Value, vec!["s"], None),
             v("dir", Kind::Value, vec!["etcd-snapshot-dir"], None),
             v("name", Kind::Value, vec![], None),
-            v("snapshot-compress", Kind::Bool, vec!["etcd-snapshot-compress"], None),
-            v("snapshot-retention", Kind::Value, vec!["etcd-snapshot-retention"], None),
+            v(
+                "snapshot-compress",
+                Kind::Bool,
+                vec!["etcd-snapshot-compress"],
+                None,
+            ),
+            v(
+                "snapshot-retention",
+                Kind::Value,
+                vec!["etcd-snapshot-retention"],
+                None,
+            ),
             v("output", Kind::Value, vec!["o"], None),
         ];
         for s3 in [
@@ -201,7 +213,10 @@ impl Command {
     pub fn flags(self) -> Vec<&'static FlagSpec> {
         match self {
             Command::Server => table().iter().filter(|f| f.scope != Scope::Agent).collect(),
-            Command::Agent => table().iter().filter(|f| f.scope != Scope::Server).collect(),
+            Command::Agent => table()
+                .iter()
+                .filter(|f| f.scope != Scope::Server)
+                .collect(),
             Command::EtcdSnapshot => etcd_snapshot_table().iter().collect(),
         }
     }
@@ -260,7 +275,10 @@ impl<'de> serde::Deserialize<'de> for Ordered {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a mapping")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Ordered, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Ordered, A::Error> {
                 let mut out = Vec::new();
                 while let Some((k, v)) = m.next_entry::<serde_json::Value, serde_json::Value>()? {
                     out.push((k, v));
@@ -342,7 +360,8 @@ pub fn read_config_args(file: &Path) -> Result<Option<Vec<String>>, ConfigError>
     let mut order: Vec<String> = Vec::new();
     let mut values: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     for f in &files {
-        let text = std::fs::read_to_string(f).map_err(|e| ConfigError::Io(format!("open {}: {e}", f.display())))?;
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| ConfigError::Io(format!("open {}: {e}", f.display())))?;
         let data = parse_yaml_file(f, &text)?;
         for (k, v) in data.0 {
             let key = to_go_string(&k);
@@ -386,7 +405,11 @@ fn to_list(v: &serde_json::Value) -> Vec<serde_json::Value> {
         serde_json::Value::String(s) => vec![serde_json::Value::String(s.clone())],
         other => {
             let s = to_go_string(other).trim().to_string();
-            if s.is_empty() { vec![] } else { vec![serde_json::Value::String(s)] }
+            if s.is_empty() {
+                vec![]
+            } else {
+                vec![serde_json::Value::String(s)]
+            }
         }
     }
 }
@@ -404,7 +427,9 @@ pub fn strip_invalid(cmd: Command, args: Vec<String>, warn: &mut dyn FnMut(Strin
             out.push(arg);
         } else {
             let shown = arg.split('=').next().unwrap_or(&arg).to_string();
-            warn(format!("Unknown flag {shown} found in config.yaml, skipping\n"));
+            warn(format!(
+                "Unknown flag {shown} found in config.yaml, skipping\n"
+            ));
         }
     }
     out
@@ -444,7 +469,10 @@ pub struct Flags {
 impl Flags {
     /// The last value of a value flag.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).and_then(|v| v.last()).map(String::as_str)
+        self.values
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
     }
 
     /// A value flag, or `""`.
@@ -454,7 +482,9 @@ impl Flags {
 
     /// A bool flag (false when absent).
     pub fn bool(&self, name: &str) -> bool {
-        self.get(name).map(|v| parse_go_bool(v) == Some(true)).unwrap_or(false)
+        self.get(name)
+            .map(|v| parse_go_bool(v) == Some(true))
+            .unwrap_or(false)
     }
 
     /// A slice flag, each value split on commas (k3s splits these with `util.SplitStringSlice`).
@@ -631,8 +661,16 @@ mod tests {
         )
         .unwrap();
         std::fs::create_dir(dir.path().join("config.yaml.d")).unwrap();
-        std::fs::write(dir.path().join("config.yaml.d/10-a.yaml"), "tls-san+: [srv2]\nnode-name: srv9\n").unwrap();
-        std::fs::write(dir.path().join("config.yaml.d/20-ignored.txt"), "node-name: nope\n").unwrap();
+        std::fs::write(
+            dir.path().join("config.yaml.d/10-a.yaml"),
+            "tls-san+: [srv2]\nnode-name: srv9\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("config.yaml.d/20-ignored.txt"),
+            "node-name: nope\n",
+        )
+        .unwrap();
         let args = read_config_args(&cfg).unwrap().unwrap();
         assert_eq!(
             args,
@@ -661,7 +699,11 @@ mod tests {
     #[test]
     fn missing_config_is_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read_config_args(&dir.path().join("nope.yaml")).unwrap().is_none());
+        assert!(
+            read_config_args(&dir.path().join("nope.yaml"))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -669,7 +711,11 @@ mod tests {
         let mut warnings = Vec::new();
         let out = strip_invalid(
             Command::Server,
-            s(&["--cluster-init=true", "--bogus=1", "--disable-apiserver-lb=true"]),
+            s(&[
+                "--cluster-init=true",
+                "--bogus=1",
+                "--disable-apiserver-lb=true",
+            ]),
             &mut |w| warnings.push(w),
         );
         assert_eq!(out, s(&["--cluster-init=true"]));
@@ -685,9 +731,11 @@ mod tests {
     #[test]
     fn agent_rejects_server_only_keys_with_gos_message() {
         let mut warnings = Vec::new();
-        let args = strip_invalid(Command::Agent, s(&["--server=https://x:6443", "--disable=coredns"]), &mut |w| {
-            warnings.push(w)
-        });
+        let args = strip_invalid(
+            Command::Agent,
+            s(&["--server=https://x:6443", "--disable=coredns"]),
+            &mut |w| warnings.push(w),
+        );
         assert!(warnings.is_empty());
         let err = parse(Command::Agent, &args).unwrap_err();
         assert_eq!(err.to_string(), "flag provided but not defined: -disable");
@@ -697,7 +745,16 @@ mod tests {
     fn go_flag_syntax() {
         let f = parse(
             Command::Server,
-            &s(&["-t", "abc", "--cluster-init", "--tls-san=a,b", "--tls-san", "c", "--debug=false", "extra"]),
+            &s(&[
+                "-t",
+                "abc",
+                "--cluster-init",
+                "--tls-san=a,b",
+                "--tls-san",
+                "c",
+                "--debug=false",
+                "extra",
+            ]),
         )
         .unwrap();
         assert_eq!(f.get("token"), Some("abc"));
@@ -706,11 +763,15 @@ mod tests {
         assert_eq!(f.slice("tls-san"), s(&["a", "b", "c"]));
         assert_eq!(f.args, s(&["extra"]));
         assert_eq!(
-            parse(Command::Server, &s(&["--cluster-init=yes"])).unwrap_err().to_string(),
+            parse(Command::Server, &s(&["--cluster-init=yes"]))
+                .unwrap_err()
+                .to_string(),
             "invalid boolean value \"yes\" for -cluster-init: parse error"
         );
         assert_eq!(
-            parse(Command::Server, &s(&["--token"])).unwrap_err().to_string(),
+            parse(Command::Server, &s(&["--token"]))
+                .unwrap_err()
+                .to_string(),
             "flag needs an argument: -token"
         );
     }

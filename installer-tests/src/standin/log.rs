@@ -100,9 +100,15 @@ mod tests {
 
     #[test]
     fn lines_look_like_logrus_text() {
-        let l = format_line(Level::Warn, "Unknown flag --x found in config.yaml, skipping\n");
+        let l = format_line(
+            Level::Warn,
+            "Unknown flag --x found in config.yaml, skipping\n",
+        );
         assert!(l.starts_with("time=\""), "{l}");
-        assert!(l.ends_with("level=warning msg=\"Unknown flag --x found in config.yaml, skipping\\n\""), "{l}");
+        assert!(
+            l.ends_with("level=warning msg=\"Unknown flag --x found in config.yaml, skipping\\n\""),
+            "{l}"
+        );
     }
 
     #[test]

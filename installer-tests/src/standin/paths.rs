@@ -50,6 +50,18 @@ impl Root {
         self.prefix.as_deref()
     }
 
+    /// The address a node-local listener binds (the kubelet's ports, a hostNetwork pod's ports).
+    /// On a real node that is what k3s binds (`normal`: `0.0.0.0` or `127.0.0.1`); under a test
+    /// prefix several "nodes" share the host's loopback, each with its own 127.x address, so they
+    /// bind their node IP instead.
+    pub fn host_bind_ip(&self, node_ip: &str, normal: &str) -> String {
+        if self.is_prefixed() {
+            node_ip.to_string()
+        } else {
+            normal.to_string()
+        }
+    }
+
     /// Resolve `p` (a path as k3s would use it) to the file the stand-in touches.
     /// Relative paths are returned unchanged.
     pub fn path(&self, p: impl AsRef<Path>) -> PathBuf {
@@ -98,14 +110,20 @@ mod tests {
     #[test]
     fn system_root_leaves_paths_alone() {
         let r = Root::system();
-        assert_eq!(r.path("/etc/rancher/k3s/config.yaml"), PathBuf::from("/etc/rancher/k3s/config.yaml"));
+        assert_eq!(
+            r.path("/etc/rancher/k3s/config.yaml"),
+            PathBuf::from("/etc/rancher/k3s/config.yaml")
+        );
         assert!(!r.is_prefixed());
     }
 
     #[test]
     fn prefixed_root_maps_absolute_paths_only() {
         let r = Root::under("/tmp/x");
-        assert_eq!(r.path("/etc/rancher/k3s/config.yaml"), PathBuf::from("/tmp/x/etc/rancher/k3s/config.yaml"));
+        assert_eq!(
+            r.path("/etc/rancher/k3s/config.yaml"),
+            PathBuf::from("/tmp/x/etc/rancher/k3s/config.yaml")
+        );
         assert_eq!(r.path("rel/file"), PathBuf::from("rel/file"));
     }
 }

@@ -11,7 +11,8 @@
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 
 /// A certificate and its private key, both PEM.
@@ -23,7 +24,9 @@ pub struct CertKey {
 
 impl std::fmt::Debug for CertKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertKey").field("cert_pem", &self.cert_pem.len()).finish()
+        f.debug_struct("CertKey")
+            .field("cert_pem", &self.cert_pem.len())
+            .finish()
     }
 }
 
@@ -39,7 +42,9 @@ pub fn new_ca(name: &str) -> Result<CertKey> {
     let mut params = CertificateParams::new(Vec::<String>::new()).context("CA params")?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     let now = jiff::Timestamp::now().as_second();
-    params.distinguished_name.push(DnType::CommonName, format!("{name}@{now}"));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{name}@{now}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -64,7 +69,10 @@ fn issue(ca: &CertKey, cn: &str, orgs: &[&str], sans: &[String], server: bool) -
         params.distinguished_name.push(DnType::OrganizationName, *o);
     }
     params.distinguished_name.push(DnType::CommonName, cn);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![if server {
         ExtendedKeyUsagePurpose::ServerAuth
     } else {
@@ -72,7 +80,9 @@ fn issue(ca: &CertKey, cn: &str, orgs: &[&str], sans: &[String], server: bool) -
     }];
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, 365);
-    let cert = params.signed_by(&key, &issuer).context("sign certificate")?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("sign certificate")?;
     Ok(CertKey {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
@@ -93,7 +103,12 @@ pub fn issue_client(ca: &CertKey, cn: &str, orgs: &[&str]) -> Result<CertKey> {
 pub fn subject_of(der: &[u8]) -> Option<(String, Vec<String>)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
-    let cn = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     let orgs = subject
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(str::to_string))
@@ -147,7 +162,8 @@ pub fn pem_certs(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'sta
 /// Parse a PEM private key to DER.
 pub fn pem_key(pem: &str) -> Result<rustls::pki_types::PrivateKeyDer<'static>> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).context("parse PEM private key")
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .context("parse PEM private key")
 }
 
 #[cfg(test)]
@@ -174,7 +190,15 @@ mod tests {
             "cluster.local",
             "10.43.0.1",
         );
-        for want in ["127.0.0.1", "localhost", "10.0.0.11", "10.0.0.12", "srv2", "kubernetes.default.svc", "10.43.0.1"] {
+        for want in [
+            "127.0.0.1",
+            "localhost",
+            "10.0.0.11",
+            "10.0.0.12",
+            "srv2",
+            "kubernetes.default.svc",
+            "10.43.0.1",
+        ] {
             assert!(s.contains(&want.to_string()), "{want} missing from {s:?}");
         }
         let ca = new_ca("k3s-server-ca").unwrap();

@@ -42,7 +42,11 @@ fn is_bootstrap_token(s: &str) -> bool {
     let Some((id, secret)) = s.split_once('.') else {
         return false;
     };
-    let ok = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
     ok(id, 6) && ok(secret, 16)
 }
 
@@ -135,15 +139,30 @@ mod tests {
     fn full_short_and_bootstrap_tokens() {
         let h = "a".repeat(64);
         let t = parse(&format!("K10{h}::server:secret")).unwrap();
-        assert_eq!((t.ca_hash.as_str(), t.username.as_str(), t.password.as_str()), (h.as_str(), "server", "secret"));
+        assert_eq!(
+            (t.ca_hash.as_str(), t.username.as_str(), t.password.as_str()),
+            (h.as_str(), "server", "secret")
+        );
         let t = parse("justapassword").unwrap();
-        assert_eq!((t.ca_hash.as_str(), t.username.as_str(), t.password.as_str()), ("", "", "justapassword"));
+        assert_eq!(
+            (t.ca_hash.as_str(), t.username.as_str(), t.password.as_str()),
+            ("", "", "justapassword")
+        );
         let t = parse("abcdef.0123456789abcdef").unwrap();
         assert!(t.bootstrap);
         assert_eq!(parse("").unwrap_err(), "token must not be empty");
-        assert_eq!(parse("K10abc::server:x").unwrap_err(), "invalid token CA hash length");
-        assert_eq!(parse(&format!("K10{h}::server:")).unwrap_err(), "invalid token format");
-        assert_eq!(parse(&format!("K10{h}::nocolon")).unwrap_err(), "invalid token format");
+        assert_eq!(
+            parse("K10abc::server:x").unwrap_err(),
+            "invalid token CA hash length"
+        );
+        assert_eq!(
+            parse(&format!("K10{h}::server:")).unwrap_err(),
+            "invalid token format"
+        );
+        assert_eq!(
+            parse(&format!("K10{h}::nocolon")).unwrap_err(),
+            "invalid token format"
+        );
     }
 
     #[test]

@@ -51,17 +51,24 @@ fn read_trailer(path: &Path) -> Option<String> {
     if &buf[..16] != TRAILER_MAGIC {
         return None;
     }
-    let v = String::from_utf8_lossy(&buf[16..]).trim_end_matches(['\0', '\n']).to_string();
+    let v = String::from_utf8_lossy(&buf[16..])
+        .trim_end_matches(['\0', '\n'])
+        .to_string();
     (!v.is_empty()).then_some(v)
 }
 
 /// Copy the stand-in binary `src` to `dst`, stamped to report `version` (at most 48 bytes).
 pub fn stamp(src: &Path, dst: &Path, version: &str) -> std::io::Result<()> {
     if version.len() > TRAILER_LEN - 16 {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "version string too long"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "version string too long",
+        ));
     }
     let mut data = std::fs::read(src)?;
-    if data.len() >= TRAILER_LEN && &data[data.len() - TRAILER_LEN..data.len() - TRAILER_LEN + 16] == TRAILER_MAGIC {
+    if data.len() >= TRAILER_LEN
+        && &data[data.len() - TRAILER_LEN..data.len() - TRAILER_LEN + 16] == TRAILER_MAGIC
+    {
         data.truncate(data.len() - TRAILER_LEN);
     }
     data.extend_from_slice(TRAILER_MAGIC);
@@ -94,6 +101,9 @@ mod tests {
 
     #[test]
     fn major_minor_split() {
-        assert_eq!(major_minor("v1.36.2+k3s1"), ("1".to_string(), "36".to_string()));
+        assert_eq!(
+            major_minor("v1.36.2+k3s1"),
+            ("1".to_string(), "36".to_string())
+        );
     }
 }

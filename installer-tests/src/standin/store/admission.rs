@@ -57,7 +57,11 @@ pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
 
 /// Whether `ip` is inside `cidr`.
 pub fn cidr_contains(cidr: (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
-    let mask = if cidr.1 == 0 { 0 } else { u32::MAX << (32 - cidr.1) };
+    let mask = if cidr.1 == 0 {
+        0
+    } else {
+        u32::MAX << (32 - cidr.1)
+    };
     (u32::from(cidr.0) & mask) == (u32::from(ip) & mask)
 }
 
@@ -70,14 +74,18 @@ pub struct Context {
     pub used_node_ports: BTreeSet<u16>,
 }
 
-fn roundtrip<T: serde::Serialize + serde::de::DeserializeOwned>(v: &Value) -> Result<Value, String> {
+fn roundtrip<T: serde::Serialize + serde::de::DeserializeOwned>(
+    v: &Value,
+) -> Result<Value, String> {
     let t: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
     serde_json::to_value(t).map_err(|e| e.to_string())
 }
 
 /// Decode `v` through the k8s-openapi type for `rt` and encode it again.
 pub fn typed_roundtrip(rt: &ResourceType, v: &Value) -> Result<Value, String> {
-    use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core};
+    use k8s_openapi::api::{
+        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
+    };
     use k8s_openapi::api::{networking::v1 as net, policy::v1 as policy, rbac::v1 as rbac};
     match rt.key().as_str() {
         "core/namespaces" => roundtrip::<core::Namespace>(v),
@@ -113,15 +121,22 @@ pub fn typed_roundtrip(rt: &ResourceType, v: &Value) -> Result<Value, String> {
 pub fn unknown_fields(orig: &Value, decoded: &Value) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for p in patch::field_set(orig) {
-        let Some(v) = patch::get_path(orig, &p) else { continue };
-        if v.is_null() || v.as_object().is_some_and(|m| m.is_empty()) || v.as_array().is_some_and(|a| a.is_empty()) {
+        let Some(v) = patch::get_path(orig, &p) else {
+            continue;
+        };
+        if v.is_null()
+            || v.as_object().is_some_and(|m| m.is_empty())
+            || v.as_array().is_some_and(|a| a.is_empty())
+        {
             continue;
         }
         if patch::get_path(decoded, &p).is_some() {
             continue;
         }
         // Report the shortest prefix the decoded object lacks, as the apiserver does.
-        let n = (1..=p.len()).find(|n| patch::get_path(decoded, &p[..*n]).is_none()).unwrap_or(p.len());
+        let n = (1..=p.len())
+            .find(|n| patch::get_path(decoded, &p[..*n]).is_none())
+            .unwrap_or(p.len());
         let s = patch::path_string(&p[..n]);
         if !out.contains(&s) {
             out.push(s);
@@ -137,7 +152,8 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 
 fn is_dns1123_label_nolen(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -153,7 +169,9 @@ const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case a
 fn label_value_ok(v: &str) -> bool {
     v.len() <= 63
         && (v.is_empty()
-            || (v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            || (v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
                 && v.as_bytes()[0].is_ascii_alphanumeric()
                 && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric()))
 }
@@ -220,7 +238,10 @@ pub fn default_pod_spec(spec: &mut Value) {
     if !spec.is_object() {
         return;
     }
-    let host_network = spec.get("hostNetwork").and_then(Value::as_bool).unwrap_or(false);
+    let host_network = spec
+        .get("hostNetwork")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     set_default(spec, &["restartPolicy"], json!("Always"));
     set_default(spec, &["terminationGracePeriodSeconds"], json!(30));
     set_default(spec, &["dnsPolicy"], json!("ClusterFirst"));
@@ -228,7 +249,10 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(spec, &["schedulerName"], json!("default-scheduler"));
     set_default(spec, &["enableServiceLinks"], json!(true));
     if spec.get("serviceAccountName").is_none() {
-        let sa = spec.get("serviceAccount").cloned().unwrap_or(json!("default"));
+        let sa = spec
+            .get("serviceAccount")
+            .cloned()
+            .unwrap_or(json!("default"));
         spec["serviceAccountName"] = sa;
     }
     let san = spec["serviceAccountName"].clone();
@@ -236,9 +260,21 @@ pub fn default_pod_spec(spec: &mut Value) {
     for list in ["initContainers", "containers"] {
         if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs {
-                let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
-                set_default(c, &["imagePullPolicy"], json!(image_pull_policy_default(&image)));
-                set_default(c, &["terminationMessagePath"], json!("/dev/termination-log"));
+                let image = c
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                set_default(
+                    c,
+                    &["imagePullPolicy"],
+                    json!(image_pull_policy_default(&image)),
+                );
+                set_default(
+                    c,
+                    &["terminationMessagePath"],
+                    json!("/dev/termination-log"),
+                );
                 set_default(c, &["terminationMessagePolicy"], json!("File"));
                 set_default(c, &["resources"], json!({}));
                 if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
@@ -264,13 +300,19 @@ fn default_tolerations(spec: &mut Value) {
     let tols = spec
         .as_object_mut()
         .map(|m| m.entry("tolerations").or_insert_with(|| json!([])));
-    let Some(Value::Array(tols)) = tols else { return };
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+    let Some(Value::Array(tols)) = tols else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
         let has = tols.iter().any(|t| {
             let k = t.get("key").and_then(Value::as_str);
             let e = t.get("effect").and_then(Value::as_str);
             let op = t.get("operator").and_then(Value::as_str);
-            (k == Some(key) || (k.is_none() && op == Some("Exists"))) && (e.is_none() || e == Some("NoExecute"))
+            (k == Some(key) || (k.is_none() && op == Some("Exists")))
+                && (e.is_none() || e == Some("NoExecute"))
         });
         if !has {
             tols.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
@@ -282,26 +324,49 @@ fn validate_pod_spec(spec: &Value, base: &str, causes: &mut Vec<(String, String)
     let containers = spec.get("containers").and_then(Value::as_array);
     match containers {
         None => causes.push((format!("{base}.containers"), "Required value".into())),
-        Some(cs) if cs.is_empty() => causes.push((format!("{base}.containers"), "Required value".into())),
+        Some(cs) if cs.is_empty() => {
+            causes.push((format!("{base}.containers"), "Required value".into()))
+        }
         Some(_) => {}
     }
-    let host_network = spec.get("hostNetwork").and_then(Value::as_bool).unwrap_or(false);
+    let host_network = spec
+        .get("hostNetwork")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let mut names = BTreeSet::new();
     for list in ["initContainers", "containers"] {
-        for (i, c) in spec.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, c) in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let f = format!("{base}.{list}[{i}]");
             let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
             if name.is_empty() {
                 causes.push((format!("{f}.name"), "Required value".into()));
             } else if !is_dns1123_label(name) {
-                causes.push((format!("{f}.name"), format!("Invalid value: \"{name}\": {LABEL_MSG}")));
+                causes.push((
+                    format!("{f}.name"),
+                    format!("Invalid value: \"{name}\": {LABEL_MSG}"),
+                ));
             } else if !names.insert(name.to_string()) {
                 causes.push((format!("{f}.name"), format!("Duplicate value: \"{name}\"")));
             }
-            if c.get("image").and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()) {
+            if c.get("image")
+                .and_then(Value::as_str)
+                .is_none_or(|s| s.trim().is_empty())
+            {
                 causes.push((format!("{f}.image"), "Required value".into()));
             }
-            for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (j, p) in c
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 let cp = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
                 if !(1..=65535).contains(&cp) {
                     causes.push((
@@ -309,7 +374,10 @@ fn validate_pod_spec(spec: &Value, base: &str, causes: &mut Vec<(String, String)
                         format!("Invalid value: {cp}: must be between 1 and 65535, inclusive"),
                     ));
                 }
-                if host_network && let Some(hp) = p.get("hostPort").and_then(Value::as_i64) && hp != cp {
+                if host_network
+                    && let Some(hp) = p.get("hostPort").and_then(Value::as_i64)
+                    && hp != cp
+                {
                     causes.push((
                         format!("{f}.ports[{j}].hostPort"),
                         format!("Invalid value: {hp}: must match `containerPort` when `hostNetwork` is true"),
@@ -322,7 +390,10 @@ fn validate_pod_spec(spec: &Value, base: &str, causes: &mut Vec<(String, String)
 
 fn labels_causes(obj: &Value, base: &str, causes: &mut Vec<(String, String)>) {
     for (field, check_values) in [("labels", true), ("annotations", false)] {
-        if let Some(m) = obj.pointer(&format!("/metadata/{field}")).and_then(Value::as_object) {
+        if let Some(m) = obj
+            .pointer(&format!("/metadata/{field}"))
+            .and_then(Value::as_object)
+        {
             for (k, v) in m {
                 if !label_key_ok(k) {
                     causes.push((
@@ -330,7 +401,10 @@ fn labels_causes(obj: &Value, base: &str, causes: &mut Vec<(String, String)>) {
                         format!("Invalid value: \"{k}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"),
                     ));
                 }
-                if check_values && let Some(s) = v.as_str() && !label_value_ok(s) {
+                if check_values
+                    && let Some(s) = v.as_str()
+                    && !label_value_ok(s)
+                {
                     causes.push((
                         format!("{base}metadata.{field}"),
                         format!("Invalid value: \"{s}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"),
@@ -358,7 +432,10 @@ fn selector_causes(obj: &Value, old: Option<&Value>, causes: &mut Vec<(String, S
     if !selector.matches(tl) {
         causes.push((
             "spec.template.metadata.labels".into(),
-            format!("Invalid value: {}: `selector` does not match template `labels`", tl.cloned().unwrap_or(Value::Null)),
+            format!(
+                "Invalid value: {}: `selector` does not match template `labels`",
+                tl.cloned().unwrap_or(Value::Null)
+            ),
         ));
     }
     if let Some(old) = old
@@ -382,23 +459,43 @@ fn ip_of(v: &Value) -> Option<Ipv4Addr> {
 }
 
 /// Default and validate `obj` for `op`. `old` is the stored object on update.
-pub fn admit(ctx: &Context, rt: &ResourceType, op: Op, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+pub fn admit(
+    ctx: &Context,
+    rt: &ResourceType,
+    op: Op,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let mut causes: Vec<(String, String)> = Vec::new();
     if op == Op::Create {
         let label_names = matches!(rt.plural, "namespaces" | "services");
         if label_names {
             if !is_dns1123_label(&name) {
-                causes.push(("metadata.name".into(), format!("Invalid value: \"{name}\": {LABEL_MSG}")));
+                causes.push((
+                    "metadata.name".into(),
+                    format!("Invalid value: \"{name}\": {LABEL_MSG}"),
+                ));
             }
         } else if !is_dns1123_subdomain(&name) && !matches!(rt.plural, "events") {
-            causes.push(("metadata.name".into(), format!("Invalid value: \"{name}\": {SUBDOMAIN_MSG}")));
+            causes.push((
+                "metadata.name".into(),
+                format!("Invalid value: \"{name}\": {SUBDOMAIN_MSG}"),
+            ));
         }
     }
     labels_causes(obj, "", &mut causes);
     match rt.key().as_str() {
         "core/namespaces" => {
-            set_default(obj, &["metadata", "labels", "kubernetes.io/metadata.name"], json!(name));
+            set_default(
+                obj,
+                &["metadata", "labels", "kubernetes.io/metadata.name"],
+                json!(name),
+            );
             set_default(obj, &["spec", "finalizers"], json!(["kubernetes"]));
             if obj.pointer("/status/phase").is_none() {
                 set_default(obj, &["status", "phase"], json!("Active"));
@@ -439,7 +536,8 @@ pub fn admit(ctx: &Context, rt: &ResourceType, op: Op, obj: &mut Value, old: Opt
                 }
             }
         }
-        "apps/deployments" | "apps/replicasets" | "apps/statefulsets" | "apps/daemonsets" | "batch/jobs" => {
+        "apps/deployments" | "apps/replicasets" | "apps/statefulsets" | "apps/daemonsets"
+        | "batch/jobs" => {
             default_template(obj);
             match rt.plural {
                 "deployments" => {
@@ -447,9 +545,19 @@ pub fn admit(ctx: &Context, rt: &ResourceType, op: Op, obj: &mut Value, old: Opt
                     set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
                     set_default(obj, &["spec", "progressDeadlineSeconds"], json!(600));
                     set_default(obj, &["spec", "strategy", "type"], json!("RollingUpdate"));
-                    if obj.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
-                        set_default(obj, &["spec", "strategy", "rollingUpdate", "maxSurge"], json!("25%"));
-                        set_default(obj, &["spec", "strategy", "rollingUpdate", "maxUnavailable"], json!("25%"));
+                    if obj.pointer("/spec/strategy/type").and_then(Value::as_str)
+                        == Some("RollingUpdate")
+                    {
+                        set_default(
+                            obj,
+                            &["spec", "strategy", "rollingUpdate", "maxSurge"],
+                            json!("25%"),
+                        );
+                        set_default(
+                            obj,
+                            &["spec", "strategy", "rollingUpdate", "maxUnavailable"],
+                            json!("25%"),
+                        );
                     }
                 }
                 "replicasets" => set_default(obj, &["spec", "replicas"], json!(1)),
@@ -457,9 +565,21 @@ pub fn admit(ctx: &Context, rt: &ResourceType, op: Op, obj: &mut Value, old: Opt
                     set_default(obj, &["spec", "replicas"], json!(1));
                     set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
                     set_default(obj, &["spec", "podManagementPolicy"], json!("OrderedReady"));
-                    set_default(obj, &["spec", "updateStrategy", "type"], json!("RollingUpdate"));
-                    if obj.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
-                        set_default(obj, &["spec", "updateStrategy", "rollingUpdate", "partition"], json!(0));
+                    set_default(
+                        obj,
+                        &["spec", "updateStrategy", "type"],
+                        json!("RollingUpdate"),
+                    );
+                    if obj
+                        .pointer("/spec/updateStrategy/type")
+                        .and_then(Value::as_str)
+                        == Some("RollingUpdate")
+                    {
+                        set_default(
+                            obj,
+                            &["spec", "updateStrategy", "rollingUpdate", "partition"],
+                            json!(0),
+                        );
                     }
                     set_default(
                         obj,
@@ -469,10 +589,26 @@ pub fn admit(ctx: &Context, rt: &ResourceType, op: Op, obj: &mut Value, old: Opt
                 }
                 "daemonsets" => {
                     set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
-                    set_default(obj, &["spec", "updateStrategy", "type"], json!("RollingUpdate"));
-                    if obj.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
-                        set_default(obj, &["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"], json!(1));
-                        set_default(obj, &["spec", "updateStrategy", "rollingUpdate", "maxSurge"], json!(0));
+                    set_default(
+                        obj,
+                        &["spec", "updateStrategy", "type"],
+                        json!("RollingUpdate"),
+                    );
+                    if obj
+                        .pointer("/spec/updateStrategy/type")
+                        .and_then(Value::as_str)
+                        == Some("RollingUpdate")
+                    {
+                        set_default(
+                            obj,
+                            &["spec", "updateStrategy", "rollingUpdate", "maxUnavailable"],
+                            json!(1),
+                        );
+                        set_default(
+                            obj,
+                            &["spec", "updateStrategy", "rollingUpdate", "maxSurge"],
+                            json!(0),
+                        );
                     }
                 }
                 "jobs" => {
@@ -483,11 +619,48 @@ pub fn admit(ctx: &Context, rt: &ResourceType, op: Op, obj: &mut Value, old: Opt
                     set_default(obj, &["spec", "suspend"], json!(false));
                     if obj.pointer("/spec/selector").is_none() {
                         let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(json!(""));
-                        set_default(obj, &["spec", "selector", "matchLabels", "batch.kubernetes.io/controller-uid"], uid.clone());
-                        set_default(obj, &["spec", "template", "metadata", "labels", "batch.kubernetes.io/controller-uid"], uid.clone());
-                        set_default(obj, &["spec", "template", "metadata", "labels", "controller-uid"], uid.clone());
-                        set_default(obj, &["spec", "template", "metadata", "labels", "batch.kubernetes.io/job-name"], json!(name));
-                        set_default(obj, &["spec", "template", "metadata", "labels", "job-name"], json!(name));
+                        set_default(
+                            obj,
+                            &[
+                                "spec",
+                                "selector",
+                                "matchLabels",
+                                "batch.kubernetes.io/controller-uid",
+                            ],
+                            uid.clone(),
+                        );
+                        set_default(
+                            obj,
+                            &[
+                                "spec",
+                                "template",
+                                "metadata",
+                                "labels",
+                                "batch.kubernetes.io/controller-uid",
+                            ],
+                            uid.clone(),
+                        );
+                        set_default(
+                            obj,
+                            &["spec", "template", "metadata", "labels", "controller-uid"],
+                            uid.clone(),
+                        );
+                        set_default(
+                            obj,
+                            &[
+                                "spec",
+                                "template",
+                                "metadata",
+                                "labels",
+                                "batch.kubernetes.io/job-name",
+                            ],
+                            json!(name),
+                        );
+                        set_default(
+                            obj,
+                            &["spec", "template", "metadata", "labels", "job-name"],
+                            json!(name),
+                        );
                     }
                 }
                 _ => {}
@@ -499,11 +672,14 @@ pub fn admit(ctx: &Context, rt: &ResourceType, op: Op, obj: &mut Value, old: Opt
                 labels_causes(tpl, "spec.template.", &mut causes);
             }
             if rt.plural == "jobs" {
-                let rp = obj.pointer("/spec/template/spec/restartPolicy").and_then(Value::as_str);
+                let rp = obj
+                    .pointer("/spec/template/spec/restartPolicy")
+                    .and_then(Value::as_str);
                 if rp == Some("Always") {
                     causes.push((
                         "spec.template.spec.restartPolicy".into(),
-                        "Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\"".into(),
+                        "Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""
+                            .into(),
                     ));
                 }
             } else {
@@ -514,7 +690,11 @@ pub fn admit(ctx: &Context, rt: &ResourceType, op: Op, obj: &mut Value, old: Opt
             set_default(obj, &["spec", "type"], json!("ClusterIP"));
             set_default(obj, &["spec", "sessionAffinity"], json!("None"));
             set_default(obj, &["spec", "internalTrafficPolicy"], json!("Cluster"));
-            let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+            let ty = obj
+                .pointer("/spec/type")
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP")
+                .to_string();
             if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
                 for p in ports.iter_mut() {
                     set_default(p, &["protocol"], json!("TCP"));
@@ -524,19 +704,35 @@ pub fn admit(ctx: &Context, rt: &ResourceType, op: Op, obj: &mut Value, old: Opt
                 }
             }
             if ty != "ExternalName" {
-                let n = obj.pointer("/spec/ports").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+                let n = obj
+                    .pointer("/spec/ports")
+                    .and_then(Value::as_array)
+                    .map(Vec::len)
+                    .unwrap_or(0);
                 if n == 0 {
                     causes.push(("spec.ports".into(), "Required value".into()));
                 }
                 if n > 1 {
-                    for (i, p) in obj.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                        if p.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    for (i, p) in obj
+                        .pointer("/spec/ports")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                    {
+                        if p.get("name")
+                            .and_then(Value::as_str)
+                            .is_none_or(str::is_empty)
+                        {
                             causes.push((format!("spec.ports[{i}].name"), "Required value".into()));
                         }
                     }
                 }
                 // Cluster IP: keep the old one, validate a requested one, or allocate.
-                let requested = obj.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_string);
+                let requested = obj
+                    .pointer("/spec/clusterIP")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
                 let old_ip = old.and_then(|o| o.pointer("/spec/clusterIP")).cloned();
                 match (requested.as_deref(), old_ip) {
                     (_, Some(old_ip)) if op == Op::Update => {
@@ -594,7 +790,9 @@ pub fn admit(ctx: &Context, rt: &ResourceType, op: Op, obj: &mut Value, old: Opt
                     set_default(obj, &["spec", "externalTrafficPolicy"], json!("Cluster"));
                     let (lo, hi) = ctx.params.node_port_range;
                     let mut used = ctx.used_node_ports.clone();
-                    if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+                    if let Some(ports) =
+                        obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut)
+                    {
                         for (i, p) in ports.iter_mut().enumerate() {
                             match p.get("nodePort").and_then(Value::as_u64) {
                                 Some(np) if np < lo as u64 || np > hi as u64 => causes.push((
@@ -627,7 +825,8 @@ pub fn admit(ctx: &Context, rt: &ResourceType, op: Op, obj: &mut Value, old: Opt
             {
                 use base64::Engine;
                 for (k, v) in sd {
-                    let enc = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+                    let enc = base64::engine::general_purpose::STANDARD
+                        .encode(v.as_str().unwrap_or_default());
                     set_default(obj, &["data"], json!({}));
                     obj["data"][k] = json!(enc);
                 }
@@ -669,27 +868,64 @@ mod tests {
 
     #[test]
     fn invalid_names_and_missing_images() {
-        let mut p = json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": [{"name": "c"}]}});
+        let mut p =
+            json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": [{"name": "c"}]}});
         let e = admit(&ctx(), resources::core("pods"), Op::Create, &mut p, None).unwrap_err();
         assert_eq!(e.code, 422);
         assert!(e.message.starts_with("Pod \"Bad_Name\" is invalid: [metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"), "{}", e.message);
-        assert!(e.message.contains("spec.containers[0].image: Required value"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("spec.containers[0].image: Required value"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn deployment_selector_must_match() {
         let mut d = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}});
-        let e = admit(&ctx(), resources::apps("deployments"), Op::Create, &mut d, None).unwrap_err();
-        assert!(e.message.contains("`selector` does not match template `labels`"), "{}", e.message);
+        let e = admit(
+            &ctx(),
+            resources::apps("deployments"),
+            Op::Create,
+            &mut d,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("`selector` does not match template `labels`"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn service_cluster_ip_rules() {
         let mut s = json!({"metadata": {"name": "kube-dns"}, "spec": {"clusterIP": "10.44.0.10", "ports": [{"port": 53}]}});
-        let e = admit(&ctx(), resources::core("services"), Op::Create, &mut s, None).unwrap_err();
-        assert!(e.message.contains("is not in the valid range. The range of valid IPs is 10.43.0.0/16"), "{}", e.message);
+        let e = admit(
+            &ctx(),
+            resources::core("services"),
+            Op::Create,
+            &mut s,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .contains("is not in the valid range. The range of valid IPs is 10.43.0.0/16"),
+            "{}",
+            e.message
+        );
         let mut s = json!({"metadata": {"name": "x"}, "spec": {"ports": [{"port": 80}]}});
-        admit(&ctx(), resources::core("services"), Op::Create, &mut s, None).unwrap();
+        admit(
+            &ctx(),
+            resources::core("services"),
+            Op::Create,
+            &mut s,
+            None,
+        )
+        .unwrap();
         assert_eq!(s["spec"]["clusterIP"], "10.43.0.2");
         assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
     }

@@ -85,7 +85,10 @@ impl ApiError {
     /// `409 Conflict` for a server-side apply conflict.
     pub fn apply_conflicts(conflicts: &[(String, String)], api_version: &str) -> ApiError {
         let n = conflicts.len();
-        let mut msg = format!("Apply failed with {n} conflict{}: ", if n == 1 { "" } else { "s" });
+        let mut msg = format!(
+            "Apply failed with {n} conflict{}: ",
+            if n == 1 { "" } else { "s" }
+        );
         let parts: Vec<String> = conflicts
             .iter()
             .map(|(m, f)| format!("conflict with \"{m}\" using {api_version}: {f}"))
@@ -107,9 +110,19 @@ impl ApiError {
     pub fn invalid(rt: &ResourceType, name: &str, causes: &[(String, String)]) -> ApiError {
         let joined: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
         let message = if joined.len() == 1 {
-            format!("{} \"{}\" is invalid: {}", rt.qualified_kind(), name, joined[0])
+            format!(
+                "{} \"{}\" is invalid: {}",
+                rt.qualified_kind(),
+                name,
+                joined[0]
+            )
         } else {
-            format!("{} \"{}\" is invalid: [{}]", rt.qualified_kind(), name, joined.join(", "))
+            format!(
+                "{} \"{}\" is invalid: [{}]",
+                rt.qualified_kind(),
+                name,
+                joined.join(", ")
+            )
         };
         let mut details = Self::details(rt, name);
         details["kind"] = json!(rt.kind);
@@ -160,7 +173,9 @@ impl ApiError {
         ApiError {
             code: 405,
             reason: "MethodNotAllowed",
-            message: format!("the server does not allow this method on the requested resource ({what})"),
+            message: format!(
+                "the server does not allow this method on the requested resource ({what})"
+            ),
             details: None,
         }
     }

@@ -38,7 +38,9 @@ const HISTORY: usize = 20_000;
 pub fn now() -> String {
     let ts = jiff::Timestamp::now();
     let secs = ts.as_second();
-    jiff::Timestamp::from_second(secs).map(|t| t.to_string()).unwrap_or_else(|_| ts.to_string())
+    jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| ts.to_string())
 }
 
 /// `metav1.MicroTime` (RFC 3339 with microseconds).
@@ -89,6 +91,9 @@ pub struct WatchEvent {
     pub type_key: String,
     pub namespace: String,
     pub object: Value,
+    /// The previous version, for `MODIFIED` events (a watch with a selector turns an object that
+    /// leaves the selection into `DELETED` and one that enters it into `ADDED`).
+    pub prev: Option<Value>,
 }
 
 /// One manager's ownership of an object's fields.
@@ -173,7 +178,9 @@ fn obj_key(ns: &str, name: &str) -> String {
 }
 
 fn meta_str<'a>(v: &'a Value, f: &str) -> Option<&'a str> {
-    v.get("metadata").and_then(|m| m.get(f)).and_then(Value::as_str)
+    v.get("metadata")
+        .and_then(|m| m.get(f))
+        .and_then(Value::as_str)
 }
 
 /// The object store.
@@ -188,11 +195,15 @@ pub struct Store {
 
 impl Store {
     /// A store persisted at `path` (loaded if it exists), or in memory only.
-    pub fn open(path: Option<PathBuf>, params: admission::ClusterParams) -> anyhow::Result<Arc<Store>> {
+    pub fn open(
+        path: Option<PathBuf>,
+        params: admission::ClusterParams,
+    ) -> anyhow::Result<Arc<Store>> {
         let p = match &path {
             Some(path) if path.exists() => {
                 let text = std::fs::read_to_string(path)?;
-                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                serde_json::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
             }
             _ => Persisted::default(),
         };
@@ -218,7 +229,9 @@ impl Store {
 
     /// Write the state to disk now (atomic rename).
     pub fn flush(&self) -> anyhow::Result<()> {
-        let Some(path) = &self.path else { return Ok(()) };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let text = {
             let st = self.lock();
             serde_json::to_string(&st.p)?
@@ -264,7 +277,10 @@ impl Store {
         }
         let oldest = st.history.front().map(|e| e.rv).unwrap_or(st.p.rv + 1);
         if rv + 1 < oldest {
-            return Err(ApiError::expired(format!("too old resource version: {rv} ({})", oldest.saturating_sub(1))));
+            return Err(ApiError::expired(format!(
+                "too old resource version: {rv} ({})",
+                oldest.saturating_sub(1)
+            )));
         }
         Ok(st.history.iter().filter(|e| e.rv > rv).cloned().collect())
     }
@@ -300,25 +316,32 @@ impl Store {
         fields: &FieldSelector,
     ) -> (Vec<Value>, u64) {
         let st = self.lock();
-        let items = st
-            .p
-            .objects
-            .get(&rt.key())
-            .map(|m| {
-                m.values()
-                    .filter(|o| ns.is_none_or(|n| meta_str(o, "namespace").unwrap_or_default() == n))
-                    .filter(|o| labels.matches(o.pointer("/metadata/labels")))
-                    .filter(|o| fields.matches(o))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let items =
+            st.p.objects
+                .get(&rt.key())
+                .map(|m| {
+                    m.values()
+                        .filter(|o| {
+                            ns.is_none_or(|n| meta_str(o, "namespace").unwrap_or_default() == n)
+                        })
+                        .filter(|o| labels.matches(o.pointer("/metadata/labels")))
+                        .filter(|o| fields.matches(o))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
         (items, st.p.rv)
     }
 
     /// Every object of a type (controllers).
     pub fn all(&self, rt: &ResourceType) -> Vec<Value> {
-        self.list(rt, None, &LabelSelector::default(), &FieldSelector::default()).0
+        self.list(
+            rt,
+            None,
+            &LabelSelector::default(),
+            &FieldSelector::default(),
+        )
+        .0
     }
 
     fn admission_context(st: &State, params: &admission::ClusterParams) -> admission::Context {
@@ -326,12 +349,22 @@ impl Store {
         let mut used_ports = BTreeSet::new();
         if let Some(svcs) = st.p.objects.get("core/services") {
             for s in svcs.values() {
-                for ip in s.pointer("/spec/clusterIPs").and_then(Value::as_array).into_iter().flatten() {
+                for ip in s
+                    .pointer("/spec/clusterIPs")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(ip) = ip.as_str().and_then(|s| s.parse().ok()) {
                         used_ips.insert(ip);
                     }
                 }
-                for p in s.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+                for p in s
+                    .pointer("/spec/ports")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(np) = p.get("nodePort").and_then(Value::as_u64) {
                         used_ports.insert(np as u16);
                     }
@@ -345,28 +378,50 @@ impl Store {
         }
     }
 
-    fn check_namespace(st: &State, rt: &ResourceType, ns: &str, creating: bool) -> Result<(), ApiError> {
+    fn check_namespace(
+        st: &State,
+        rt: &ResourceType,
+        ns: &str,
+        creating: bool,
+    ) -> Result<(), ApiError> {
         if !rt.namespaced {
             return Ok(());
         }
-        let nsobj = st.p.objects.get("core/namespaces").and_then(|m| m.get(&obj_key("", ns)));
+        let nsobj =
+            st.p.objects
+                .get("core/namespaces")
+                .and_then(|m| m.get(&obj_key("", ns)));
         match nsobj {
             None => Err(ApiError::not_found(resources::core("namespaces"), ns)),
-            Some(n) if creating && n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::forbidden(format!(
-                "{} \"{}\" is forbidden: unable to create new content in namespace {} because it is being terminated",
-                rt.plural,
-                n.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(ns),
-                ns
-            ))),
+            Some(n) if creating && n.pointer("/metadata/deletionTimestamp").is_some() => {
+                Err(ApiError::forbidden(format!(
+                    "{} \"{}\" is forbidden: unable to create new content in namespace {} because it is being terminated",
+                    rt.plural,
+                    n.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or(ns),
+                    ns
+                )))
+            }
             _ => Ok(()),
         }
     }
 
     /// Decode through the typed model; returns warnings for dropped unknown fields, or the apply
     /// error for them.
-    fn decode(rt: &ResourceType, v: &Value, apply: bool, strict: bool, name: &str, ns: &str) -> Result<(Value, Vec<String>), ApiError> {
+    fn decode(
+        rt: &ResourceType,
+        v: &Value,
+        apply: bool,
+        strict: bool,
+        name: &str,
+        ns: &str,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let decoded = admission::typed_roundtrip(rt, v).map_err(|e| {
-            ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", rt.kind, rt.version, rt.kind))
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                rt.kind, rt.version, rt.kind
+            ))
         })?;
         let unknown = admission::unknown_fields(v, &decoded);
         if !unknown.is_empty() {
@@ -396,7 +451,11 @@ impl Store {
             if strict {
                 return Err(ApiError::bad_request(format!(
                     "strict decoding error: {}",
-                    unknown.iter().map(|u| format!("unknown field \"{}\"", u.trim_start_matches('.'))).collect::<Vec<_>>().join(", ")
+                    unknown
+                        .iter()
+                        .map(|u| format!("unknown field \"{}\"", u.trim_start_matches('.')))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             let warnings = unknown
@@ -408,7 +467,15 @@ impl Store {
         Ok((decoded, Vec::new()))
     }
 
-    fn record_manager(st: &mut State, uid: &str, manager: &str, operation: &str, api_version: &str, sub: Sub, fields: BTreeSet<FieldPath>) {
+    fn record_manager(
+        st: &mut State,
+        uid: &str,
+        manager: &str,
+        operation: &str,
+        api_version: &str,
+        sub: Sub,
+        fields: BTreeSet<FieldPath>,
+    ) {
         if manager.is_empty() || fields.is_empty() {
             return;
         }
@@ -422,10 +489,9 @@ impl Store {
             }
         }
         let subresource = if sub == Sub::Status { "status" } else { "" }.to_string();
-        match entries
-            .iter_mut()
-            .find(|e| e.manager == manager && e.operation == operation && e.subresource == subresource)
-        {
+        match entries.iter_mut().find(|e| {
+            e.manager == manager && e.operation == operation && e.subresource == subresource
+        }) {
             Some(e) => {
                 if operation == "Apply" {
                     e.fields = fields;
@@ -476,12 +542,24 @@ impl Store {
     }
 
     fn emit(&self, st: &mut State, kind: &'static str, rt: &ResourceType, obj: &Value) {
+        self.emit_prev(st, kind, rt, obj, None)
+    }
+
+    fn emit_prev(
+        &self,
+        st: &mut State,
+        kind: &'static str,
+        rt: &ResourceType,
+        obj: &Value,
+        prev: Option<&Value>,
+    ) {
         let ev = Arc::new(WatchEvent {
             rv: st.p.rv,
             kind,
             type_key: rt.key(),
             namespace: meta_str(obj, "namespace").unwrap_or_default().to_string(),
             object: obj.clone(),
+            prev: prev.cloned(),
         });
         st.history.push_back(ev.clone());
         while st.history.len() > HISTORY {
@@ -502,13 +580,24 @@ impl Store {
             obj["metadata"] = json!({});
         }
         let meta = &mut obj["metadata"];
-        let mut name = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let mut name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if name.is_empty() {
             if let Some(g) = meta.get("generateName").and_then(Value::as_str) {
                 name = format!("{g}{}", name_suffix(5));
                 meta["name"] = json!(name);
             } else {
-                return Err(ApiError::invalid(rt, "", &[("metadata.name".into(), "Required value: name or generateName is required".into())]));
+                return Err(ApiError::invalid(
+                    rt,
+                    "",
+                    &[(
+                        "metadata.name".into(),
+                        "Required value: name or generateName is required".into(),
+                    )],
+                ));
             }
         }
         if rt.namespaced {
@@ -548,11 +637,24 @@ impl Store {
     }
 
     /// Create an object (POST, or an apply that finds nothing).
-    pub fn create(&self, rt: &ResourceType, ns: &str, body: Value, opts: &WriteOpts) -> Result<Written, ApiError> {
+    pub fn create(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        body: Value,
+        opts: &WriteOpts,
+    ) -> Result<Written, ApiError> {
         self.create_inner(rt, ns, body, opts, false)
     }
 
-    fn create_inner(&self, rt: &ResourceType, ns: &str, mut body: Value, opts: &WriteOpts, apply: bool) -> Result<Written, ApiError> {
+    fn create_inner(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        mut body: Value,
+        opts: &WriteOpts,
+        apply: bool,
+    ) -> Result<Written, ApiError> {
         let mut st = self.lock();
         let body_name = meta_str(&body, "name").unwrap_or_default().to_string();
         let (decoded, warnings) = Self::decode(rt, &body, apply, opts.strict, &body_name, ns)?;
@@ -561,7 +663,12 @@ impl Store {
         let name = Self::new_meta(rt, &mut body, ns)?;
         Self::check_namespace(&st, rt, ns, true)?;
         let key = obj_key(if rt.namespaced { ns } else { "" }, &name);
-        if st.p.objects.get(&rt.key()).is_some_and(|m| m.contains_key(&key)) {
+        if st
+            .p
+            .objects
+            .get(&rt.key())
+            .is_some_and(|m| m.contains_key(&key))
+        {
             return Err(ApiError::already_exists(rt, &name));
         }
         Self::initial_status(rt, &mut body);
@@ -583,9 +690,20 @@ impl Store {
             .filter(|p| !matches!(p.first(), Some(patch::Seg::Field(f)) if f == "status" || f == "apiVersion" || f == "kind"))
             .filter(|p| !matches!(p.as_slice(), [patch::Seg::Field(a), patch::Seg::Field(b), ..] if a == "metadata" && (b == "name" || b == "namespace" || b == "uid" || b == "resourceVersion" || b == "creationTimestamp" || b == "generateName")))
             .collect();
-        Self::record_manager(&mut st, &uid, &opts.manager, op, &rt.api_version(), Sub::Main, fields);
+        Self::record_manager(
+            &mut st,
+            &uid,
+            &opts.manager,
+            op,
+            &rt.api_version(),
+            Sub::Main,
+            fields,
+        );
         Self::render_managed_fields(&st, &mut body);
-        st.p.objects.entry(rt.key()).or_default().insert(key, body.clone());
+        st.p.objects
+            .entry(rt.key())
+            .or_default()
+            .insert(key, body.clone());
         self.emit(&mut st, "ADDED", rt, &body);
         Ok(Written {
             object: body,
@@ -595,6 +713,7 @@ impl Store {
     }
 
     /// Store `new` as the next version of an existing object (`old`), after admission.
+    #[allow(clippy::too_many_arguments)]
     fn commit_update(
         &self,
         st: &mut State,
@@ -614,7 +733,15 @@ impl Store {
         if !new.get("metadata").is_some_and(Value::is_object) {
             new["metadata"] = json!({});
         }
-        for f in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        for f in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
             match old.get("metadata").and_then(|m| m.get(f)) {
                 Some(v) => new["metadata"][f] = v.clone(),
                 None => {
@@ -654,7 +781,11 @@ impl Store {
             admission::admit(&ctx, rt, admission::Op::Update, &mut new, Some(old))?;
         }
         if rt.generation && sub == Sub::Main && old.get("spec") != new.get("spec") {
-            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1) + 1;
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1)
+                + 1;
             new["metadata"]["generation"] = json!(g);
         }
         // A no-op write does not bump the resourceVersion (as the apiserver skips it).
@@ -675,7 +806,15 @@ impl Store {
         if opts.dry_run {
             return Ok(new);
         }
-        Self::record_manager(st, &uid, &opts.manager, operation, &rt.api_version(), sub, fields);
+        Self::record_manager(
+            st,
+            &uid,
+            &opts.manager,
+            operation,
+            &rt.api_version(),
+            sub,
+            fields,
+        );
         if !changed {
             return Ok(old.clone());
         }
@@ -697,17 +836,33 @@ impl Store {
             self.emit(st, "DELETED", rt, &new);
             return Ok(new);
         }
-        st.p.objects.entry(rt.key()).or_default().insert(key, new.clone());
-        self.emit(st, "MODIFIED", rt, &new);
+        st.p.objects
+            .entry(rt.key())
+            .or_default()
+            .insert(key, new.clone());
+        self.emit_prev(st, "MODIFIED", rt, &new, Some(old));
         Ok(new)
     }
 
     /// Replace an object (PUT), with optimistic concurrency on `metadata.resourceVersion`.
-    pub fn replace(&self, rt: &ResourceType, ns: &str, name: &str, body: Value, sub: Sub, opts: &WriteOpts) -> Result<Written, ApiError> {
+    pub fn replace(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        body: Value,
+        sub: Sub,
+        opts: &WriteOpts,
+    ) -> Result<Written, ApiError> {
         let (decoded, warnings) = Self::decode(rt, &body, false, opts.strict, name, ns)?;
         let mut st = self.lock();
         let ns = if rt.namespaced { ns } else { "" };
-        let Some(old) = st.p.objects.get(&rt.key()).and_then(|m| m.get(&obj_key(ns, name))).cloned() else {
+        let Some(old) =
+            st.p.objects
+                .get(&rt.key())
+                .and_then(|m| m.get(&obj_key(ns, name)))
+                .cloned()
+        else {
             return Err(ApiError::not_found(rt, name));
         };
         if let Some(bn) = meta_str(&decoded, "name")
@@ -769,9 +924,15 @@ impl Store {
                 match kind {
                     PatchKind::Merge => patch::merge_patch(&mut v, body),
                     PatchKind::Strategic => patch::strategic_merge_patch(&mut v, body),
-                    _ => patch::json_patch(&mut v, body).map_err(|e| ApiError::bad_request(format!("the server rejected our request due to an error in our request: {e}")))?,
+                    _ => patch::json_patch(&mut v, body).map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "the server rejected our request due to an error in our request: {e}"
+                        ))
+                    })?,
                 }
-                if let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                if let Some(rv) = body
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
                     && Some(rv) != meta_str(&old, "resourceVersion")
                 {
                     return Err(ApiError::conflict(rt, name));
@@ -796,12 +957,22 @@ impl Store {
                 let sub_name = if sub == Sub::Status { "status" } else { "" };
                 let prev: BTreeSet<FieldPath> = entries
                     .iter()
-                    .filter(|e| e.manager == opts.manager && e.operation == "Apply" && e.subresource == sub_name)
+                    .filter(|e| {
+                        e.manager == opts.manager
+                            && e.operation == "Apply"
+                            && e.subresource == sub_name
+                    })
                     .flat_map(|e| e.fields.iter().cloned())
                     .collect();
                 let mut applied = decoded_body.clone();
                 if let Some(m) = applied.get_mut("metadata").and_then(Value::as_object_mut) {
-                    for f in ["uid", "resourceVersion", "creationTimestamp", "managedFields", "generation"] {
+                    for f in [
+                        "uid",
+                        "resourceVersion",
+                        "creationTimestamp",
+                        "managedFields",
+                        "generation",
+                    ] {
                         m.remove(f);
                     }
                 }
@@ -839,12 +1010,11 @@ impl Store {
         };
         let mut st = self.lock();
         // Re-read under the lock: a concurrent write wins if it happened in between.
-        let current = st
-            .p
-            .objects
-            .get(&rt.key())
-            .and_then(|m| m.get(&obj_key(if rt.namespaced { ns } else { "" }, name)))
-            .cloned();
+        let current =
+            st.p.objects
+                .get(&rt.key())
+                .and_then(|m| m.get(&obj_key(if rt.namespaced { ns } else { "" }, name)))
+                .cloned();
         let Some(current) = current else {
             return Err(ApiError::not_found(rt, name));
         };
@@ -873,7 +1043,12 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         let ns = if rt.namespaced { ns } else { "" };
-        let Some(old) = st.p.objects.get(&rt.key()).and_then(|m| m.get(&obj_key(ns, name))).cloned() else {
+        let Some(old) =
+            st.p.objects
+                .get(&rt.key())
+                .and_then(|m| m.get(&obj_key(ns, name)))
+                .cloned()
+        else {
             return Err(ApiError::not_found(rt, name));
         };
         let mut new = old.clone();
@@ -889,11 +1064,22 @@ impl Store {
     }
 
     /// Delete an object.
-    pub fn delete(&self, rt: &ResourceType, ns: &str, name: &str, opts: &DeleteOpts) -> Result<Deleted, ApiError> {
+    pub fn delete(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOpts,
+    ) -> Result<Deleted, ApiError> {
         let mut st = self.lock();
         let ns = if rt.namespaced { ns } else { "" };
         let key = obj_key(ns, name);
-        let Some(old) = st.p.objects.get(&rt.key()).and_then(|m| m.get(&key)).cloned() else {
+        let Some(old) =
+            st.p.objects
+                .get(&rt.key())
+                .and_then(|m| m.get(&key))
+                .cloned()
+        else {
             return Err(ApiError::not_found(rt, name));
         };
         if let Some(uid) = &opts.precondition_uid
@@ -905,12 +1091,17 @@ impl Store {
             return Ok(Deleted::Gone(old));
         }
         let uid = meta_str(&old, "uid").unwrap_or_default().to_string();
-        let propagation = opts.propagation.clone().unwrap_or_else(|| "Background".to_string());
+        let propagation = opts
+            .propagation
+            .clone()
+            .unwrap_or_else(|| "Background".to_string());
         if propagation == "Orphan" {
             let mut orphaned = Vec::new();
             for (tk, objs) in st.p.objects.iter_mut() {
                 for o in objs.values_mut() {
-                    let refs = o.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut);
+                    let refs = o
+                        .pointer_mut("/metadata/ownerReferences")
+                        .and_then(Value::as_array_mut);
                     if let Some(refs) = refs {
                         let before = refs.len();
                         refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
@@ -923,7 +1114,10 @@ impl Store {
             for (tk, mut o) in orphaned {
                 st.p.rv += 1;
                 o["metadata"]["resourceVersion"] = json!(st.p.rv.to_string());
-                let k = obj_key(meta_str(&o, "namespace").unwrap_or_default(), meta_str(&o, "name").unwrap_or_default());
+                let k = obj_key(
+                    meta_str(&o, "namespace").unwrap_or_default(),
+                    meta_str(&o, "name").unwrap_or_default(),
+                );
                 if let Some(m) = st.p.objects.get_mut(&tk) {
                     m.insert(k, o.clone());
                 }
@@ -935,19 +1129,28 @@ impl Store {
         let mut finalizers: Vec<String> = old
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         if propagation == "Foreground" && !finalizers.iter().any(|f| f == "foregroundDeletion") {
             finalizers.push("foregroundDeletion".into());
         }
         let is_pod = rt.key() == "core/pods";
-        let bound = old.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        let bound = old
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
         let pod_done = matches!(
             old.pointer("/status/phase").and_then(Value::as_str),
             Some("Succeeded") | Some("Failed")
         );
         let grace = opts.grace_seconds.unwrap_or_else(|| {
-            old.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30)
+            old.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(30)
         });
         let graceful_pod = is_pod && bound && grace > 0 && !pod_done;
         let is_ns = rt.key() == "core/namespaces";
@@ -957,13 +1160,18 @@ impl Store {
                 let ts = if graceful_pod {
                     jiff::Timestamp::now()
                         .checked_add(jiff::SignedDuration::from_secs(grace))
-                        .map(|t| jiff::Timestamp::from_second(t.as_second()).map(|x| x.to_string()).unwrap_or_default())
+                        .map(|t| {
+                            jiff::Timestamp::from_second(t.as_second())
+                                .map(|x| x.to_string())
+                                .unwrap_or_default()
+                        })
                         .unwrap_or_else(|_| now())
                 } else {
                     now()
                 };
                 new["metadata"]["deletionTimestamp"] = json!(ts);
-                new["metadata"]["deletionGracePeriodSeconds"] = json!(if graceful_pod { grace } else { 0 });
+                new["metadata"]["deletionGracePeriodSeconds"] =
+                    json!(if graceful_pod { grace } else { 0 });
             } else if is_pod && opts.grace_seconds == Some(0) {
                 // Force deletion of a terminating pod.
                 if let Some(m) = st.p.objects.get_mut(&rt.key()) {
@@ -985,8 +1193,11 @@ impl Store {
             }
             st.p.rv += 1;
             new["metadata"]["resourceVersion"] = json!(st.p.rv.to_string());
-            st.p.objects.entry(rt.key()).or_default().insert(key, new.clone());
-            self.emit(&mut st, "MODIFIED", rt, &new);
+            st.p.objects
+                .entry(rt.key())
+                .or_default()
+                .insert(key, new.clone());
+            self.emit_prev(&mut st, "MODIFIED", rt, &new, Some(&old));
             return Ok(Deleted::Pending(new));
         }
         if let Some(m) = st.p.objects.get_mut(&rt.key()) {
@@ -1005,7 +1216,10 @@ impl Store {
     pub fn remove(&self, rt: &ResourceType, ns: &str, name: &str) -> Option<Value> {
         let mut st = self.lock();
         let ns = if rt.namespaced { ns } else { "" };
-        let old = st.p.objects.get_mut(&rt.key()).and_then(|m| m.remove(&obj_key(ns, name)))?;
+        let old =
+            st.p.objects
+                .get_mut(&rt.key())
+                .and_then(|m| m.remove(&obj_key(ns, name)))?;
         let uid = meta_str(&old, "uid").unwrap_or_default().to_string();
         st.p.managers.remove(&uid);
         st.p.rv += 1;
@@ -1016,7 +1230,13 @@ impl Store {
     }
 
     /// Create an object as a controller would (manager given), ignoring AlreadyExists.
-    pub fn ensure(&self, rt: &ResourceType, ns: &str, body: Value, manager: &str) -> Result<Value, ApiError> {
+    pub fn ensure(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        body: Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
         let name = meta_str(&body, "name").unwrap_or_default().to_string();
         if !name.is_empty()
             && let Some(v) = self.get(rt, ns, &name)
@@ -1041,8 +1261,13 @@ mod tests {
 
     fn store() -> Arc<Store> {
         let s = Store::open(None, admission::ClusterParams::default()).unwrap();
-        s.create(resources::core("namespaces"), "", json!({"metadata": {"name": "default"}}), &WriteOpts::default())
-            .unwrap();
+        s.create(
+            resources::core("namespaces"),
+            "",
+            json!({"metadata": {"name": "default"}}),
+            &WriteOpts::default(),
+        )
+        .unwrap();
         s
     }
 
@@ -1058,18 +1283,41 @@ mod tests {
         let s = store();
         let cm = resources::core("configmaps");
         let w = s
-            .create(cm, "default", json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"k": "v"}}), &opts("t"))
+            .create(
+                cm,
+                "default",
+                json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"k": "v"}}),
+                &opts("t"),
+            )
             .unwrap();
         assert_eq!(w.object["kind"], "ConfigMap");
         assert!(w.object.pointer("/metadata/uid").is_some());
-        let e = s.create(cm, "default", json!({"metadata": {"name": "a"}}), &opts("t")).unwrap_err();
+        let e = s
+            .create(
+                cm,
+                "default",
+                json!({"metadata": {"name": "a"}}),
+                &opts("t"),
+            )
+            .unwrap_err();
         assert_eq!(e.code, 409);
         assert_eq!(e.message, "configmaps \"a\" already exists");
-        let (items, _) = s.list(cm, Some("default"), &LabelSelector::parse("x=1").unwrap(), &FieldSelector::default());
+        let (items, _) = s.list(
+            cm,
+            Some("default"),
+            &LabelSelector::parse("x=1").unwrap(),
+            &FieldSelector::default(),
+        );
         assert_eq!(items.len(), 1);
-        assert!(matches!(s.delete(cm, "default", "a", &DeleteOpts::default()).unwrap(), Deleted::Gone(_)));
+        assert!(matches!(
+            s.delete(cm, "default", "a", &DeleteOpts::default())
+                .unwrap(),
+            Deleted::Gone(_)
+        ));
         assert_eq!(s.get(cm, "default", "a"), None);
-        let e = s.create(cm, "nope", json!({"metadata": {"name": "a"}}), &opts("t")).unwrap_err();
+        let e = s
+            .create(cm, "nope", json!({"metadata": {"name": "a"}}), &opts("t"))
+            .unwrap_err();
         assert_eq!(e.message, "namespaces \"nope\" not found");
     }
 
@@ -1078,36 +1326,96 @@ mod tests {
         let s = store();
         let d = resources::apps("deployments");
         let body = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}});
-        let w = s.patch(d, "default", "web", PatchKind::Apply, &body, Sub::Main, &opts("installer")).unwrap();
+        let w = s
+            .patch(
+                d,
+                "default",
+                "web",
+                PatchKind::Apply,
+                &body,
+                Sub::Main,
+                &opts("installer"),
+            )
+            .unwrap();
         assert!(w.created);
         assert_eq!(w.object["metadata"]["generation"], 1);
         assert_eq!(w.object["spec"]["replicas"], 1);
         let rv1 = w.object["metadata"]["resourceVersion"].clone();
-        let w = s.patch(d, "default", "web", PatchKind::Apply, &body, Sub::Main, &opts("installer")).unwrap();
+        let w = s
+            .patch(
+                d,
+                "default",
+                "web",
+                PatchKind::Apply,
+                &body,
+                Sub::Main,
+                &opts("installer"),
+            )
+            .unwrap();
         assert_eq!(w.object["metadata"]["generation"], 1);
         assert_eq!(w.object["metadata"]["resourceVersion"], rv1);
         let mut b2 = body.clone();
         b2["spec"]["template"]["spec"]["containers"][0]["image"] = json!("x:2");
-        let w = s.patch(d, "default", "web", PatchKind::Apply, &b2, Sub::Main, &opts("installer")).unwrap();
+        let w = s
+            .patch(
+                d,
+                "default",
+                "web",
+                PatchKind::Apply,
+                &b2,
+                Sub::Main,
+                &opts("installer"),
+            )
+            .unwrap();
         assert_eq!(w.object["metadata"]["generation"], 2);
-        assert_eq!(w.object["metadata"]["managedFields"][0]["manager"], "installer");
+        assert_eq!(
+            w.object["metadata"]["managedFields"][0]["manager"],
+            "installer"
+        );
     }
 
     #[test]
     fn apply_conflicts_without_force() {
         let s = store();
         let cm = resources::core("configmaps");
-        s.patch(cm, "default", "c", PatchKind::Apply, &json!({"metadata": {"name": "c"}, "data": {"a": "1"}}), Sub::Main, &opts("one"))
-            .unwrap();
+        s.patch(
+            cm,
+            "default",
+            "c",
+            PatchKind::Apply,
+            &json!({"metadata": {"name": "c"}, "data": {"a": "1"}}),
+            Sub::Main,
+            &opts("one"),
+        )
+        .unwrap();
         let e = s
-            .patch(cm, "default", "c", PatchKind::Apply, &json!({"metadata": {"name": "c"}, "data": {"a": "2"}}), Sub::Main, &opts("two"))
+            .patch(
+                cm,
+                "default",
+                "c",
+                PatchKind::Apply,
+                &json!({"metadata": {"name": "c"}, "data": {"a": "2"}}),
+                Sub::Main,
+                &opts("two"),
+            )
             .unwrap_err();
         assert_eq!(e.code, 409);
-        assert_eq!(e.message, "Apply failed with 1 conflict: conflict with \"one\" using v1: .data.a");
+        assert_eq!(
+            e.message,
+            "Apply failed with 1 conflict: conflict with \"one\" using v1: .data.a"
+        );
         let mut forced = opts("two");
         forced.force = true;
         let w = s
-            .patch(cm, "default", "c", PatchKind::Apply, &json!({"metadata": {"name": "c"}, "data": {"a": "2"}}), Sub::Main, &forced)
+            .patch(
+                cm,
+                "default",
+                "c",
+                PatchKind::Apply,
+                &json!({"metadata": {"name": "c"}, "data": {"a": "2"}}),
+                Sub::Main,
+                &forced,
+            )
             .unwrap();
         assert_eq!(w.object["data"]["a"], "2");
     }
@@ -1117,10 +1425,21 @@ mod tests {
         let s = store();
         let cm = resources::core("configmaps");
         let e = s
-            .patch(cm, "default", "c", PatchKind::Apply, &json!({"metadata": {"name": "c"}, "dat": {"a": "1"}}), Sub::Main, &opts("one"))
+            .patch(
+                cm,
+                "default",
+                "c",
+                PatchKind::Apply,
+                &json!({"metadata": {"name": "c"}, "dat": {"a": "1"}}),
+                Sub::Main,
+                &opts("one"),
+            )
             .unwrap_err();
         assert_eq!(e.code, 500);
-        assert_eq!(e.message, "failed to create typed patch object (default/c; /v1, Kind=ConfigMap): .dat: field not declared in schema");
+        assert_eq!(
+            e.message,
+            "failed to create typed patch object (default/c; /v1, Kind=ConfigMap): .dat: field not declared in schema"
+        );
     }
 
     #[test]
@@ -1130,11 +1449,20 @@ mod tests {
         let body = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}, "status": {"replicas": 9}});
         let w = s.create(d, "default", body, &opts("t")).unwrap();
         assert_eq!(w.object["status"], json!({}));
-        s.update_with(d, "default", "web", Sub::Status, "deployment-controller", |o| o["status"]["replicas"] = json!(1))
-            .unwrap();
+        s.update_with(
+            d,
+            "default",
+            "web",
+            Sub::Status,
+            "deployment-controller",
+            |o| o["status"]["replicas"] = json!(1),
+        )
+        .unwrap();
         let mut b = s.get(d, "default", "web").unwrap();
         b["status"]["replicas"] = json!(5);
-        let w = s.replace(d, "default", "web", b, Sub::Main, &opts("t")).unwrap();
+        let w = s
+            .replace(d, "default", "web", b, Sub::Main, &opts("t"))
+            .unwrap();
         assert_eq!(w.object["status"]["replicas"], 1);
     }
 
@@ -1143,7 +1471,13 @@ mod tests {
         let s = store();
         let cm = resources::core("configmaps");
         let rv0 = s.resource_version();
-        s.create(cm, "default", json!({"metadata": {"name": "a"}}), &opts("t")).unwrap();
+        s.create(
+            cm,
+            "default",
+            json!({"metadata": {"name": "a"}}),
+            &opts("t"),
+        )
+        .unwrap();
         let ev = s.events_since(rv0).unwrap();
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].kind, "ADDED");
@@ -1155,7 +1489,10 @@ mod tests {
         let p = resources::core("pods");
         s.create(p, "default", json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x:1"}]}}), &opts("t"))
             .unwrap();
-        assert!(matches!(s.delete(p, "default", "p", &DeleteOpts::default()).unwrap(), Deleted::Pending(_)));
+        assert!(matches!(
+            s.delete(p, "default", "p", &DeleteOpts::default()).unwrap(),
+            Deleted::Pending(_)
+        ));
         let pod = s.get(p, "default", "p").unwrap();
         assert!(pod.pointer("/metadata/deletionTimestamp").is_some());
         assert!(s.remove(p, "default", "p").is_some());
@@ -1167,8 +1504,13 @@ mod tests {
         let path = d.path().join("state.json");
         {
             let s = Store::open(Some(path.clone()), admission::ClusterParams::default()).unwrap();
-            s.create(resources::core("namespaces"), "", json!({"metadata": {"name": "x"}}), &WriteOpts::default())
-                .unwrap();
+            s.create(
+                resources::core("namespaces"),
+                "",
+                json!({"metadata": {"name": "x"}}),
+                &WriteOpts::default(),
+            )
+            .unwrap();
             s.flush().unwrap();
         }
         let s = Store::open(Some(path), admission::ClusterParams::default()).unwrap();

@@ -48,7 +48,12 @@ pub fn path_string(p: &[Seg]) -> String {
 fn list_key(field: &str, items: &[Value]) -> Option<&'static str> {
     let all_have = |k: &str| !items.is_empty() && items.iter().all(|i| i.get(k).is_some());
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" => Some("name"),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets" => Some("name"),
         "volumeMounts" => Some("mountPath"),
         "hostAliases" => Some("ip"),
         "ownerReferences" => Some("uid"),
@@ -128,8 +133,13 @@ fn pointer_parts(p: &str) -> Result<Vec<String>, String> {
     if p.is_empty() {
         return Ok(vec![]);
     }
-    let rest = p.strip_prefix('/').ok_or_else(|| format!("invalid JSON pointer {p:?}"))?;
-    Ok(rest.split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect())
+    let rest = p
+        .strip_prefix('/')
+        .ok_or_else(|| format!("invalid JSON pointer {p:?}"))?;
+    Ok(rest
+        .split('/')
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect())
 }
 
 fn json_patch_add(target: &mut Value, parts: &[String], value: Value) -> Result<(), String> {
@@ -140,10 +150,13 @@ fn json_patch_add(target: &mut Value, parts: &[String], value: Value) -> Result<
     let mut cur = target;
     for p in parent_parts {
         cur = match cur {
-            Value::Object(m) => m.get_mut(p).ok_or_else(|| format!("missing path segment {p:?}"))?,
+            Value::Object(m) => m
+                .get_mut(p)
+                .ok_or_else(|| format!("missing path segment {p:?}"))?,
             Value::Array(a) => {
                 let i: usize = p.parse().map_err(|_| format!("bad index {p:?}"))?;
-                a.get_mut(i).ok_or_else(|| format!("index {i} out of range"))?
+                a.get_mut(i)
+                    .ok_or_else(|| format!("index {i} out of range"))?
             }
             _ => return Err(format!("cannot descend into {p:?}")),
         };
@@ -176,16 +189,21 @@ fn json_patch_remove(target: &mut Value, parts: &[String]) -> Result<Value, Stri
     let mut cur = target;
     for p in parent_parts {
         cur = match cur {
-            Value::Object(m) => m.get_mut(p).ok_or_else(|| format!("missing path segment {p:?}"))?,
+            Value::Object(m) => m
+                .get_mut(p)
+                .ok_or_else(|| format!("missing path segment {p:?}"))?,
             Value::Array(a) => {
                 let i: usize = p.parse().map_err(|_| format!("bad index {p:?}"))?;
-                a.get_mut(i).ok_or_else(|| format!("index {i} out of range"))?
+                a.get_mut(i)
+                    .ok_or_else(|| format!("index {i} out of range"))?
             }
             _ => return Err(format!("cannot descend into {p:?}")),
         };
     }
     match cur {
-        Value::Object(m) => m.remove(last).ok_or_else(|| format!("missing key {last:?}")),
+        Value::Object(m) => m
+            .remove(last)
+            .ok_or_else(|| format!("missing key {last:?}")),
         Value::Array(a) => {
             let i: usize = last.parse().map_err(|_| format!("bad index {last:?}"))?;
             if i >= a.len() {
@@ -201,16 +219,27 @@ fn json_patch_remove(target: &mut Value, parts: &[String]) -> Result<Value, Stri
 pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
     let ops = ops.as_array().ok_or("a JSON patch must be an array")?;
     for op in ops {
-        let kind = op.get("op").and_then(Value::as_str).ok_or("JSON patch operation without op")?;
+        let kind = op
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or("JSON patch operation without op")?;
         let path = pointer_parts(op.get("path").and_then(Value::as_str).unwrap_or_default())?;
         match kind {
-            "add" => json_patch_add(target, &path, op.get("value").cloned().unwrap_or(Value::Null))?,
+            "add" => json_patch_add(
+                target,
+                &path,
+                op.get("value").cloned().unwrap_or(Value::Null),
+            )?,
             "remove" => {
                 json_patch_remove(target, &path)?;
             }
             "replace" => {
                 json_patch_remove(target, &path)?;
-                json_patch_add(target, &path, op.get("value").cloned().unwrap_or(Value::Null))?;
+                json_patch_add(
+                    target,
+                    &path,
+                    op.get("value").cloned().unwrap_or(Value::Null),
+                )?;
             }
             "test" => {
                 let ptr = op.get("path").and_then(Value::as_str).unwrap_or_default();
@@ -224,7 +253,10 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
                 let v = if kind == "move" {
                     json_patch_remove(target, &from)?
                 } else {
-                    target.pointer(from_s).cloned().ok_or("copy from a missing path")?
+                    target
+                        .pointer(from_s)
+                        .cloned()
+                        .ok_or("copy from a missing path")?
                 };
                 json_patch_add(target, &path, v)?;
             }
@@ -295,9 +327,10 @@ fn remove_path(v: &mut Value, p: &[Seg]) {
     for seg in parent {
         let next = match seg {
             Seg::Field(f) => cur.get_mut(f),
-            Seg::Item(k, kv) => cur
-                .as_array_mut()
-                .and_then(|a| a.iter_mut().find(|i| i.get(k).map(|x| x.to_string()).as_deref() == Some(kv.as_str()))),
+            Seg::Item(k, kv) => cur.as_array_mut().and_then(|a| {
+                a.iter_mut()
+                    .find(|i| i.get(k).map(|x| x.to_string()).as_deref() == Some(kv.as_str()))
+            }),
         };
         match next {
             Some(n) => cur = n,
@@ -350,7 +383,9 @@ pub fn apply_merge(target: &mut Value, applied: &Value) {
                         }
                         None => *cur = new.clone(),
                     },
-                    (Some(existing), Value::Object(_)) if existing.is_object() => apply_merge(existing, v),
+                    (Some(existing), Value::Object(_)) if existing.is_object() => {
+                        apply_merge(existing, v)
+                    }
                     _ => {
                         t.insert(k.clone(), v.clone());
                     }
@@ -370,10 +405,12 @@ pub fn apply(live: &Value, applied: &Value, prev_owned: &BTreeSet<FieldPath>) ->
             continue;
         }
         // Never drop identity or server-managed metadata.
-        if matches!(p.first(), Some(Seg::Field(f)) if f == "apiVersion" || f == "kind" || f == "status") {
+        if matches!(p.first(), Some(Seg::Field(f)) if f == "apiVersion" || f == "kind" || f == "status")
+        {
             continue;
         }
-        if matches!(p.as_slice(), [Seg::Field(a), Seg::Field(b)] if a == "metadata" && (b == "name" || b == "namespace")) {
+        if matches!(p.as_slice(), [Seg::Field(a), Seg::Field(b)] if a == "metadata" && (b == "name" || b == "namespace"))
+        {
             continue;
         }
         remove_path(&mut out, p);
@@ -396,7 +433,8 @@ pub fn conflicts<'a>(
             if !owned.contains(p) {
                 continue;
             }
-            if matches!(p.first(), Some(Seg::Field(f)) if f == "apiVersion" || f == "kind" || f == "metadata") {
+            if matches!(p.first(), Some(Seg::Field(f)) if f == "apiVersion" || f == "kind" || f == "metadata")
+            {
                 continue;
             }
             let (a, b) = (get_path(live, p), get_path(applied, p));
@@ -417,7 +455,9 @@ fn values_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         // The apiserver compares after defaulting; a bare number and an int-or-string are equal.
-        (Value::Number(x), Value::String(y)) | (Value::String(y), Value::Number(x)) => x.to_string() == *y,
+        (Value::Number(x), Value::String(y)) | (Value::String(y), Value::Number(x)) => {
+            x.to_string() == *y
+        }
         _ => a == b,
     }
 }
@@ -436,7 +476,8 @@ pub fn fields_v1(set: &BTreeSet<FieldPath>) -> Value {
             if matches!(seg, Seg::Item(..))
                 && let Value::Object(m) = entry
             {
-                m.entry(".".to_string()).or_insert_with(|| Value::Object(Map::new()));
+                m.entry(".".to_string())
+                    .or_insert_with(|| Value::Object(Map::new()));
             }
             let Value::Object(m) = entry else { break };
             cur = m;
@@ -468,7 +509,10 @@ mod tests {
     #[test]
     fn strategic_merge_merges_containers_by_name() {
         let mut t = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}});
-        strategic_merge_patch(&mut t, &json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}));
+        strategic_merge_patch(
+            &mut t,
+            &json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}),
+        );
         assert_eq!(t["spec"]["containers"][0]["image"], "x");
         assert_eq!(t["spec"]["containers"][1]["image"], "z");
     }
@@ -491,7 +535,8 @@ mod tests {
         let live = apply(&json!({}), &first, &BTreeSet::new());
         let owned = field_set(&first);
         let mut live_defaulted = live.clone();
-        live_defaulted["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("IfNotPresent");
+        live_defaulted["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] =
+            json!("IfNotPresent");
         let second = json!({"metadata": {"name": "x", "labels": {"a": "1"}}, "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i:2"}]}}}});
         let out = apply(&live_defaulted, &second, &owned);
         assert_eq!(out["metadata"]["labels"], json!({"a": "1"}));
@@ -506,15 +551,32 @@ mod tests {
     fn conflicts_name_the_other_manager_and_field() {
         let live = json!({"spec": {"replicas": 5}});
         let other: BTreeSet<FieldPath> = field_set(&json!({"spec": {"replicas": 5}}));
-        let c = conflicts(&live, &json!({"spec": {"replicas": 3}}), [("kubectl-scale", &other)].into_iter());
-        assert_eq!(c, vec![("kubectl-scale".to_string(), ".spec.replicas".to_string())]);
-        assert!(conflicts(&live, &json!({"spec": {"replicas": 5}}), [("m", &other)].into_iter()).is_empty());
+        let c = conflicts(
+            &live,
+            &json!({"spec": {"replicas": 3}}),
+            [("kubectl-scale", &other)].into_iter(),
+        );
+        assert_eq!(
+            c,
+            vec![("kubectl-scale".to_string(), ".spec.replicas".to_string())]
+        );
+        assert!(
+            conflicts(
+                &live,
+                &json!({"spec": {"replicas": 5}}),
+                [("m", &other)].into_iter()
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn fields_v1_shape() {
         let s = field_set(&json!({"spec": {"containers": [{"name": "a", "image": "x"}]}}));
         let f = fields_v1(&s);
-        assert_eq!(f, json!({"f:spec": {"f:containers": {"k:{\"name\":\"a\"}": {".": {}, "f:image": {}, "f:name": {}}}}}));
+        assert_eq!(
+            f,
+            json!({"f:spec": {"f:containers": {"k:{\"name\":\"a\"}": {".": {}, "f:image": {}, "f:name": {}}}}})
+        );
     }
 }

@@ -86,30 +86,294 @@ macro_rules! rt {
 
 /// Every served type.
 pub static RESOURCES: &[ResourceType] = &[
-    rt!("", "v1", "namespaces", "namespace", "Namespace", false, ["ns"], status = true, scale = false, generation = false),
-    rt!("", "v1", "nodes", "node", "Node", false, ["no"], status = true, scale = false, generation = false),
-    rt!("", "v1", "pods", "pod", "Pod", true, ["po"], status = true, scale = false, generation = true),
-    rt!("", "v1", "services", "service", "Service", true, ["svc"], status = true, scale = false, generation = false),
-    rt!("", "v1", "endpoints", "endpoints", "Endpoints", true, ["ep"], status = false, scale = false, generation = false),
-    rt!("", "v1", "configmaps", "configmap", "ConfigMap", true, ["cm"], status = false, scale = false, generation = false),
-    rt!("", "v1", "secrets", "secret", "Secret", true, [], status = false, scale = false, generation = false),
-    rt!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, ["sa"], status = false, scale = false, generation = false),
-    rt!("", "v1", "events", "event", "Event", true, ["ev"], status = false, scale = false, generation = false),
-    rt!("", "v1", "persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", true, ["pvc"], status = true, scale = false, generation = false),
-    rt!("apps", "v1", "deployments", "deployment", "Deployment", true, ["deploy"], status = true, scale = true, generation = true),
-    rt!("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, ["rs"], status = true, scale = true, generation = true),
-    rt!("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, ["ds"], status = true, scale = false, generation = true),
-    rt!("apps", "v1", "statefulsets", "statefulset", "StatefulSet", true, ["sts"], status = true, scale = true, generation = true),
-    rt!("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", true, [], status = false, scale = false, generation = false),
-    rt!("batch", "v1", "jobs", "job", "Job", true, [], status = true, scale = false, generation = true),
-    rt!("networking.k8s.io", "v1", "networkpolicies", "networkpolicy", "NetworkPolicy", true, ["netpol"], status = false, scale = false, generation = true),
-    rt!("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget", "PodDisruptionBudget", true, ["pdb"], status = true, scale = false, generation = true),
-    rt!("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, [], status = false, scale = false, generation = false),
-    rt!("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true, [], status = false, scale = false, generation = false),
-    rt!("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, [], status = false, scale = false, generation = false),
-    rt!("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, [], status = false, scale = false, generation = false),
-    rt!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, [], status = false, scale = false, generation = false),
-    rt!("events.k8s.io", "v1", "events", "event", "Event", true, ["ev"], status = false, scale = false, generation = false),
+    rt!(
+        "",
+        "v1",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        false,
+        ["ns"],
+        status = true,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "",
+        "v1",
+        "nodes",
+        "node",
+        "Node",
+        false,
+        ["no"],
+        status = true,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "",
+        "v1",
+        "pods",
+        "pod",
+        "Pod",
+        true,
+        ["po"],
+        status = true,
+        scale = false,
+        generation = true
+    ),
+    rt!(
+        "",
+        "v1",
+        "services",
+        "service",
+        "Service",
+        true,
+        ["svc"],
+        status = true,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "",
+        "v1",
+        "endpoints",
+        "endpoints",
+        "Endpoints",
+        true,
+        ["ep"],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "",
+        "v1",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        true,
+        ["cm"],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "",
+        "v1",
+        "secrets",
+        "secret",
+        "Secret",
+        true,
+        [],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "",
+        "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        ["sa"],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "",
+        "v1",
+        "events",
+        "event",
+        "Event",
+        true,
+        ["ev"],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        "PersistentVolumeClaim",
+        true,
+        ["pvc"],
+        status = true,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "apps",
+        "v1",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        ["deploy"],
+        status = true,
+        scale = true,
+        generation = true
+    ),
+    rt!(
+        "apps",
+        "v1",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        true,
+        ["rs"],
+        status = true,
+        scale = true,
+        generation = true
+    ),
+    rt!(
+        "apps",
+        "v1",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        true,
+        ["ds"],
+        status = true,
+        scale = false,
+        generation = true
+    ),
+    rt!(
+        "apps",
+        "v1",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        true,
+        ["sts"],
+        status = true,
+        scale = true,
+        generation = true
+    ),
+    rt!(
+        "apps",
+        "v1",
+        "controllerrevisions",
+        "controllerrevision",
+        "ControllerRevision",
+        true,
+        [],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "batch",
+        "v1",
+        "jobs",
+        "job",
+        "Job",
+        true,
+        [],
+        status = true,
+        scale = false,
+        generation = true
+    ),
+    rt!(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "networkpolicy",
+        "NetworkPolicy",
+        true,
+        ["netpol"],
+        status = false,
+        scale = false,
+        generation = true
+    ),
+    rt!(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        true,
+        ["pdb"],
+        status = true,
+        scale = false,
+        generation = true
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "roles",
+        "role",
+        "Role",
+        true,
+        [],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        [],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        [],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        [],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "lease",
+        "Lease",
+        true,
+        [],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "event",
+        "Event",
+        true,
+        ["ev"],
+        status = false,
+        scale = false,
+        generation = false
+    ),
 ];
 
 /// Find a type by group, version and plural.
@@ -121,7 +385,9 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
 
 /// Find a type by apiVersion and kind.
 pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
-    RESOURCES.iter().find(|r| r.api_version() == api_version && r.kind == kind)
+    RESOURCES
+        .iter()
+        .find(|r| r.api_version() == api_version && r.kind == kind)
 }
 
 /// The core type with this plural name.
@@ -134,7 +400,16 @@ pub fn apps(plural: &str) -> &'static ResourceType {
     find("apps", "v1", plural).unwrap_or(&RESOURCES[0])
 }
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// `GET /api`.
 pub fn api_versions(server_address: &str) -> Value {
@@ -235,7 +510,9 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     } else {
         format!("{group}/{version}")
     };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 #[cfg(test)]
@@ -251,13 +528,29 @@ mod tests {
             .iter()
             .map(|r| r["name"].as_str().unwrap())
             .collect();
-        for want in ["nodes", "namespaces", "pods", "pods/status", "services", "configmaps", "secrets", "serviceaccounts", "events"] {
+        for want in [
+            "nodes",
+            "namespaces",
+            "pods",
+            "pods/status",
+            "services",
+            "configmaps",
+            "secrets",
+            "serviceaccounts",
+            "events",
+        ] {
             assert!(names.contains(&want), "{want}");
         }
         let apps = api_resource_list("apps", "v1").unwrap();
         assert_eq!(apps["groupVersion"], "apps/v1");
         assert!(api_resource_list("nope", "v1").is_none());
         let groups = api_group_list();
-        assert!(groups["groups"].as_array().unwrap().iter().any(|g| g["name"] == "networking.k8s.io"));
+        assert!(
+            groups["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["name"] == "networking.k8s.io")
+        );
     }
 }

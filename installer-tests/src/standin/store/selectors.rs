@@ -42,7 +42,10 @@ fn split_top_level(s: &str) -> Vec<String> {
         }
     }
     out.push(cur);
-    out.into_iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
+    out.into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn parse_set(s: &str) -> Result<Vec<String>, String> {
@@ -51,7 +54,11 @@ fn parse_set(s: &str) -> Result<Vec<String>, String> {
         .strip_prefix('(')
         .and_then(|x| x.strip_suffix(')'))
         .ok_or_else(|| format!("unable to parse requirement: found '{s}', expected: '('"))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
 }
 
 impl LabelSelector {
@@ -68,9 +75,15 @@ impl LabelSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 reqs.push(Req::Eq(k.trim().into(), v.trim().into()));
             } else if let Some(idx) = part.find(" notin ") {
-                reqs.push(Req::NotIn(part[..idx].trim().into(), parse_set(&part[idx + 7..])?));
+                reqs.push(Req::NotIn(
+                    part[..idx].trim().into(),
+                    parse_set(&part[idx + 7..])?,
+                ));
             } else if let Some(idx) = part.find(" in ") {
-                reqs.push(Req::In(part[..idx].trim().into(), parse_set(&part[idx + 4..])?));
+                reqs.push(Req::In(
+                    part[..idx].trim().into(),
+                    parse_set(&part[idx + 4..])?,
+                ));
             } else if part.contains(' ') || part.contains('(') {
                 return Err(format!("unable to parse requirement: {part}"));
             } else {
@@ -85,11 +98,23 @@ impl LabelSelector {
         let mut reqs = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in m {
-                reqs.push(Req::Eq(k.clone(), v.as_str().unwrap_or_default().to_string()));
+                reqs.push(Req::Eq(
+                    k.clone(),
+                    v.as_str().unwrap_or_default().to_string(),
+                ));
             }
         }
-        for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
-            let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
+        for e in sel
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e
+                .get("key")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             let values: Vec<String> = e
                 .get("values")
                 .and_then(Value::as_array)
@@ -97,7 +122,11 @@ impl LabelSelector {
                 .flatten()
                 .filter_map(|v| v.as_str().map(str::to_string))
                 .collect();
-            match e.get("operator").and_then(Value::as_str).unwrap_or_default() {
+            match e
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+            {
                 "In" => reqs.push(Req::In(key, values)),
                 "NotIn" => reqs.push(Req::NotIn(key, values)),
                 "Exists" => reqs.push(Req::Exists(key)),
@@ -182,10 +211,15 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(format!("invalid selector: '{s}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                ));
             };
             let f = f.trim();
-            if f != "metadata.name" && f != "metadata.namespace" && !supported_fields(key).contains(&f) {
+            if f != "metadata.name"
+                && f != "metadata.namespace"
+                && !supported_fields(key).contains(&f)
+            {
                 return Err(format!("field label not supported: {f}"));
             }
             out.push((f.to_string(), eq, v.trim().to_string()));
@@ -232,10 +266,13 @@ mod tests {
 
     #[test]
     fn label_selector_syntax() {
-        let s = LabelSelector::parse("app=web,tier!=db,env in (prod, staging),!legacy,zone").unwrap();
+        let s =
+            LabelSelector::parse("app=web,tier!=db,env in (prod, staging),!legacy,zone").unwrap();
         assert!(s.matches(Some(&json!({"app": "web", "env": "prod", "zone": "a"}))));
         assert!(!s.matches(Some(&json!({"app": "web", "env": "dev", "zone": "a"}))));
-        assert!(!s.matches(Some(&json!({"app": "web", "env": "prod", "zone": "a", "legacy": "1"}))));
+        assert!(!s.matches(Some(
+            &json!({"app": "web", "env": "prod", "zone": "a", "legacy": "1"})
+        )));
         let n = LabelSelector::parse("env notin (dev)").unwrap();
         assert!(n.matches(None));
         assert!(!n.matches(Some(&json!({"env": "dev"}))));
@@ -243,7 +280,8 @@ mod tests {
 
     #[test]
     fn field_selector_on_pods() {
-        let f = FieldSelector::parse("spec.nodeName=srv1,status.phase!=Failed", "core/pods").unwrap();
+        let f =
+            FieldSelector::parse("spec.nodeName=srv1,status.phase!=Failed", "core/pods").unwrap();
         assert!(f.matches(&json!({"spec": {"nodeName": "srv1"}, "status": {"phase": "Running"}})));
         assert!(!f.matches(&json!({"spec": {"nodeName": "srv2"}, "status": {"phase": "Running"}})));
         assert_eq!(
