@@ -25,6 +25,7 @@ pub mod pki;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod testing;
 pub mod tls_files;
 pub mod token;
 pub mod version;
