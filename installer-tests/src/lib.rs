@@ -1,3 +1,5 @@
 //! Test support: the lab, the k3s stand-in, and helpers for end-to-end tests.
 
+pub mod images;
 pub mod lab;
+pub mod standin;
