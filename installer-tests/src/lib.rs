@@ -2,4 +2,5 @@
 
 pub mod images;
 pub mod lab;
+pub mod payload;
 pub mod standin;
