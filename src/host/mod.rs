@@ -106,8 +106,8 @@ impl CommandOutput {
     }
 }
 
-/// Where the bytes of an upload come from.
-#[derive(Debug, Clone)]
+/// Where the bytes of an upload come from. `Debug` shows sizes, never content.
+#[derive(Clone)]
 pub enum UploadSource {
     /// Bytes embedded in the installer binary (`include_bytes!`): streamed, never copied.
     Static {
@@ -123,6 +123,20 @@ pub enum UploadSource {
     },
     /// Small generated content (configuration files, units).
     Bytes(bytes::Bytes),
+}
+
+impl std::fmt::Debug for UploadSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UploadSource::Static { bytes, sha256 } => {
+                write!(f, "Static({} bytes, sha256 {:?})", bytes.len(), sha256)
+            }
+            UploadSource::File { path, sha256 } => {
+                write!(f, "File({}, sha256 {:?})", path.display(), sha256)
+            }
+            UploadSource::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+        }
+    }
 }
 
 impl UploadSource {
@@ -303,6 +317,12 @@ mod tests {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+    }
+
+    #[test]
+    fn upload_source_debug_never_shows_content() {
+        let src = UploadSource::Bytes(bytes::Bytes::from_static(b"secret-token-content"));
+        assert_eq!(format!("{src:?}"), "Bytes(20 bytes)");
     }
 
     #[test]

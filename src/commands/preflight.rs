@@ -1,0 +1,45 @@
+//! `installer preflight`: connect, gather facts and run every check; change nothing, and
+//! exit non-zero on a blocking finding.
+
+use crate::cli::PreflightArgs;
+use crate::commands::install::{PHASES, asset_store, pipeline_error};
+use crate::commands::session::{self, SshConnector};
+use crate::config::Plan;
+use crate::error::Error;
+use crate::phases::Runner;
+use crate::phases::install;
+use crate::report::Reporter;
+use std::path::PathBuf;
+
+/// How to run preflight, from the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreflightOptions {
+    pub accept_new_host_keys: bool,
+    pub assets_dir: Option<PathBuf>,
+    pub assets_lock: Option<PathBuf>,
+}
+
+impl PreflightOptions {
+    pub fn from_args(args: &PreflightArgs) -> PreflightOptions {
+        PreflightOptions {
+            accept_new_host_keys: args.connect.accept_new_host_keys,
+            assets_dir: args.connect.assets.clone(),
+            assets_lock: args.connect.assets_lock.clone(),
+        }
+    }
+}
+
+/// Runs the checks against the hosts of `plan`.
+pub async fn run(plan: Plan, opts: PreflightOptions, reporter: Reporter) -> Result<(), Error> {
+    let store = asset_store(opts.assets_dir.as_ref(), opts.assets_lock.as_ref())?;
+    let spec = session::install_spec(&plan, false, true);
+    let connector = SshConnector::new(&plan, opts.accept_new_host_keys, reporter.clone());
+    let mut runner = Runner::new("preflight", reporter.clone(), None, session::cancel_token());
+    let hosts: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
+    runner.start(&PHASES[..2], &hosts);
+    let result = install::run(&mut runner, &spec, &connector, &store).await;
+    runner.finish(result.is_ok());
+    result.map_err(pipeline_error)?;
+    reporter.info(None, "every host passed preflight; nothing was changed");
+    Ok(())
+}
