@@ -65,7 +65,8 @@ impl<T, E: fmt::Display> FanOut<T, E> {
         ))
     }
 
-    /// The successes, or the whole list of failures.
+    /// The successes, or the whole list of failures (each as `(host, value)`).
+    #[allow(clippy::type_complexity)]
     pub fn into_result(self) -> Result<Vec<(String, T)>, Vec<(String, E)>> {
         let mut ok = Vec::new();
         let mut bad = Vec::new();

@@ -168,11 +168,11 @@ pub fn uses_hashing(path: &Path) -> Option<bool> {
 pub fn append(path: &Path, token: &str, key: &PublicKey, hashed: bool) -> std::io::Result<String> {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            std::fs::create_dir_all(parent)?;
-            set_mode(parent, 0o700);
-        }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        std::fs::create_dir_all(parent)?;
+        set_mode(parent, 0o700);
     }
     let mut key = key.clone();
     key.set_comment("");
@@ -358,7 +358,7 @@ mod tests {
             &format!("# comment\n\n[10.0.0.1]:2222,other\t{ED_A} c\n"),
         );
         let names = vec![host_token("10.0.0.1", 2222)];
-        let e = entries_for(&[p.clone()], &names).unwrap();
+        let e = entries_for(std::slice::from_ref(&p), &names).unwrap();
         assert_eq!(
             verify(&e, &key(ED_A)),
             Verdict::Trusted(Location { file: p, line: 3 })

@@ -217,18 +217,18 @@ fn merge(s: &mut HostSettings, p: &HostParams, original: &str) -> Result<(), Str
     if s.identity_agent.is_none() {
         s.identity_agent = first_arg(p, "identityagent");
     }
-    if s.proxy_jump.is_none() {
-        if let Some(hops) = &p.proxy_jump {
-            if hops.len() == 1 && hops[0].eq_ignore_ascii_case("none") {
-                s.proxy_jump = Some(Vec::new());
-            } else {
-                s.proxy_jump = Some(
-                    hops.iter()
-                        .map(|h| JumpHost::parse(h))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| format!("ProxyJump {e}"))?,
-                );
-            }
+    if s.proxy_jump.is_none()
+        && let Some(hops) = &p.proxy_jump
+    {
+        if hops.len() == 1 && hops[0].eq_ignore_ascii_case("none") {
+            s.proxy_jump = Some(Vec::new());
+        } else {
+            s.proxy_jump = Some(
+                hops.iter()
+                    .map(|h| JumpHost::parse(h))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("ProxyJump {e}"))?,
+            );
         }
     }
     if s.user_known_hosts_files.is_empty() {
@@ -242,10 +242,10 @@ fn merge(s: &mut HostSettings, p: &HostParams, original: &str) -> Result<(), Str
     if s.hash_known_hosts.is_none() {
         s.hash_known_hosts = yes_no(first_arg(p, "hashknownhosts"));
     }
-    if let Some(h) = &s.host_name {
-        if h.contains('%') {
-            s.host_name = Some(expand_tokens(h, original, s.port, s.user.as_deref()));
-        }
+    if let Some(h) = &s.host_name
+        && h.contains('%')
+    {
+        s.host_name = Some(expand_tokens(h, original, s.port, s.user.as_deref()));
     }
     Ok(())
 }
@@ -276,10 +276,10 @@ fn expand_tokens(value: &str, host: &str, port: Option<u16>, user: Option<&str>)
 
 /// `~/x` to `$HOME/x`.
 pub fn expand_tilde(p: &str) -> PathBuf {
-    if let Some(rest) = p.strip_prefix("~/") {
-        if let Some(home) = std::env::home_dir() {
-            return home.join(rest);
-        }
+    if let Some(rest) = p.strip_prefix("~/")
+        && let Some(home) = std::env::home_dir()
+    {
+        return home.join(rest);
     }
     PathBuf::from(p)
 }

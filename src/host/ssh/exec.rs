@@ -71,6 +71,10 @@ pub(crate) type ChunkStream =
 /// Called with the number of bytes handed to the channel so far.
 pub(crate) type SentCallback = Box<dyn FnMut(u64) + Send + 'static>;
 
+/// Decides, from the command's first `@@` line on stdout, what to stream to its stdin.
+pub(crate) type Gate =
+    Box<dyn FnOnce(&str) -> Option<(ChunkStream, Option<SentCallback>)> + Send + 'static>;
+
 /// What to feed the command's stdin.
 pub(crate) enum StdinSource {
     None,
@@ -79,7 +83,7 @@ pub(crate) enum StdinSource {
     /// The command decides: the first stdout line starting with `@@` is passed to the
     /// closure, which returns what to stream (or `None`: just EOF). Used by uploads, whose
     /// remote side first says from which offset it wants the data.
-    Gated(Box<dyn FnOnce(&str) -> Option<(ChunkStream, Option<SentCallback>)> + Send>),
+    Gated(Gate),
 }
 
 /// Per-run settings.
@@ -271,13 +275,13 @@ struct KillOnDrop {
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let (Some(pid), Some((host, user, sudo, reporter))) = (self.pid, self.opts.take()) {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let conn = self.conn.clone();
-                rt.spawn(async move {
-                    let _ = kill_session(&conn, pid, host, user, sudo, reporter).await;
-                });
-            }
+        if let (Some(pid), Some((host, user, sudo, reporter))) = (self.pid, self.opts.take())
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let conn = self.conn.clone();
+            rt.spawn(async move {
+                let _ = kill_session(&conn, pid, host, user, sudo, reporter).await;
+            });
         }
     }
 }
@@ -361,9 +365,7 @@ async fn run_inner(
         _ => None,
     };
     // What stdin gets, and when.
-    let mut gate: Option<
-        Box<dyn FnOnce(&str) -> Option<(ChunkStream, Option<SentCallback>)> + Send>,
-    > = None;
+    let mut gate: Option<Gate> = None;
     let mut pending: Option<StdinData> = None;
     match stdin {
         StdinSource::None => pending = Some(StdinData::None),
@@ -376,10 +378,10 @@ async fn run_inner(
         StdinSource::Gated(f) => gate = Some(f),
     }
     // Without a sudo password nothing else reads stdin: send it right away.
-    if password.is_none() {
-        if let Some(d) = pending.take() {
-            let _ = cmd_tx.send(WriterCmd::Data(d));
-        }
+    if password.is_none()
+        && let Some(d) = pending.take()
+    {
+        let _ = cmd_tx.send(WriterCmd::Data(d));
     }
 
     let mut guard = KillOnDrop {

@@ -179,10 +179,10 @@ impl SshHost {
         if let Ok(mut k) = self.inner.host_key.lock() {
             *k = conn.host_key.clone();
         }
-        if conn.accepted.is_some() {
-            if let Ok(mut a) = self.inner.accepted.lock() {
-                *a = conn.accepted.clone();
-            }
+        if conn.accepted.is_some()
+            && let Ok(mut a) = self.inner.accepted.lock()
+        {
+            *a = conn.accepted.clone();
         }
         if reconnect {
             self.inner

@@ -199,16 +199,16 @@ fn default_auth(s: &HostSettings) -> Vec<AuthMethod> {
             passphrase: None,
         });
     }
-    if s.identity_files.is_empty() {
-        if let Some(home) = std::env::home_dir() {
-            for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
-                let p = home.join(".ssh").join(name);
-                if p.exists() {
-                    v.push(AuthMethod::KeyFile {
-                        path: p,
-                        passphrase: None,
-                    });
-                }
+    if s.identity_files.is_empty()
+        && let Some(home) = std::env::home_dir()
+    {
+        for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+            let p = home.join(".ssh").join(name);
+            if p.exists() {
+                v.push(AuthMethod::KeyFile {
+                    path: p,
+                    passphrase: None,
+                });
             }
         }
     }
@@ -370,15 +370,15 @@ impl Client {
                     }
                     HostKeyDecision::AcceptOnce | HostKeyDecision::AcceptAndRemember => {
                         let mut write_error = None;
-                        if decision == HostKeyDecision::AcceptAndRemember {
-                            if let Some((path, hashed)) = &r.write_accepted {
-                                let token = known_hosts::host_token(&r.host, r.port);
-                                if let Err(e) = known_hosts::append(path, &token, key, *hashed) {
-                                    write_error = Some(format!(
-                                        "could not add the key to {}: {e}",
-                                        path.display()
-                                    ));
-                                }
+                        if decision == HostKeyDecision::AcceptAndRemember
+                            && let Some((path, hashed)) = &r.write_accepted
+                        {
+                            let token = known_hosts::host_token(&r.host, r.port);
+                            if let Err(e) = known_hosts::append(path, &token, key, *hashed) {
+                                write_error = Some(format!(
+                                    "could not add the key to {}: {e}",
+                                    path.display()
+                                ));
                             }
                         }
                         if let Ok(mut c) = self.check.lock() {
@@ -745,10 +745,10 @@ fn describe_method(m: &AuthMethod) -> String {
 
 /// `~/x` for paths in the home directory (shorter errors).
 fn display_path(p: &Path) -> String {
-    if let Some(home) = std::env::home_dir() {
-        if let Ok(rest) = p.strip_prefix(&home) {
-            return format!("~/{}", rest.display());
-        }
+    if let Some(home) = std::env::home_dir()
+        && let Ok(rest) = p.strip_prefix(&home)
+    {
+        return format!("~/{}", rest.display());
     }
     p.display().to_string()
 }
