@@ -2,6 +2,8 @@
 //! host keys, commands, cancellation, uploads, reconnects, jump hosts and forwarding.
 //! Users other than root and sudo are covered by `ssh_lab.rs` on lab nodes.
 
+#![allow(clippy::unwrap_used)]
+
 mod ssh_support;
 
 use std::sync::Arc;

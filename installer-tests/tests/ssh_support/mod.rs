@@ -10,7 +10,7 @@
 //! `openssh-client` Debian packages; [`Sshd::start`] returns `None` with the reason
 //! printed when they are missing, and panics instead when `LAB_REQUIRED=1`.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

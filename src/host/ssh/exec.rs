@@ -593,7 +593,14 @@ async fn run_inner(
 
     // The channel is over: the remote side is done (or gone).
     let pid = guard.pid.take();
-    let writer_result = writer_task.await.unwrap_or(Ok(()));
+    // A writer still running now can never finish (it may wait forever for window space
+    // on a dead connection, or feed a command that exited without reading its input).
+    let writer_result = if writer_task.is_finished() {
+        writer_task.await.unwrap_or(Ok(()))
+    } else {
+        writer_task.abort();
+        Ok(())
+    };
     if !got_exit {
         if conn.is_closed() {
             return Err(RunError::Dropped { started: true, pid });
