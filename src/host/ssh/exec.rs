@@ -71,19 +71,28 @@ pub(crate) type ChunkStream =
 /// Called with the number of bytes handed to the channel so far.
 pub(crate) type SentCallback = Box<dyn FnMut(u64) + Send + 'static>;
 
-/// Decides, from the command's first `@@` line on stdout, what to stream to its stdin.
-pub(crate) type Gate =
-    Box<dyn FnOnce(&str) -> Option<(ChunkStream, Option<SentCallback>)> + Send + 'static>;
+/// One step of a stdin dialogue with the command (see [`StdinSource::Dialogue`]).
+pub(crate) enum Reply {
+    /// Not a line for us: keep listening.
+    Ignore,
+    /// Send this, and keep listening for the next line.
+    More(ChunkStream),
+    /// Send this (reporting progress), then EOF: the dialogue is over.
+    Last(ChunkStream, Option<SentCallback>),
+}
+
+/// Answers the command's `@@` lines on stdout, one at a time.
+pub(crate) type Dialogue = Box<dyn FnMut(&str) -> Reply + Send + 'static>;
 
 /// What to feed the command's stdin.
 pub(crate) enum StdinSource {
     None,
     Bytes(Bytes),
     Secret(Secret),
-    /// The command decides: the first stdout line starting with `@@` is passed to the
-    /// closure, which returns what to stream (or `None`: just EOF). Used by uploads, whose
-    /// remote side first says from which offset it wants the data.
-    Gated(Gate),
+    /// The command leads: each stdout line starting with `@@` is passed to the closure,
+    /// which says what to write to stdin, until it gives the last part (then EOF). Used by
+    /// uploads, whose remote side asks whether to skip and from which offset to send.
+    Dialogue(Dialogue),
 }
 
 /// Per-run settings.
@@ -162,6 +171,9 @@ pub(crate) fn kill_script(pid: u32) -> String {
 
 enum WriterCmd {
     Password(Secret),
+    /// Send, and keep stdin open.
+    Part(StdinData),
+    /// Send, then EOF.
     Data(StdinData),
     Close,
 }
@@ -185,28 +197,37 @@ async fn writer(
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            WriterCmd::Part(data) => send(&tx, data).await?,
             WriterCmd::Data(data) => {
-                match data {
-                    StdinData::None => {}
-                    StdinData::Bytes(b) => tx.data_bytes(b).await.map_err(|e| e.to_string())?,
-                    StdinData::Stream(mut s, mut sent) => {
-                        let mut total = 0u64;
-                        while let Some(chunk) = s.next().await {
-                            let chunk = chunk.map_err(|e| format!("reading the source: {e}"))?;
-                            total += chunk.len() as u64;
-                            tx.data_bytes(chunk).await.map_err(|e| e.to_string())?;
-                            if let Some(cb) = sent.as_mut() {
-                                cb(total);
-                            }
-                        }
-                    }
-                }
+                send(&tx, data).await?;
                 tx.eof().await.map_err(|e| e.to_string())?;
                 return Ok(());
             }
             WriterCmd::Close => {
                 let _ = tx.close().await;
                 return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn send(
+    tx: &russh::ChannelWriteHalf<russh::client::Msg>,
+    data: StdinData,
+) -> Result<(), String> {
+    match data {
+        StdinData::None => {}
+        StdinData::Bytes(b) => tx.data_bytes(b).await.map_err(|e| e.to_string())?,
+        StdinData::Stream(mut s, mut sent) => {
+            let mut total = 0u64;
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk.map_err(|e| format!("reading the source: {e}"))?;
+                total += chunk.len() as u64;
+                tx.data_bytes(chunk).await.map_err(|e| e.to_string())?;
+                if let Some(cb) = sent.as_mut() {
+                    cb(total);
+                }
             }
         }
     }
@@ -365,7 +386,7 @@ async fn run_inner(
         _ => None,
     };
     // What stdin gets, and when.
-    let mut gate: Option<Gate> = None;
+    let mut dialogue: Option<Dialogue> = None;
     let mut pending: Option<StdinData> = None;
     match stdin {
         StdinSource::None => pending = Some(StdinData::None),
@@ -375,7 +396,7 @@ async fn run_inner(
             v.push(b'\n');
             pending = Some(StdinData::Bytes(Bytes::from(v)));
         }
-        StdinSource::Gated(f) => gate = Some(f),
+        StdinSource::Dialogue(f) => dialogue = Some(f),
     }
     // Without a sudo password nothing else reads stdin: send it right away.
     if password.is_none()
@@ -441,20 +462,25 @@ async fn run_inner(
             ChannelMsg::Data { data } => {
                 out.stdout.extend_from_slice(&data);
                 out_lines.push(&data, |l| emit(StreamKind::Stdout, l));
-                if gate.is_some() {
+                if dialogue.is_some() {
                     gate_buf.extend_from_slice(&data);
                     while let Some(pos) = gate_buf.iter().position(|&b| b == b'\n') {
                         let line = String::from_utf8_lossy(&gate_buf[..pos]).into_owned();
                         gate_buf.drain(..=pos);
-                        if line.starts_with("@@") {
-                            if let Some(f) = gate.take() {
-                                let d = match f(&line) {
-                                    Some((s, cb)) => StdinData::Stream(s, cb),
-                                    None => StdinData::None,
-                                };
-                                let _ = cmd_tx.send(WriterCmd::Data(d));
+                        if !line.starts_with("@@") {
+                            continue;
+                        }
+                        let Some(f) = dialogue.as_mut() else { break };
+                        match f(&line) {
+                            Reply::Ignore => {}
+                            Reply::More(s) => {
+                                let _ = cmd_tx.send(WriterCmd::Part(StdinData::Stream(s, None)));
                             }
-                            break;
+                            Reply::Last(s, cb) => {
+                                let _ = cmd_tx.send(WriterCmd::Data(StdinData::Stream(s, cb)));
+                                dialogue = None;
+                                break;
+                            }
                         }
                     }
                 }

@@ -354,7 +354,9 @@ impl Remote for SshHost {
             Some(self.name()),
             format!(
                 "upload {} bytes (sha256 {}) to {}",
-                prep.total, prep.sha256, target.path
+                prep.total,
+                prep.sha256.as_deref().unwrap_or("computed while sending"),
+                target.path
             ),
         );
         let mut attempt = 0u32;
@@ -378,8 +380,7 @@ impl Remote for SshHost {
                         host: self.name().to_owned(),
                         path: target.path.clone(),
                         reason: format!(
-                            "the SHA-256 on the host is {got}, the source's is {} (did the source change during the upload?); the partial file was removed",
-                            prep.sha256
+                            "the SHA-256 of the file on the host ({got}) is not the source's (did the source change during the upload?); the partial file was removed"
                         ),
                     });
                 }
