@@ -75,12 +75,23 @@ enum Cmd {
     LinkDown { node: String },
     /// Reconnect a node cut off with link-down.
     LinkUp { node: String },
+    /// Benchmarks against the lab (they print figures).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Write the payload the installer takes in the lab (the k3s stand-in as k3s, small
     /// image archives, an override lock) into DIR and print the installer arguments for it.
     Payload {
         /// Where to write it.
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// The installer's SSH upload against OpenSSH scp (one node, then all in parallel).
+    Upload(installer_tests::bench::upload::Args),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +107,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Cmd::Bench {
+            what: BenchCmd::Upload(args),
+        } => installer_tests::bench::upload::run(&args)?,
         Cmd::Payload { dir } => {
             let standin = installer_tests::payload::workspace_binary("k3s-standin")?;
             let p = installer_tests::payload::build(
