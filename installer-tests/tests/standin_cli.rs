@@ -1,5 +1,6 @@
 //! The stand-in's command line and config.yaml handling, as k3s's: unknown keys warn on a
 //! server and are fatal on an agent, `--version`, `check-config`, fault injection at start.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod standin_util;
 

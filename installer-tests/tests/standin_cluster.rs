@@ -1,5 +1,6 @@
 //! Several stand-in nodes on loopback forming a cluster: server joins (one learner at a time),
 //! token and CA-hash checks, critical settings, duplicate names, agents, faults, snapshots.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod standin_util;
 

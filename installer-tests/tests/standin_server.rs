@@ -1,5 +1,6 @@
 //! A single stand-in server on loopback: the files k3s writes, the supervisor endpoints, the
 //! Kubernetes API as kube-rs sees it, readiness, and node readiness gated on the CNI config.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod standin_util;
 

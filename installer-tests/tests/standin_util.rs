@@ -1,4 +1,5 @@
 //! Shared helpers for the stand-in's integration tests (included with `mod standin_util;`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! Workloads on a single stand-in node: image presence from archives, probes answered by real
 //! listeners, scheduling failures with the scheduler's messages, controller status and rolling
 //! updates, and state that survives a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod standin_util;
 
