@@ -495,3 +495,17 @@ async fn etcd_snapshot_save_and_ls() {
             .contains("Unknown flag --cluster-init found in config.yaml, skipping")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_cluster_init_server_starts_a_cluster_of_its_own() {
+    // cluster-init belongs on the first server only: a second one with it and no `server:` does
+    // not join, it bootstraps a separate cluster with its own CA.
+    let srv1 = first_server("srv1", "");
+    let srv2 = first_server("srv2", "");
+    assert_ne!(
+        srv1.read("/var/lib/rancher/k3s/server/tls/server-ca.crt"),
+        srv2.read("/var/lib/rancher/k3s/server/tls/server-ca.crt")
+    );
+    assert_eq!(db_info(&srv1).await["members"].as_array().unwrap().len(), 1);
+    assert_eq!(db_info(&srv2).await["members"].as_array().unwrap().len(), 1);
+}

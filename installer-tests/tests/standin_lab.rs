@@ -41,7 +41,8 @@ ExecStart=/usr/local/bin/k3s {cmd}
 ";
 
 fn sh(lab: &Lab, node: &Node, cmd: &str) -> String {
-    lab.ssh_ok(node, cmd).unwrap_or_else(|e| panic!("{}: {cmd}: {e:#}", node.name))
+    lab.ssh_ok(node, cmd)
+        .unwrap_or_else(|e| panic!("{}: {cmd}: {e:#}", node.name))
 }
 
 fn put(lab: &Lab, node: &Node, path: &str, content: &str, mode: &str) {
@@ -54,7 +55,10 @@ fn put(lab: &Lab, node: &Node, path: &str, content: &str, mode: &str) {
 }
 
 fn server_config(node: &Node, all: &[&Node], first: Option<&Node>) -> String {
-    let sans: Vec<String> = all.iter().flat_map(|n| [n.addr.to_string(), n.name.clone()]).collect();
+    let sans: Vec<String> = all
+        .iter()
+        .flat_map(|n| [n.addr.to_string(), n.name.clone()])
+        .collect();
     let mut s = String::new();
     match first {
         None => s.push_str("cluster-init: true\n"),
@@ -70,7 +74,8 @@ fn server_config(node: &Node, all: &[&Node], first: Option<&Node>) -> String {
 }
 
 async fn wait_http_200(url: &str, timeout: Duration) -> bool {
-    let http = installer_tests::standin::client::insecure_with_timeout(Duration::from_secs(2)).unwrap();
+    let http =
+        installer_tests::standin::client::insecure_with_timeout(Duration::from_secs(2)).unwrap();
     let t = Instant::now();
     while t.elapsed() < timeout {
         if let Ok(r) = http.get(url).send().await
@@ -96,57 +101,144 @@ fn standin_under_systemd_in_the_lab() {
         lab.cp(&bin(), n, "/usr/local/bin/k3s").unwrap();
         sh(&lab, n, "chmod 0755 /usr/local/bin/k3s");
         // The test's knobs: a realistic start-up time, a short node grace period.
-        put(&lab, n, "/etc/k3s-standin/faults.yaml", "startup-delay: 2s\nlearner-promotion-delay: 1s\nnode-monitor-grace-period: 6s\n", "0644");
+        put(
+            &lab,
+            n,
+            "/etc/k3s-standin/faults.yaml",
+            "startup-delay: 2s\nlearner-promotion-delay: 1s\nnode-monitor-grace-period: 6s\n",
+            "0644",
+        );
     }
     assert!(sh(&lab, n1, "k3s --version").starts_with("k3s version v1.36.2+k3s1"));
 
     // First server: systemctl start blocks until READY=1 (Type=notify).
-    put(&lab, n1, "/etc/rancher/k3s/server-token", "lab-server-token-0123456789abcdef\n", "0600");
-    put(&lab, n1, "/etc/rancher/k3s/config.yaml", &server_config(n1, &nodes[..2], None), "0600");
-    put(&lab, n1, "/etc/systemd/system/k3s.service", &UNIT.replace("{cmd}", "server"), "0644");
+    put(
+        &lab,
+        n1,
+        "/etc/rancher/k3s/server-token",
+        "lab-server-token-0123456789abcdef\n",
+        "0600",
+    );
+    put(
+        &lab,
+        n1,
+        "/etc/rancher/k3s/config.yaml",
+        &server_config(n1, &nodes[..2], None),
+        "0600",
+    );
+    put(
+        &lab,
+        n1,
+        "/etc/systemd/system/k3s.service",
+        &UNIT.replace("{cmd}", "server"),
+        "0644",
+    );
     let t = Instant::now();
     sh(&lab, n1, "systemctl daemon-reload && systemctl start k3s");
     let took = t.elapsed();
-    assert!(took >= Duration::from_secs(2), "systemctl start returned after {took:?}, before the API was ready");
+    assert!(
+        took >= Duration::from_secs(2),
+        "systemctl start returned after {took:?}, before the API was ready"
+    );
     assert_eq!(sh(&lab, n1, "systemctl is-active k3s").trim(), "active");
     let journal = sh(&lab, n1, "journalctl -u k3s --no-pager -o cat");
-    assert!(journal.contains("level=info msg=\"k3s is up and running\""), "{journal}");
+    assert!(
+        journal.contains("level=info msg=\"k3s is up and running\""),
+        "{journal}"
+    );
     let info = sh(&lab, n1, "curl -sk https://127.0.0.1:6443/db/info");
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["members"].as_array().unwrap().len(), 1, "{info}");
     let token = sh(&lab, n1, "cat /var/lib/rancher/k3s/server/token");
-    assert!(token.starts_with("K10") && token.trim_end().ends_with("::server:lab-server-token-0123456789abcdef"));
+    assert!(
+        token.starts_with("K10")
+            && token
+                .trim_end()
+                .ends_with("::server:lab-server-token-0123456789abcdef")
+    );
 
     // Second server joins over the lab network.
     put(&lab, n2, "/etc/rancher/k3s/server-token", &token, "0600");
-    put(&lab, n2, "/etc/rancher/k3s/config.yaml", &server_config(n2, &nodes[..2], Some(n1)), "0600");
-    put(&lab, n2, "/etc/systemd/system/k3s.service", &UNIT.replace("{cmd}", "server"), "0644");
-    sh(&lab, n2, "systemctl daemon-reload && systemctl start --no-block k3s");
+    put(
+        &lab,
+        n2,
+        "/etc/rancher/k3s/config.yaml",
+        &server_config(n2, &nodes[..2], Some(n1)),
+        "0600",
+    );
+    put(
+        &lab,
+        n2,
+        "/etc/systemd/system/k3s.service",
+        &UNIT.replace("{cmd}", "server"),
+        "0644",
+    );
+    sh(
+        &lab,
+        n2,
+        "systemctl daemon-reload && systemctl start --no-block k3s",
+    );
     let t = Instant::now();
     while sh(&lab, n2, "systemctl is-active k3s || true").trim() != "active" {
-        assert!(t.elapsed() < Duration::from_secs(60), "{}", sh(&lab, n2, "journalctl -u k3s --no-pager -o cat"));
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{}",
+            sh(&lab, n2, "journalctl -u k3s --no-pager -o cat")
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let info: serde_json::Value = serde_json::from_str(&sh(&lab, n1, "curl -sk https://127.0.0.1:6443/db/info")).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&sh(&lab, n1, "curl -sk https://127.0.0.1:6443/db/info")).unwrap();
     assert_eq!(info["members"].as_array().unwrap().len(), 2, "{info}");
 
     // An agent with a server-only key: k3s's message, and systemd keeps restarting it.
     let agent_token = sh(&lab, n1, "cat /var/lib/rancher/k3s/server/agent-token");
-    put(&lab, n3, "/etc/rancher/k3s/agent-token", &agent_token, "0600");
+    put(
+        &lab,
+        n3,
+        "/etc/rancher/k3s/agent-token",
+        &agent_token,
+        "0600",
+    );
     let agent_cfg = format!(
         "server: https://{}:6443\ntoken-file: /etc/rancher/k3s/agent-token\nnode-name: {}\nnode-ip: {}\n",
         n1.addr, n3.name, n3.addr
     );
-    put(&lab, n3, "/etc/rancher/k3s/config.yaml", &format!("{agent_cfg}disable: [traefik]\n"), "0600");
-    put(&lab, n3, "/etc/systemd/system/k3s-agent.service", &UNIT.replace("{cmd}", "agent"), "0644");
-    sh(&lab, n3, "systemctl daemon-reload && systemctl start --no-block k3s-agent");
+    put(
+        &lab,
+        n3,
+        "/etc/rancher/k3s/config.yaml",
+        &format!("{agent_cfg}disable: [traefik]\n"),
+        "0600",
+    );
+    put(
+        &lab,
+        n3,
+        "/etc/systemd/system/k3s-agent.service",
+        &UNIT.replace("{cmd}", "agent"),
+        "0644",
+    );
+    sh(
+        &lab,
+        n3,
+        "systemctl daemon-reload && systemctl start --no-block k3s-agent",
+    );
     std::thread::sleep(Duration::from_secs(7));
     let j = sh(&lab, n3, "journalctl -u k3s-agent --no-pager -o cat");
-    assert!(j.contains("Incorrect Usage: flag provided but not defined: -disable"), "{j}");
-    assert!(j.matches("flag provided but not defined: -disable").count() >= 2, "restarted by systemd: {j}");
+    assert!(
+        j.contains("Incorrect Usage: flag provided but not defined: -disable"),
+        "{j}"
+    );
+    assert!(
+        j.matches("flag provided but not defined: -disable").count() >= 2,
+        "restarted by systemd: {j}"
+    );
     put(&lab, n3, "/etc/rancher/k3s/config.yaml", &agent_cfg, "0600");
     sh(&lab, n3, "systemctl restart k3s-agent");
-    assert_eq!(sh(&lab, n3, "systemctl is-active k3s-agent").trim(), "active");
+    assert_eq!(
+        sh(&lab, n3, "systemctl is-active k3s-agent").trim(),
+        "active"
+    );
 
     rt.block_on(async {
         // The installer's view: the kubeconfig from srv1, pointed at its lab address.
@@ -225,7 +317,13 @@ fn standin_under_systemd_in_the_lab() {
         .await;
     });
     let out = sh(&lab, n1, "k3s etcd-snapshot save --name pre-upgrade 2>&1");
-    assert!(out.contains("Snapshot pre-upgrade-node1-") && out.contains("saved."), "{out}");
-    assert!(sh(&lab, n1, "k3s etcd-snapshot ls").contains("file:///var/lib/rancher/k3s/server/db/snapshots/pre-upgrade-node1-"));
+    assert!(
+        out.contains("Snapshot pre-upgrade-node1-") && out.contains("saved."),
+        "{out}"
+    );
+    assert!(
+        sh(&lab, n1, "k3s etcd-snapshot ls")
+            .contains("file:///var/lib/rancher/k3s/server/db/snapshots/pre-upgrade-node1-")
+    );
     lab.down().unwrap();
 }

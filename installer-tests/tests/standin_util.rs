@@ -37,6 +37,19 @@ pub async fn client(node: &LocalNode) -> kube::Client {
     kube::Client::try_from(cfg).expect("client")
 }
 
+/// Like [`client`], without kube-rs's default retries of 429/503/504 (to see such answers).
+pub async fn client_no_retry(node: &LocalNode) -> kube::Client {
+    let text = node
+        .read("/etc/rancher/k3s/k3s.yaml")
+        .expect("k3s.yaml written");
+    let kc = kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kubeconfig usable");
+    cfg.default_retry = false;
+    kube::Client::try_from(cfg).expect("client")
+}
+
 /// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where

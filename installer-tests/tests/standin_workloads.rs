@@ -11,6 +11,7 @@ use installer_tests::images::{ArchiveOptions, write_archive};
 use installer_tests::standin::testing::LocalNode;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
@@ -633,4 +634,93 @@ async fn state_and_containers_survive_a_restart() {
         cs.restart_count, 0,
         "the container was adopted, not restarted"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eviction_honours_pod_disruption_budgets() {
+    let (n, c) = ready_node(&[PAUSE, APP]).await;
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let pp = PatchParams::apply("installer").force();
+    deploys
+        .patch(
+            "guarded",
+            &pp,
+            &Patch::Apply(deployment("guarded", 1, 18400, json!({}))),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(
+            deploys.clone(),
+            "guarded",
+            conditions::is_deployment_completed(),
+        ),
+    )
+    .await
+    .expect("rollout")
+    .unwrap();
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(c.clone(), "default");
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "guarded"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}},
+    }))
+    .unwrap();
+    pdbs.patch("guarded", &pp, &Patch::Apply(&pdb))
+        .await
+        .unwrap();
+    wait_for("pdb status", Duration::from_secs(10), || {
+        let pdbs = pdbs.clone();
+        async move {
+            pdbs.get("guarded")
+                .await
+                .ok()?
+                .status
+                .filter(|s| s.expected_pods == Some(1) && s.current_healthy == Some(1))
+        }
+    })
+    .await;
+    // kube-rs retries a 429 by default (as it would against k3s); this test wants to see it.
+    let pods: Api<Pod> = Api::namespaced(client_no_retry(&n).await, "default");
+    let name = pods
+        .list(&ListParams::default().labels("app=guarded"))
+        .await
+        .unwrap()
+        .items[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    let err = pods.evict(&name, &Default::default()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{err}"
+    );
+    pdbs.delete("guarded", &Default::default()).await.unwrap();
+    pods.evict(&name, &Default::default()).await.unwrap();
+    // The ReplicaSet replaces the evicted pod.
+    wait_for("replacement pod ready", Duration::from_secs(30), || {
+        let pods = pods.clone();
+        let name = name.clone();
+        async move {
+            let l = pods
+                .list(&ListParams::default().labels("app=guarded"))
+                .await
+                .ok()?;
+            l.items
+                .iter()
+                .any(|p| {
+                    p.metadata.name.as_deref() != Some(name.as_str())
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                })
+                .then_some(())
+        }
+    })
+    .await;
 }

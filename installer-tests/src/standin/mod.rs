@@ -16,6 +16,7 @@ pub mod config;
 pub mod controllers;
 pub mod faults;
 pub mod flags;
+pub mod kubectl;
 pub mod kubelet;
 pub mod log;
 pub mod manifests;
@@ -85,6 +86,21 @@ pub fn main(args: Vec<String>) -> i32 {
     {
         return runtime.block_on(kubelet::shim::main(&rest));
     }
+    // k3s is a multicall binary: install.sh links kubectl, crictl and ctr to it, and the CNI
+    // plugins in data/cni are links to its `cni` binary (cmd/k3s/main.go).
+    let base = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    match base.as_str() {
+        "kubectl" => return runtime.block_on(kubectl::run(&root, &rest)),
+        "crictl" | "ctr" | "cni" | "bridge" | "host-local" | "loopback" | "portmap"
+        | "bandwidth" | "firewall" | "flannel" => {
+            eprintln!("k3s-standin: `{base}` is not modelled by the k3s stand-in");
+            return 1;
+        }
+        _ => {}
+    }
     match rest.first().map(String::as_str) {
         None | Some("--help") | Some("-h") | Some("help") => {
             print!("{USAGE}");
@@ -109,9 +125,9 @@ pub fn main(args: Vec<String>) -> i32 {
             runtime.block_on(snapshot::cli(root, &sub, &sub_args))
         }
         Some("check-config") => checkconfig::run(),
+        Some("kubectl") => runtime.block_on(kubectl::run(&root, &rest[1..])),
         Some(
-            other @ ("kubectl" | "crictl" | "ctr" | "token" | "certificate" | "secrets-encrypt"
-            | "completion"),
+            other @ ("crictl" | "ctr" | "token" | "certificate" | "secrets-encrypt" | "completion"),
         ) => {
             eprintln!("k3s-standin: `k3s {other}` is not modelled by the k3s stand-in");
             1

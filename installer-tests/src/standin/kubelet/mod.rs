@@ -1325,6 +1325,9 @@ pub async fn run_agent_notify(setup: AgentSetup) {
 }
 
 async fn run_agent_inner(setup: AgentSetup, notify: bool) {
+    if let Err(e) = runtime::stage_data_dir(&setup.root, &setup.node.data_dir) {
+        log::error(format!("failed to stage the data directory: {e}"));
+    }
     let node_password = match ensure_node_password(&setup.root) {
         Ok(p) => p,
         Err(e) => {
@@ -1467,7 +1470,23 @@ async fn run_agent_inner(setup: AgentSetup, notify: bool) {
         }
         k.lost = false;
         let dir = k.images_dir();
+        let before: BTreeSet<String> = k.present.keys().cloned().collect();
         k.present = k.images.scan(&dir);
+        let new: Vec<String> = k
+            .present
+            .keys()
+            .filter(|n| !before.contains(*n))
+            .cloned()
+            .collect();
+        runtime::log_imports(
+            &k.setup.root.path(
+                k.setup
+                    .node
+                    .data_dir
+                    .join("agent/containerd/containerd.log"),
+            ),
+            &new,
+        );
         let cni = runtime::cni_ready(&k.setup.root.path(k3s::CNI_CONF_DIR));
         if k.sync_node(cni).await.is_some() {
             k.sync_pods(cni).await;

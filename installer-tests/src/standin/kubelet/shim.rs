@@ -62,7 +62,10 @@ pub fn shim_dir(run_dir: &Path, uid: &str, container: &str) -> PathBuf {
 
 /// The argv[0] the shim runs under (what k3s-killall.sh looks for).
 pub fn shim_argv0(data_dir: &Path) -> PathBuf {
-    data_dir.join("data/standin/bin/containerd-shim-runc-v2")
+    data_dir
+        .join("data")
+        .join(super::runtime::data_hash())
+        .join("bin/containerd-shim-runc-v2")
 }
 
 /// Read a shim's status.
