@@ -125,43 +125,6 @@ impl ImageStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cni_needs_a_parsable_config() {
-        let d = tempfile::tempdir().unwrap();
-        assert!(!cni_ready(d.path()));
-        std::fs::write(d.path().join("10-local.conflist"), "{not json").unwrap();
-        assert!(!cni_ready(d.path()));
-        std::fs::write(
-            d.path().join("10-local.conflist"),
-            r#"{"cniVersion":"1.0.0","name":"local","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#,
-        )
-        .unwrap();
-        assert!(cni_ready(d.path()));
-        assert!(!cni_ready(&d.path().join("missing")));
-    }
-
-    #[test]
-    fn images_are_picked_up_and_dropped() {
-        let d = tempfile::tempdir().unwrap();
-        let mut s = ImageStore::default();
-        assert!(s.scan(d.path()).is_empty());
-        images::write_archive(
-            &d.path().join("a.tar"),
-            &["registry.example/app/api:1.0"],
-            &Default::default(),
-        )
-        .unwrap();
-        let got = s.scan(d.path());
-        assert!(got.contains_key("registry.example/app/api:1.0"));
-        std::fs::remove_file(d.path().join("a.tar")).unwrap();
-        assert!(s.scan(d.path()).is_empty());
-    }
-}
-
 /// The name of the stand-in's directory under `${data-dir}/data/` (k3s uses the SHA-256 of its
 /// bundled userspace; here, of the version string).
 pub fn data_hash() -> String {
@@ -231,5 +194,42 @@ pub fn log_imports(log: &Path, names: &[String]) {
         .open(log)
     {
         let _ = f.write_all(text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cni_needs_a_parsable_config() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!cni_ready(d.path()));
+        std::fs::write(d.path().join("10-local.conflist"), "{not json").unwrap();
+        assert!(!cni_ready(d.path()));
+        std::fs::write(
+            d.path().join("10-local.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"local","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#,
+        )
+        .unwrap();
+        assert!(cni_ready(d.path()));
+        assert!(!cni_ready(&d.path().join("missing")));
+    }
+
+    #[test]
+    fn images_are_picked_up_and_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = ImageStore::default();
+        assert!(s.scan(d.path()).is_empty());
+        images::write_archive(
+            &d.path().join("a.tar"),
+            &["registry.example/app/api:1.0"],
+            &Default::default(),
+        )
+        .unwrap();
+        let got = s.scan(d.path());
+        assert!(got.contains_key("registry.example/app/api:1.0"));
+        std::fs::remove_file(d.path().join("a.tar")).unwrap();
+        assert!(s.scan(d.path()).is_empty());
     }
 }
