@@ -54,10 +54,12 @@ impl ClusterServices {
 
     pub fn from_bundle(bundle: &Bundle) -> Result<ClusterServices, AppError> {
         let file = format!("{}/{SERVICES_FILE}", bundle.root());
-        let text = bundle.file(SERVICES_FILE).ok_or_else(|| AppError::Template {
-            file: file.clone(),
-            message: "missing".into(),
-        })?;
+        let text = bundle
+            .file(SERVICES_FILE)
+            .ok_or_else(|| AppError::Template {
+                file: file.clone(),
+                message: "missing".into(),
+            })?;
         serde_saphyr::from_str(text).map_err(|e| AppError::Template {
             file,
             message: e.to_string(),
@@ -217,7 +219,9 @@ fn u16_at(msg: &[u8], pos: usize) -> Result<u16, String> {
         .ok_or_else(|| "truncated message".into())
 }
 
-const RCODES: [&str; 6] = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"];
+const RCODES: [&str; 6] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+];
 
 /// The A and AAAA addresses in a DNS response (RFC 1035 §4.1, name compression included).
 /// `Err` says what is wrong: another id, not a response, an error code, garbage.
@@ -250,9 +254,13 @@ pub fn parse_response(msg: &[u8], id: u16) -> Result<Vec<IpAddr>, String> {
         pos = read_name(msg, pos)?;
         let ty = u16_at(msg, pos)?;
         let len = u16_at(msg, pos + 8)? as usize;
-        let data = msg.get(pos + 10..pos + 10 + len).ok_or("truncated record")?;
+        let data = msg
+            .get(pos + 10..pos + 10 + len)
+            .ok_or("truncated record")?;
         match (ty, len) {
-            (1, 4) => out.push(IpAddr::V4(Ipv4Addr::new(data[0], data[1], data[2], data[3]))),
+            (1, 4) => out.push(IpAddr::V4(Ipv4Addr::new(
+                data[0], data[1], data[2], data[3],
+            ))),
             (28, 16) => {
                 let mut b = [0u8; 16];
                 b.copy_from_slice(data);
@@ -284,7 +292,8 @@ pub struct DnsAnswer {
 /// Asks once from one node; `Ok` when the answer has an A record (the expected one, if
 /// given).
 pub async fn lookup(remote: &dyn Remote, check: &DnsCheck) -> Result<Vec<IpAddr>, String> {
-    let cmd = RemoteCommand::new(query_script(&check.name, check.port)).timeout(Duration::from_secs(20));
+    let cmd =
+        RemoteCommand::new(query_script(&check.name, check.port)).timeout(Duration::from_secs(20));
     let out = remote.exec(cmd).await.map_err(|e| e.to_string())?;
     if !out.success() {
         let err = out.stderr_str();
@@ -306,7 +315,11 @@ pub async fn lookup(remote: &dyn Remote, check: &DnsCheck) -> Result<Vec<IpAddr>
         return Err(format!(
             "{} resolved to {}, not to the kubernetes Service's {want}",
             check.name,
-            addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     Ok(addrs)
@@ -367,7 +380,11 @@ pub async fn gate(
                     format!(
                         "cluster DNS answers: {} is {}",
                         check.name,
-                        addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                        addresses
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 );
                 answers.push(DnsAnswer { node, addresses });

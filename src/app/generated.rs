@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::spec::{AppSpec, SecretSpec};
 use super::tls::{self, Ca};
-use super::{AppError, App, ClusterFacts, Values};
+use super::{App, AppError, ClusterFacts, Values};
 use crate::kube::apply::{Applied, ApplyReport, Change, FIELD_MANAGER};
 use crate::kube::{Cluster, KubeError};
 use crate::report::events::{Level, Reporter};
@@ -99,7 +99,7 @@ pub fn plan_secret(
                 values
                     .plain()
                     .get(v)
-                    .and_then(|p| p.as_str().map(|s| Secret::new(s)))
+                    .and_then(|p| p.as_str().map(Secret::new))
             })
         });
         let value = match (given, existing.get(&k.key)) {
@@ -158,7 +158,10 @@ fn secret_object(
             labels: Some(
                 [
                     ("app.kubernetes.io/part-of".to_string(), app.to_owned()),
-                    ("app.kubernetes.io/managed-by".to_string(), "installer".to_owned()),
+                    (
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "installer".to_owned(),
+                    ),
                 ]
                 .into(),
             ),
@@ -199,7 +202,11 @@ impl Store<'_> {
         let obj = secret_object(name, self.namespace, self.app, type_, data);
         let after = self
             .api
-            .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
             .await
             .map_err(|e| match e {
                 // The API's message names fields, never Secret data.
@@ -217,7 +224,11 @@ impl Store<'_> {
             Some(_) => Change::Unchanged,
         };
         let object = format!("Secret {}/{name}", self.namespace);
-        let level = if change == Change::Unchanged { Level::Debug } else { Level::Info };
+        let level = if change == Change::Unchanged {
+            Level::Debug
+        } else {
+            Level::Info
+        };
         let word = match change {
             Change::Created => "created",
             Change::Updated => "updated",
@@ -261,7 +272,11 @@ async fn ensure_namespace(cluster: &Cluster, name: &str) -> Result<(), AppError>
 /// what the cluster already has: random values are kept, values the answer file gives are
 /// applied, the CA is kept, and server certificates are kept while they cover every node and
 /// hostname for [`tls::RENEW_DAYS`] more days.
-pub async fn ensure(cluster: &Cluster, app: &App, reporter: &Reporter) -> Result<Generated, AppError> {
+pub async fn ensure(
+    cluster: &Cluster,
+    app: &App,
+    reporter: &Reporter,
+) -> Result<Generated, AppError> {
     let spec = app.spec();
     ensure_namespace(cluster, &spec.namespace).await?;
     let mut store = Store {
@@ -277,7 +292,9 @@ pub async fn ensure(cluster: &Cluster, app: &App, reporter: &Reporter) -> Result
         let existing = before.as_ref().map(secret_data).unwrap_or_default();
         let (data, shown) = plan_secret(s, &existing, app.values(), &mut |n| random_string(n));
         shown_once.extend(shown);
-        store.write(&s.name, "Opaque", &data, before.as_ref(), reporter).await?;
+        store
+            .write(&s.name, "Opaque", &data, before.as_ref(), reporter)
+            .await?;
     }
     let mut ca_cert_pem = None;
     if let Some(t) = &spec.tls {
@@ -303,7 +320,13 @@ pub async fn ensure(cluster: &Cluster, app: &App, reporter: &Reporter) -> Result
         ]
         .into();
         store
-            .write(&t.ca_secret, "kubernetes.io/tls", &data, before.as_ref(), reporter)
+            .write(
+                &t.ca_secret,
+                "kubernetes.io/tls",
+                &data,
+                before.as_ref(),
+                reporter,
+            )
             .await?;
         for c in &t.certificates {
             let names = certificate_names(&c.dns_names, app.facts());
@@ -316,7 +339,10 @@ pub async fn ensure(cluster: &Cluster, app: &App, reporter: &Reporter) -> Result
                         Err(why) => {
                             reporter.info(
                                 None,
-                                format!("issuing a new certificate for Secret {}/{}: {why}", spec.namespace, c.secret),
+                                format!(
+                                    "issuing a new certificate for Secret {}/{}: {why}",
+                                    spec.namespace, c.secret
+                                ),
                             );
                             None
                         }
@@ -337,7 +363,13 @@ pub async fn ensure(cluster: &Cluster, app: &App, reporter: &Reporter) -> Result
             ]
             .into();
             store
-                .write(&c.secret, "kubernetes.io/tls", &data, before.as_ref(), reporter)
+                .write(
+                    &c.secret,
+                    "kubernetes.io/tls",
+                    &data,
+                    before.as_ref(),
+                    reporter,
+                )
                 .await?;
         }
         ca_cert_pem = Some(ca.cert_pem);
@@ -359,7 +391,10 @@ pub fn ca_file_name(spec: &AppSpec) -> String {
 /// Writes the appliance CA certificate beside the answer file (`<dir>/<app>-ca.crt`, mode
 /// 0644) and returns its path; `None` when the application has no TLS. Rewrites the file only
 /// when its content differs.
-pub fn write_ca_file(generated: &Generated, answer_file: &Path) -> Result<Option<PathBuf>, AppError> {
+pub fn write_ca_file(
+    generated: &Generated,
+    answer_file: &Path,
+) -> Result<Option<PathBuf>, AppError> {
     let (Some(pem), Some(name)) = (&generated.ca_cert_pem, &generated.ca_file_name) else {
         return Ok(None);
     };
@@ -389,15 +424,23 @@ pub fn write_ca_file(generated: &Generated, answer_file: &Path) -> Result<Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::spec::SecretKeySpec;
     use crate::app::NodeFact;
+    use crate::app::spec::SecretKeySpec;
 
     fn spec() -> SecretSpec {
         SecretSpec {
             name: "app-secrets".into(),
             keys: vec![
-                SecretKeySpec { key: "admin-password".into(), from_value: Some("adminPassword".into()), generate: Some(24) },
-                SecretKeySpec { key: "api-token".into(), from_value: None, generate: Some(40) },
+                SecretKeySpec {
+                    key: "admin-password".into(),
+                    from_value: Some("adminPassword".into()),
+                    generate: Some(24),
+                },
+                SecretKeySpec {
+                    key: "api-token".into(),
+                    from_value: None,
+                    generate: Some(40),
+                },
             ],
         }
     }
@@ -411,7 +454,9 @@ mod tests {
     }
 
     fn exposed(d: &BTreeMap<String, Secret>) -> BTreeMap<String, String> {
-        d.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())).collect()
+        d.iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+            .collect()
     }
 
     #[test]
@@ -462,13 +507,33 @@ mod tests {
     fn certificate_names_cover_the_hostname_and_every_node() {
         let facts = ClusterFacts::new(
             vec![
-                NodeFact { name: "srv2".into(), address: "10.0.0.12".parse().unwrap(), server: true },
-                NodeFact { name: "SRV1".into(), address: "10.0.0.11".parse().unwrap(), server: true },
+                NodeFact {
+                    name: "srv2".into(),
+                    address: "10.0.0.12".parse().unwrap(),
+                    server: true,
+                },
+                NodeFact {
+                    name: "SRV1".into(),
+                    address: "10.0.0.11".parse().unwrap(),
+                    server: true,
+                },
             ],
             "10.43.0.0/16".parse().unwrap(),
         );
-        let names = certificate_names(&["Appliance.Example.Internal".to_string(), "srv1".to_string()], &facts);
-        assert_eq!(names, vec!["10.0.0.11", "10.0.0.12", "appliance.example.internal", "srv1", "srv2"]);
+        let names = certificate_names(
+            &["Appliance.Example.Internal".to_string(), "srv1".to_string()],
+            &facts,
+        );
+        assert_eq!(
+            names,
+            vec![
+                "10.0.0.11",
+                "10.0.0.12",
+                "appliance.example.internal",
+                "srv1",
+                "srv2"
+            ]
+        );
     }
 
     #[test]
@@ -476,19 +541,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let answer = dir.path().join("appliance.yaml");
         let g = Generated {
-            ca_cert_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
+            ca_cert_pem: Some(
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            ),
             ca_file_name: Some("appliance-ca.crt".into()),
             ..Generated::default()
         };
         let path = write_ca_file(&g, &answer).unwrap().unwrap();
         assert_eq!(path, dir.path().join("appliance-ca.crt"));
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), g.ca_cert_pem.clone().unwrap());
-        assert!(write_ca_file(&Generated::default(), &answer).unwrap().is_none());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            g.ca_cert_pem.clone().unwrap()
+        );
+        assert!(
+            write_ca_file(&Generated::default(), &answer)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn secret_objects_never_debug_print_their_values_through_the_wrapper() {
-        let data: BTreeMap<String, Secret> = [("k".to_string(), Secret::new("super-secret-value-1"))].into();
+        let data: BTreeMap<String, Secret> =
+            [("k".to_string(), Secret::new("super-secret-value-1"))].into();
         assert!(!format!("{data:?}").contains("super-secret-value-1"));
         let obj = secret_object("s", "ns", "app", "Opaque", &data);
         assert_eq!(obj.data.unwrap()["k"].0, b"super-secret-value-1".to_vec());

@@ -70,10 +70,10 @@ pub enum AppError {
     #[error(transparent)]
     Kube(#[from] KubeError),
     #[error(transparent)]
-    Apply(#[from] apply::ApplyError),
+    Apply(Box<apply::ApplyError>),
     /// A workload did not become ready in time; the text is the full diagnosis.
     #[error("{0}")]
-    Rollout(rollout::RolloutError),
+    Rollout(Box<rollout::RolloutError>),
     /// Secrets or TLS material stored in the cluster cannot be used.
     #[error("{0}")]
     Generated(String),
@@ -82,6 +82,12 @@ pub enum AppError {
         path: String,
         source: std::io::Error,
     },
+}
+
+impl From<apply::ApplyError> for AppError {
+    fn from(e: apply::ApplyError) -> Self {
+        AppError::Apply(Box::new(e))
+    }
 }
 
 impl AppError {
@@ -125,7 +131,10 @@ impl Bundle {
     }
 
     /// A bundle from files in memory (tests, or another application).
-    pub fn from_files<'a>(root: &str, files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Bundle {
+    pub fn from_files<'a>(
+        root: &str,
+        files: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Bundle {
         Bundle {
             root: root.to_owned(),
             files: files
@@ -340,7 +349,11 @@ pub fn available_images(lock: &AssetLock) -> BTreeSet<String> {
         .artifacts
         .iter()
         .filter(|e| e.kind == ArtifactKind::AppImages)
-        .flat_map(|e| e.images.iter().map(|i| validate::normalize_image(&i.reference)))
+        .flat_map(|e| {
+            e.images
+                .iter()
+                .map(|i| validate::normalize_image(&i.reference))
+        })
         .collect();
     if let Ok(s) = dns::ClusterServices::embedded() {
         set.insert(validate::normalize_image(&s.dns.image));
@@ -475,7 +488,10 @@ impl App {
                     file: file.clone(),
                     object: Some(w.to_string()),
                     message: "listed under `workloads` but no template renders it".into(),
-                    hint: Some("list only workloads the manifests define, in the namespace of app.yaml".into()),
+                    hint: Some(
+                        "list only workloads the manifests define, in the namespace of app.yaml"
+                            .into(),
+                    ),
                 });
             }
         }
@@ -490,7 +506,9 @@ impl App {
                 problems.push(Problem {
                     file: m.file.clone(),
                     object: Some(m.describe()),
-                    message: format!("not listed under `workloads` in {file}, so it would never be gated"),
+                    message: format!(
+                        "not listed under `workloads` in {file}, so it would never be gated"
+                    ),
                     hint: Some("add it to `workloads` (in dependency order)".into()),
                 });
             }
@@ -555,12 +573,18 @@ pub async fn deploy(
     for (id, m) in workloads {
         let one = apply::apply_all(cluster, &Manifests { items: vec![m] }, reporter).await?;
         report.extend(one);
-        rollout::gate(cluster, &[id], timeouts.per_workload, timeouts.interval, reporter)
-            .await
-            .map_err(|e| match e {
-                rollout::GateError::Rollout(r) => AppError::Rollout(*r),
-                rollout::GateError::Kube(k) => AppError::Kube(k),
-            })?;
+        rollout::gate(
+            cluster,
+            &[id],
+            timeouts.per_workload,
+            timeouts.interval,
+            reporter,
+        )
+        .await
+        .map_err(|e| match e {
+            rollout::GateError::Rollout(r) => AppError::Rollout(r),
+            rollout::GateError::Kube(k) => AppError::Kube(k),
+        })?;
     }
     Ok(report)
 }

@@ -27,7 +27,10 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn kind(&self) -> &str {
-        self.object.get("kind").and_then(Value::as_str).unwrap_or("")
+        self.object
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
 
     pub fn api_version(&self) -> &str {
@@ -98,10 +101,11 @@ pub(crate) fn engine(files: &BTreeMap<String, String>, root: &str) -> Result<ter
         .filter(|(name, _)| name.ends_with(".tera"))
         .map(|(n, c)| (n.as_str(), c.as_str()))
         .collect();
-    t.add_raw_templates(templates).map_err(|e| AppError::Template {
-        file: root.to_owned(),
-        message: error_chain(&e),
-    })?;
+    t.add_raw_templates(templates)
+        .map_err(|e| AppError::Template {
+            file: root.to_owned(),
+            message: error_chain(&e),
+        })?;
     Ok(t)
 }
 
@@ -156,8 +160,15 @@ pub(crate) fn parse_documents(file: &str, text: &str) -> Result<Vec<Manifest>, A
             return Err(err("expected a Kubernetes object (a mapping)".into()));
         }
         for field in ["/apiVersion", "/kind", "/metadata/name"] {
-            if value.pointer(field).and_then(Value::as_str).is_none_or(str::is_empty) {
-                return Err(err(format!("`{}` is missing", &field[1..].replace('/', "."))));
+            if value
+                .pointer(field)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(err(format!(
+                    "`{}` is missing",
+                    &field[1..].replace('/', ".")
+                )));
             }
         }
         out.push(Manifest {
@@ -218,7 +229,12 @@ pub fn referenced_config(pod_spec: &Value) -> (Vec<String>, Vec<String>) {
                 add(e.pointer("/valueFrom/configMapKeyRef/name"), &mut cms);
                 add(e.pointer("/valueFrom/secretKeyRef/name"), &mut secrets);
             }
-            for e in c.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
+            for e in c
+                .get("envFrom")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 add(e.pointer("/configMapRef/name"), &mut cms);
                 add(e.pointer("/secretRef/name"), &mut secrets);
             }
@@ -279,9 +295,10 @@ pub fn annotate_config_hashes(items: &mut [Manifest], generated: &BTreeMap<Strin
     }
     for (i, hash) in hashes {
         if let Some(t) = pod_template_mut(&mut items[i].object) {
-            let meta = t
-                .as_object_mut()
-                .map(|o| o.entry("metadata").or_insert_with(|| Value::Object(Default::default())));
+            let meta = t.as_object_mut().map(|o| {
+                o.entry("metadata")
+                    .or_insert_with(|| Value::Object(Default::default()))
+            });
             if let Some(Value::Object(meta)) = meta {
                 let ann = meta
                     .entry("annotations")
@@ -321,14 +338,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(err, "f.yaml.tera (document 1): `metadata.name` is missing");
-        let err = parse_documents("f.yaml.tera", "a: [1\n").unwrap_err().to_string();
+        let err = parse_documents("f.yaml.tera", "a: [1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("f.yaml.tera (document 1): "), "{err}");
     }
 
     #[test]
     fn undefined_variables_are_errors_naming_the_template() {
-        let files: BTreeMap<String, String> =
-            [("m.yaml.tera".to_string(), "x: {{ values.nope }}\n".to_string())].into();
+        let files: BTreeMap<String, String> = [(
+            "m.yaml.tera".to_string(),
+            "x: {{ values.nope }}\n".to_string(),
+        )]
+        .into();
         let e = engine(&files, "templates/app").unwrap();
         let err = render_one(&e, "templates/app", "m.yaml.tera", &json!({"values": {}}))
             .unwrap_err()
@@ -341,11 +363,11 @@ mod tests {
         Manifest {
             file: "w".into(),
             object: json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": name, "namespace": "ns"},
-                "spec": {"template": {"metadata": {"labels": {"a": "b"}}, "spec": {
-                    "containers": [{"name": "c", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": secret, "key": "k"}}}]}],
-                    "volumes": [{"name": "v", "configMap": {"name": cm}}]
-                }}}}),
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"template": {"metadata": {"labels": {"a": "b"}}, "spec": {
+                "containers": [{"name": "c", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": secret, "key": "k"}}}]}],
+                "volumes": [{"name": "v", "configMap": {"name": cm}}]
+            }}}}),
         }
     }
 
@@ -380,7 +402,10 @@ mod tests {
                 workload("w2", "two", "other"),
             ];
             annotate_config_hashes(&mut items, g);
-            (hash_of(&items, "w1").unwrap(), hash_of(&items, "w2").unwrap())
+            (
+                hash_of(&items, "w1").unwrap(),
+                hash_of(&items, "w2").unwrap(),
+            )
         };
         let (a1, b1) = build("x", "y", &gen1);
         let (a2, b2) = build("x", "y", &gen1);

@@ -161,8 +161,7 @@ impl AppSpec {
             }
             for k in &s.keys {
                 let key_ok = !k.key.is_empty()
-                    && k
-                        .key
+                    && k.key
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
                 if !key_ok {
@@ -182,7 +181,9 @@ impl AppSpec {
             }
         }
         if let Some(tls) = &spec.tls {
-            for name in std::iter::once(&tls.ca_secret).chain(tls.certificates.iter().map(|c| &c.secret)) {
+            for name in
+                std::iter::once(&tls.ca_secret).chain(tls.certificates.iter().map(|c| &c.secret))
+            {
                 if !is_dns_label(name) {
                     problems.push(format!("tls secret name `{name}` is not a DNS label"));
                 }

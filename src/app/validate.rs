@@ -171,7 +171,12 @@ pub fn declared_ports(manifests: &Manifests) -> BTreeMap<(u16, String), String> 
             .flatten()
         {
             let cname = str_at(c, "name").unwrap_or("?");
-            for p in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
+            for p in c
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(port) = p
                     .get("containerPort")
                     .and_then(Value::as_u64)
@@ -223,7 +228,9 @@ fn check_object(
     if spec.get("hostNetwork").and_then(Value::as_bool) != Some(true) {
         problem(
             "the pod template lacks `hostNetwork: true`".into(),
-            Some("every pod of the appliance runs on the host network (there is no overlay network): add `hostNetwork: true` to the pod spec"),
+            Some(
+                "every pod of the appliance runs on the host network (there is no overlay network): add `hostNetwork: true` to the pod spec",
+            ),
         );
     }
     let dns = str_at(spec, "dnsPolicy").unwrap_or("ClusterFirst");
@@ -233,7 +240,9 @@ fn check_object(
                 "`dnsPolicy: {dns}` on the host network; expected {}",
                 rules.dns_policies.join(" or ")
             ),
-            Some("a host-network pod reaches cluster DNS only with `dnsPolicy: ClusterFirstWithHostNet`"),
+            Some(
+                "a host-network pod reaches cluster DNS only with `dnsPolicy: ClusterFirstWithHostNet`",
+            ),
         );
     }
     let kind = m.kind();
@@ -247,7 +256,9 @@ fn check_object(
     {
         problem(
             format!("asks for {replicas} replicas, but the cluster has {n} nodes"),
-            Some("on the host network each replica holds its ports on a node of its own: lower the replica count to the number of nodes or fewer"),
+            Some(
+                "on the host network each replica holds its ports on a node of its own: lower the replica count to the number of nodes or fewer",
+            ),
         );
     }
     let mut own: BTreeSet<(u16, String)> = BTreeSet::new();
@@ -287,20 +298,26 @@ fn check_object(
                         format!(
                             "container {cname}: hostPort {hp} differs from containerPort {port}"
                         ),
-                        Some("on the host network the container binds the node's port itself: give hostPort the same value as containerPort, or leave it out"),
+                        Some(
+                            "on the host network the container binds the node's port itself: give hostPort the same value as containerPort, or leave it out",
+                        ),
                     );
                 }
                 if let Some(what) = reserved_port(port) {
                     problem(
                         format!("container {cname}: port {port}/{proto} is taken by {what}"),
-                        Some("every pod uses the host network, so a container port is a port on the node: pick one below 30000 that k3s does not use"),
+                        Some(
+                            "every pod uses the host network, so a container port is a port on the node: pick one below 30000 that k3s does not use",
+                        ),
                     );
                     continue;
                 }
                 let key = (port, proto.clone());
                 if !own.insert(key.clone()) {
                     problem(
-                        format!("container {cname}: port {port}/{proto} is declared twice in this pod"),
+                        format!(
+                            "container {cname}: port {port}/{proto} is declared twice in this pod"
+                        ),
                         None,
                     );
                     continue;
@@ -309,7 +326,9 @@ fn check_object(
                 if let Some(other) = ports.get(&key) {
                     problem(
                         format!("container {cname}: port {port}/{proto} is also used by {other}"),
-                        Some("all pods share the nodes' network: give each workload its own ports (change the port value in the answer file or the template)"),
+                        Some(
+                            "all pods share the nodes' network: give each workload its own ports (change the port value in the answer file or the template)",
+                        ),
                     );
                 } else {
                     ports.insert(key, owner);
@@ -345,8 +364,12 @@ fn check_container(
                 && !allowed.contains(&normalize_image(image))
             {
                 problem(
-                    format!("container {cname}: image {image} is in no image archive of the asset lock"),
-                    Some("the nodes never pull: add an `app-images` entry listing this image to assets/assets.lock (docs/assets.md), or use an image it lists"),
+                    format!(
+                        "container {cname}: image {image} is in no image archive of the asset lock"
+                    ),
+                    Some(
+                        "the nodes never pull: add an `app-images` entry listing this image to assets/assets.lock (docs/assets.md), or use an image it lists",
+                    ),
                 );
             }
         }
@@ -358,7 +381,9 @@ fn check_container(
                 "container {cname}: imagePullPolicy is {}, expected IfNotPresent",
                 other.unwrap_or("unset")
             ),
-            Some("the images come from the archives the installer places on every node; `IfNotPresent` uses them without pulling"),
+            Some(
+                "the images come from the archives the installer places on every node; `IfNotPresent` uses them without pulling",
+            ),
         ),
     }
     let requests = c
@@ -390,7 +415,9 @@ fn check_container(
             if c.get(probe).is_none() {
                 problem(
                     format!("container {cname}: has ports but no {probe}"),
-                    Some("every container that serves a port needs a readiness and a liveness probe: the install gates on them"),
+                    Some(
+                        "every container that serves a port needs a readiness and a liveness probe: the install gates on them",
+                    ),
                 );
             }
         }
@@ -402,14 +429,20 @@ fn check_container(
             .find_map(|k| p.get(*k).and_then(|h| h.get("port")));
         let Some(port) = port else { continue };
         let ok = match port {
-            Value::Number(n) => n.as_u64().is_some_and(|n| declared.iter().any(|(_, p)| *p == n)),
+            Value::Number(n) => n
+                .as_u64()
+                .is_some_and(|n| declared.iter().any(|(_, p)| *p == n)),
             Value::String(name) => declared.iter().any(|(n, _)| *n == Some(name.as_str())),
             _ => false,
         };
         if !ok {
             problem(
-                format!("container {cname}: the {probe} targets port {port}, which the container does not declare"),
-                Some("declare every port the container serves (probes included) under `ports`, so clashes can be checked"),
+                format!(
+                    "container {cname}: the {probe} targets port {port}, which the container does not declare"
+                ),
+                Some(
+                    "declare every port the container serves (probes included) under `ports`, so clashes can be checked",
+                ),
             );
         }
     }
@@ -457,7 +490,10 @@ mod tests {
 
     #[test]
     fn a_good_workload_passes() {
-        let m = set(vec![("a.yaml.tera", pod("a", 8080)), ("b.yaml.tera", pod("b", 8081))]);
+        let m = set(vec![
+            ("a.yaml.tera", pod("a", 8080)),
+            ("b.yaml.tera", pod("b", 8081)),
+        ]);
         assert_eq!(check(&m, &Rules::default()), vec![]);
     }
 
@@ -465,7 +501,10 @@ mod tests {
     fn a_workload_off_the_host_network_is_refused_by_name() {
         let mut p = pod("api", 8080);
         p["spec"]["template"]["spec"]["hostNetwork"] = json!(false);
-        let problems = check(&set(vec![("manifests/30-api.yaml.tera", p)]), &Rules::default());
+        let problems = check(
+            &set(vec![("manifests/30-api.yaml.tera", p)]),
+            &Rules::default(),
+        );
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(
             problems[0].to_string(),
@@ -499,18 +538,25 @@ mod tests {
         let mut a = pod("dns", 1053);
         a["spec"]["template"]["spec"]["containers"][0]["ports"] = json!([
             {"name": "dns", "containerPort": 1053, "protocol": "UDP"},
-            {"name": "dns-tcp", "containerPort": 1053, "protocol": "TCP"}
+            {"name": "http", "containerPort": 1053, "protocol": "TCP"}
         ]);
         assert_eq!(check(&set(vec![("x", a)]), &Rules::default()), vec![]);
         let rules = Rules {
-            taken: [((8443, "TCP".to_string()), "DaemonSet kube-system/coredns".to_string())]
-                .into_iter()
-                .collect(),
+            taken: [(
+                (8443, "TCP".to_string()),
+                "DaemonSet kube-system/coredns".to_string(),
+            )]
+            .into_iter()
+            .collect(),
             ..Rules::default()
         };
         let p = messages(&check(&set(vec![("g", pod("gw", 8443))]), &rules));
         assert_eq!(p.len(), 1);
-        assert!(p[0].contains("port 8443/TCP is also used by DaemonSet kube-system/coredns"), "{}", p[0]);
+        assert!(
+            p[0].contains("port 8443/TCP is also used by DaemonSet kube-system/coredns"),
+            "{}",
+            p[0]
+        );
     }
 
     #[test]
@@ -525,7 +571,11 @@ mod tests {
         ] {
             let p = messages(&check(&set(vec![("t", pod("w", port))]), &Rules::default()));
             assert_eq!(p.len(), 1, "{port}: {p:?}");
-            assert!(p[0].contains(&format!("port {port}/TCP is taken by")), "{}", p[0]);
+            assert!(
+                p[0].contains(&format!("port {port}/TCP is taken by")),
+                "{}",
+                p[0]
+            );
             assert!(p[0].contains(what), "{}", p[0]);
         }
         assert!(reserved_port(29999).is_none());
@@ -555,8 +605,16 @@ mod tests {
             json!({"httpGet": {"path": "/", "port": "metrics"}});
         let problems = messages(&check(&set(vec![("a", p)]), &Rules::default()));
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].contains("readinessProbe targets port \"metrics\""), "{}", problems[0]);
-        assert!(problems[1].contains("livenessProbe targets port 8181"), "{}", problems[1]);
+        assert!(
+            problems[0].contains("readinessProbe targets port \"metrics\""),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].contains("livenessProbe targets port 8181"),
+            "{}",
+            problems[1]
+        );
     }
 
     #[test]
@@ -576,11 +634,23 @@ mod tests {
         let problems = messages(&check(&set(vec![("a", p)]), &rules));
         let all = problems.join("\n");
         assert_eq!(problems.len(), 5, "{all}");
-        assert!(all.contains("`dnsPolicy: ClusterFirst` on the host network"), "{all}");
-        assert!(all.contains("imagePullPolicy is Always, expected IfNotPresent"), "{all}");
+        assert!(
+            all.contains("`dnsPolicy: ClusterFirst` on the host network"),
+            "{all}"
+        );
+        assert!(
+            all.contains("imagePullPolicy is Always, expected IfNotPresent"),
+            "{all}"
+        );
         assert!(all.contains("no resource requests"), "{all}");
-        assert!(all.contains("hostPort 9090 differs from containerPort 8080"), "{all}");
-        assert!(all.contains("image nginx:1.28.0-alpine is in no image archive"), "{all}");
+        assert!(
+            all.contains("hostPort 9090 differs from containerPort 8080"),
+            "{all}"
+        );
+        assert!(
+            all.contains("image nginx:1.28.0-alpine is in no image archive"),
+            "{all}"
+        );
     }
 
     #[test]
@@ -604,15 +674,24 @@ mod tests {
         let mut bad1 = pod("a", 10250);
         bad1["spec"]["template"]["spec"]["hostNetwork"] = json!(false);
         let bad2 = pod("b", 31000);
-        let problems = check(&set(vec![("c", cm), ("a", bad1), ("b", bad2)]), &Rules::default());
+        let problems = check(
+            &set(vec![("c", cm), ("a", bad1), ("b", bad2)]),
+            &Rules::default(),
+        );
         assert_eq!(problems.len(), 3, "{problems:?}");
     }
 
     #[test]
     fn image_references_are_normalized() {
-        assert_eq!(normalize_image("nginx:1.28"), "docker.io/library/nginx:1.28");
+        assert_eq!(
+            normalize_image("nginx:1.28"),
+            "docker.io/library/nginx:1.28"
+        );
         assert_eq!(normalize_image("nginx"), "docker.io/library/nginx:latest");
-        assert_eq!(normalize_image("traefik/whoami:v1.11.0"), "docker.io/traefik/whoami:v1.11.0");
+        assert_eq!(
+            normalize_image("traefik/whoami:v1.11.0"),
+            "docker.io/traefik/whoami:v1.11.0"
+        );
         assert_eq!(
             normalize_image("registry.k8s.io/etcd:3.6.6-0"),
             "registry.k8s.io/etcd:3.6.6-0"

@@ -134,11 +134,18 @@ pub fn split_workloads(
 ) -> (Manifests, Vec<(WorkloadId, Manifest)>) {
     let is_listed = |m: &Manifest| {
         order.iter().any(|w| {
-            w.kind.as_str() == m.kind() && Some(w.namespace.as_str()) == m.namespace() && w.name == m.name()
+            w.kind.as_str() == m.kind()
+                && Some(w.namespace.as_str()) == m.namespace()
+                && w.name == m.name()
         })
     };
     let setup = Manifests {
-        items: manifests.items.iter().filter(|m| !is_listed(m)).cloned().collect(),
+        items: manifests
+            .items
+            .iter()
+            .filter(|m| !is_listed(m))
+            .cloned()
+            .collect(),
     };
     let workloads = order
         .iter()
@@ -215,7 +222,11 @@ pub async fn apply_all(
             }
             Some(_) => Change::Unchanged,
         };
-        let level = if change == Change::Unchanged { Level::Debug } else { Level::Info };
+        let level = if change == Change::Unchanged {
+            Level::Debug
+        } else {
+            Level::Info
+        };
         let word = match change {
             Change::Created => "created",
             Change::Updated => "updated",
@@ -273,22 +284,44 @@ mod tests {
             ]
         );
         let ids = [
-            WorkloadId { kind: WorkloadKind::StatefulSet, namespace: "ns".into(), name: "store".into() },
-            WorkloadId { kind: WorkloadKind::Deployment, namespace: "ns".into(), name: "api".into() },
-            WorkloadId { kind: WorkloadKind::DaemonSet, namespace: "ns".into(), name: "gateway".into() },
+            WorkloadId {
+                kind: WorkloadKind::StatefulSet,
+                namespace: "ns".into(),
+                name: "store".into(),
+            },
+            WorkloadId {
+                kind: WorkloadKind::Deployment,
+                namespace: "ns".into(),
+                name: "api".into(),
+            },
+            WorkloadId {
+                kind: WorkloadKind::DaemonSet,
+                namespace: "ns".into(),
+                name: "gateway".into(),
+            },
         ];
         let (setup, workloads) = split_workloads(&set, &ids);
         assert_eq!(setup.items.len(), 5);
         assert!(setup.items.iter().all(|m| apply_rank(m.kind()) < 6));
         let names: Vec<String> = workloads.iter().map(|(id, _)| id.to_string()).collect();
-        assert_eq!(names, vec!["StatefulSet ns/store", "Deployment ns/api", "DaemonSet ns/gateway"]);
+        assert_eq!(
+            names,
+            vec![
+                "StatefulSet ns/store",
+                "Deployment ns/api",
+                "DaemonSet ns/gateway"
+            ]
+        );
     }
 
     #[test]
     fn api_versions_become_group_version_kinds() {
         let core = m("Service", "a");
         let g = gvk_of(&core);
-        assert_eq!((g.group.as_str(), g.version.as_str(), g.kind.as_str()), ("", "v1", "Service"));
+        assert_eq!(
+            (g.group.as_str(), g.version.as_str(), g.kind.as_str()),
+            ("", "v1", "Service")
+        );
         let apps = Manifest {
             file: "x".into(),
             object: json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "r"}}),
@@ -302,9 +335,21 @@ mod tests {
     fn the_report_summarizes() {
         let r = ApplyReport {
             items: vec![
-                Applied { object: "a".into(), file: "f".into(), change: Change::Created },
-                Applied { object: "b".into(), file: "f".into(), change: Change::Unchanged },
-                Applied { object: "c".into(), file: "f".into(), change: Change::Unchanged },
+                Applied {
+                    object: "a".into(),
+                    file: "f".into(),
+                    change: Change::Created,
+                },
+                Applied {
+                    object: "b".into(),
+                    file: "f".into(),
+                    change: Change::Unchanged,
+                },
+                Applied {
+                    object: "c".into(),
+                    file: "f".into(),
+                    change: Change::Unchanged,
+                },
             ],
         };
         assert_eq!(r.summary(), "1 created, 0 updated, 2 unchanged");

@@ -133,7 +133,11 @@ impl RolloutState {
     }
 
     /// From a DaemonSet; `expected_nodes` are the nodes it should run on.
-    pub fn of_daemonset(id: WorkloadId, d: &DaemonSet, expected_nodes: Option<Vec<String>>) -> RolloutState {
+    pub fn of_daemonset(
+        id: WorkloadId,
+        d: &DaemonSet,
+        expected_nodes: Option<Vec<String>>,
+    ) -> RolloutState {
         let s = d.status.clone().unwrap_or_default();
         let spec = d.spec.clone().unwrap_or_default();
         RolloutState {
@@ -254,13 +258,17 @@ fn tolerates(spec: &PodSpec, taint: &Taint) -> bool {
         return true;
     }
     spec.tolerations.iter().flatten().any(|t| {
-        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
         let op = t.operator.as_deref().unwrap_or("Equal");
         let key_ok = match t.key.as_deref() {
             None | Some("") => op == "Exists",
             Some(k) => k == taint.key,
         };
-        let value_ok = op == "Exists" || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
+        let value_ok = op == "Exists"
+            || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
         effect_ok && key_ok && value_ok
     })
 }
@@ -300,15 +308,28 @@ pub fn eligible_nodes(spec: Option<&PodSpec>, nodes: &[Node]) -> Vec<String> {
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum PodProblem {
     /// The image is not on the node (ErrImageNeverPull, ErrImagePull, ImagePullBackOff).
-    ImageMissing { container: String, reason: String, image: String, message: String },
+    ImageMissing {
+        container: String,
+        reason: String,
+        image: String,
+        message: String,
+    },
     /// The scheduler cannot place it.
     Unschedulable { message: String },
     /// The container keeps exiting.
-    CrashLoop { container: String, restarts: i32, last_exit: String },
+    CrashLoop {
+        container: String,
+        restarts: i32,
+        last_exit: String,
+    },
     /// The container runs but its readiness probe fails.
     NotReady { container: String, probe: String },
     /// It cannot be created (a missing Secret/ConfigMap, a bad command, ...).
-    CannotStart { container: String, reason: String, message: String },
+    CannotStart {
+        container: String,
+        reason: String,
+        message: String,
+    },
     /// Still starting (ContainerCreating and the like); `detail` is the latest relevant event.
     Starting { detail: String },
     /// Being deleted.
@@ -331,18 +352,31 @@ impl fmt::Display for PodFinding {
             None => write!(f, " (not scheduled): ")?,
         }
         match &self.problem {
-            PodProblem::ImageMissing { container, reason, message, .. } => {
+            PodProblem::ImageMissing {
+                container,
+                reason,
+                message,
+                ..
+            } => {
                 write!(f, "container {container} waiting: {reason}: {message}")
             }
             PodProblem::Unschedulable { message } => write!(f, "Pending: {message}"),
-            PodProblem::CrashLoop { container, restarts, last_exit } => write!(
+            PodProblem::CrashLoop {
+                container,
+                restarts,
+                last_exit,
+            } => write!(
                 f,
                 "container {container} CrashLoopBackOff: restarted {restarts} times, last exit: {last_exit}"
             ),
             PodProblem::NotReady { container, probe } => {
                 write!(f, "container {container} running but not ready: {probe}")
             }
-            PodProblem::CannotStart { container, reason, message } => {
+            PodProblem::CannotStart {
+                container,
+                reason,
+                message,
+            } => {
                 write!(f, "container {container} cannot start: {reason}: {message}")
             }
             PodProblem::Starting { detail } => write!(f, "still starting: {detail}"),
@@ -380,7 +414,12 @@ impl fmt::Display for RolloutError {
             write!(f, "\n  {finding}")?;
         }
         if !self.nodes_without_pod.is_empty() {
-            write!(f, "\n  no pod on node{} {}", plural(self.nodes_without_pod.len()), self.nodes_without_pod.join(", "))?;
+            write!(
+                f,
+                "\n  no pod on node{} {}",
+                plural(self.nodes_without_pod.len()),
+                self.nodes_without_pod.join(", ")
+            )?;
         }
         if !self.events.is_empty() {
             write!(f, "\n  last events:")?;
@@ -421,7 +460,10 @@ fn age(now: Timestamp, then: Option<Timestamp>) -> String {
 /// Whether an event is about the workload or one of its pods / ReplicaSets.
 fn concerns(e: &Event, id: &WorkloadId, pods: &[String]) -> bool {
     let name = e.involved_object.name.as_deref().unwrap_or("");
-    e.involved_object.namespace.as_deref().is_none_or(|ns| ns == id.namespace)
+    e.involved_object
+        .namespace
+        .as_deref()
+        .is_none_or(|ns| ns == id.namespace)
         && (name == id.name
             || pods.iter().any(|p| p == name)
             || (e.involved_object.kind.as_deref() == Some("ReplicaSet")
@@ -437,13 +479,21 @@ fn format_event(e: &Event, now: Timestamp) -> String {
         .and_then(|s| s.count)
         .or(e.count)
         .unwrap_or(1);
-    let times = if count > 1 { format!(" (x{count})") } else { String::new() };
+    let times = if count > 1 {
+        format!(" (x{count})")
+    } else {
+        String::new()
+    };
     format!(
         "{} ago {} {} {}/{}: {}{}",
         age(now, event_time(e)),
         e.type_.as_deref().unwrap_or("Normal"),
         e.reason.as_deref().unwrap_or("?"),
-        e.involved_object.kind.as_deref().unwrap_or("?").to_lowercase(),
+        e.involved_object
+            .kind
+            .as_deref()
+            .unwrap_or("?")
+            .to_lowercase(),
         e.involved_object.name.as_deref().unwrap_or("?"),
         e.message.as_deref().unwrap_or("").trim(),
         times
@@ -528,7 +578,11 @@ fn finding_for(p: &Pod, events: &[Event]) -> Option<PodFinding> {
         let message = w.message.clone().unwrap_or_default();
         match reason.as_str() {
             "ErrImageNeverPull" | "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" => {
-                let image = if cs.image.is_empty() { spec_image(&cs.name) } else { cs.image.clone() };
+                let image = if cs.image.is_empty() {
+                    spec_image(&cs.name)
+                } else {
+                    cs.image.clone()
+                };
                 let message = if message.is_empty() {
                     latest_event(events, &pod, &["Failed", "ErrImageNeverPull"])
                         .and_then(|e| e.message.clone())
@@ -565,8 +619,11 @@ fn finding_for(p: &Pod, events: &[Event]) -> Option<PodFinding> {
                     last_exit: last,
                 });
             }
-            "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError"
-            | "PreCreateHookError" | "PostStartHookError" => {
+            "CreateContainerConfigError"
+            | "CreateContainerError"
+            | "RunContainerError"
+            | "PreCreateHookError"
+            | "PostStartHookError" => {
                 return finding(PodProblem::CannotStart {
                     container: cs.name.clone(),
                     reason,
@@ -589,19 +646,28 @@ fn finding_for(p: &Pod, events: &[Event]) -> Option<PodFinding> {
             });
         }
     }
-    let detail = latest_event(events, &pod, &["FailedMount", "FailedCreatePodSandBox", "Failed", "BackOff"])
-        .and_then(|e| e.message.clone())
-        .or_else(|| {
-            statuses
-                .iter()
-                .find_map(|cs| cs.state.as_ref()?.waiting.as_ref()?.reason.clone())
-        })
-        .unwrap_or_else(|| format!("phase {}", status.phase.as_deref().unwrap_or("Pending")));
+    let detail = latest_event(
+        events,
+        &pod,
+        &["FailedMount", "FailedCreatePodSandBox", "Failed", "BackOff"],
+    )
+    .and_then(|e| e.message.clone())
+    .or_else(|| {
+        statuses
+            .iter()
+            .find_map(|cs| cs.state.as_ref()?.waiting.as_ref()?.reason.clone())
+    })
+    .unwrap_or_else(|| format!("phase {}", status.phase.as_deref().unwrap_or("Pending")));
     finding(PodProblem::Starting { detail })
 }
 
 /// What to tell the operator, from the most telling finding.
-fn advice(id: &WorkloadId, findings: &[PodFinding], missing_nodes: &[String], state: &RolloutState) -> String {
+fn advice(
+    id: &WorkloadId,
+    findings: &[PodFinding],
+    missing_nodes: &[String],
+    state: &RolloutState,
+) -> String {
     let kubectl_describe = format!(
         "`kubectl -n {} describe {} {}`",
         id.namespace,
@@ -619,7 +685,10 @@ fn advice(id: &WorkloadId, findings: &[PodFinding], missing_nodes: &[String], st
     };
     let Some(top) = findings.iter().min_by_key(|f| rank(&f.problem)) else {
         if state.missing {
-            return format!("the {} was not created; run the install again", id.kind.as_str());
+            return format!(
+                "the {} was not created; run the install again",
+                id.kind.as_str()
+            );
         }
         if !missing_nodes.is_empty() {
             return format!(
@@ -641,7 +710,11 @@ fn advice(id: &WorkloadId, findings: &[PodFinding], missing_nodes: &[String], st
             .collect();
         n.sort();
         n.dedup();
-        if n.is_empty() { node.clone() } else { n.join(", ") }
+        if n.is_empty() {
+            node.clone()
+        } else {
+            n.join(", ")
+        }
     };
     match &top.problem {
         PodProblem::ImageMissing { image, .. } => format!(
@@ -649,12 +722,12 @@ fn advice(id: &WorkloadId, findings: &[PodFinding], missing_nodes: &[String], st
             nodes_with(&|p| matches!(p, PodProblem::ImageMissing { .. })),
             crate::k3s::paths::IMAGES_DIR
         ),
-        PodProblem::Unschedulable { message } if message.contains("free ports") => format!(
-            "a port this pod needs is already taken on the node (another host-network pod, or a process on the node): give every workload its own ports in the answer file, or find the listener with `ss -ltnp` on the nodes. Scheduler: {message}"
-        ),
-        PodProblem::Unschedulable { message } => format!(
-            "the scheduler cannot place the pod: {message}. Check node labels, taints and free resources (`kubectl describe nodes`)"
-        ),
+        PodProblem::Unschedulable { message } if message.contains("free ports") => {
+            "a port this pod needs is already taken on the nodes (by another host-network pod, or by a process on the node): give every workload its own ports in the answer file, or find the listener with `ss -ltnp` on the nodes".to_string()
+        }
+        PodProblem::Unschedulable { .. } => {
+            "the scheduler cannot place the pod (its message is above): check node labels, taints and free resources (`kubectl describe nodes`)".to_string()
+        }
         PodProblem::CannotStart { container, .. } => format!(
             "the container cannot be created: the message above names what is missing (a Secret, a ConfigMap, a command); `kubectl -n {} describe pod {}` shows the container {container}'s spec",
             id.namespace, top.pod
@@ -664,8 +737,10 @@ fn advice(id: &WorkloadId, findings: &[PodFinding], missing_nodes: &[String], st
             id.namespace, top.pod
         ),
         PodProblem::NotReady { container, .. } => format!(
-            "the container runs but its readiness probe fails: read its log with `kubectl -n {} logs {} -c {container}` and check that it listens on the probed port on {node}",
-            id.namespace, top.pod
+            "the container runs but its readiness probe fails: read its log with `kubectl -n {} logs {} -c {container}` and check that it listens on the probed port on {}",
+            id.namespace,
+            top.pod,
+            nodes_with(&|p| matches!(p, PodProblem::NotReady { .. }))
         ),
         PodProblem::Starting { .. } => format!(
             "the pod is still being created on {node}: the detail above says what it waits for; `kubectl -n {} describe pod {}` has more",
@@ -704,11 +779,20 @@ pub fn diagnose(
         })
         .cloned()
         .collect();
-    let pod_names: Vec<String> = pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
-    let mut relevant: Vec<&Event> = events.iter().filter(|e| concerns(e, id, &pod_names)).collect();
+    let pod_names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    let mut relevant: Vec<&Event> = events
+        .iter()
+        .filter(|e| concerns(e, id, &pod_names))
+        .collect();
     relevant.sort_by_key(|e| event_time(e));
     let start = relevant.len().saturating_sub(EVENTS_SHOWN);
-    let events = relevant[start..].iter().map(|e| format_event(e, now)).collect();
+    let events = relevant[start..]
+        .iter()
+        .map(|e| format_event(e, now))
+        .collect();
     let what_to_do = advice(id, &findings, &nodes_without_pod, state);
     RolloutError {
         workload: id.clone(),
@@ -875,7 +959,10 @@ pub struct WorkloadStatus {
 }
 
 /// The status of each workload, for `installer status`.
-pub async fn status(cluster: &Cluster, workloads: &[WorkloadId]) -> Result<Vec<WorkloadStatus>, KubeError> {
+pub async fn status(
+    cluster: &Cluster,
+    workloads: &[WorkloadId],
+) -> Result<Vec<WorkloadStatus>, KubeError> {
     let mut out = Vec::new();
     for id in workloads {
         let s = state(cluster, id).await?;
@@ -889,7 +976,11 @@ pub async fn status(cluster: &Cluster, workloads: &[WorkloadId]) -> Result<Vec<W
 pub fn workload_status(s: &RolloutState, pods: &[Pod], events: &[Event]) -> WorkloadStatus {
     let restarts = pods
         .iter()
-        .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
         .map(|c| c.restart_count)
         .sum();
     let problems = pods
