@@ -1,1 +1,156 @@
-//! The command line (clap types only).
+//! The command line (clap types only). What each command does lives in
+//! [`crate::commands`]; how output looks in [`crate::report`].
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+Run without a command on a terminal to start the wizard, which asks a few questions, saves an
+answer file and offers to run it.
+
+Exit codes:
+  0    success
+  1    the command ran and failed (a host, a phase, a check)
+  2    bad input or usage: nothing was changed on any host
+  130  interrupted (Ctrl-C): rerun the same command to continue
+
+Environment:
+  NO_COLOR    when set (to anything but empty), no colours
+  ${VAR}      any string in an answer file may reference an environment variable";
+
+/// Installs a highly available k3s cluster and the bundled application on 1 or 3 to 5 Linux
+/// hosts over SSH.
+#[derive(Debug, Parser)]
+#[command(
+    name = "installer",
+    version,
+    about = "Installs a highly available k3s cluster and the bundled application on 1 or 3 to 5 Linux hosts over SSH",
+    after_help = AFTER_HELP,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// How to show progress: `auto` (bars on a terminal, else plain lines), `plain` (one line
+    /// per event, no colour, no cursor movement) or `json` (one JSON object per line on stdout)
+    #[arg(long, value_enum, default_value_t = OutputFormat::Auto, global = true, help_heading = "Global options")]
+    pub output: OutputFormat,
+
+    /// Show more detail (-vv: remote command output too)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
+    pub verbose: u8,
+
+    /// Show only warnings, errors and the result
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
+    pub quiet: bool,
+
+    /// Write the debug log here (default: installer.log beside the answer file, else in the
+    /// working directory). Always written, secrets redacted
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub log_file: Option<PathBuf>,
+}
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Auto,
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install (or converge) the cluster and the application described by an answer file
+    Install(InstallArgs),
+    /// Run only the checks: connect to every host and report what would stop an install
+    Preflight(PreflightArgs),
+    /// Print the answer file's JSON Schema
+    Schema,
+    /// Print this installer's version and the version of every artifact it carries
+    Version,
+    /// Print a shell completion script
+    #[command(hide = true)]
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    #[command(hide = true)]
+    Man,
+}
+
+/// The answer file argument.
+#[derive(Debug, Clone, Args)]
+pub struct AnswerFileArg {
+    /// The answer file (see `installer schema` and docs/answer-file.md)
+    #[arg(short = 'f', long = "file", value_name = "ANSWERS.yaml")]
+    pub file: PathBuf,
+}
+
+/// Options of commands that connect to the hosts.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Trust and record host keys not yet in known_hosts nor pinned in the answer file
+    /// (a changed key is always refused)
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+
+    /// Take the artifacts (k3s, images) from this directory instead of the embedded ones
+    #[arg(long, value_name = "DIR")]
+    pub assets: Option<PathBuf>,
+
+    /// The lock file listing the artifacts and their SHA-256 (with --assets)
+    #[arg(long, value_name = "FILE")]
+    pub assets_lock: Option<PathBuf>,
+}
+
+/// `installer install`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub answers: AnswerFileArg,
+
+    /// Check the answer file and print the plan; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `installer preflight`.
+#[derive(Debug, Clone, Args)]
+pub struct PreflightArgs {
+    #[command(flatten)]
+    pub answers: AnswerFileArg,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+impl Cli {
+    /// The clap command (for completions, the man page and help tests).
+    pub fn command() -> clap::Command {
+        <Cli as clap::CommandFactory>::command()
+    }
+}

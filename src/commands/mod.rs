@@ -1,1 +1,280 @@
-//! commands
+//! Commands: what each subcommand does, from parsed arguments to an exit code.
+//!
+//! [`dispatch`] sets up output (renderer, colour, verbosity, the log file), turns the answer
+//! file into a validated plan (bad input: exit 2 with every problem, before anything else
+//! happens), runs the command on a Tokio runtime with Ctrl-C mapped to exit 130, and shows
+//! the error, if any, once.
+
+pub mod completions;
+pub mod install;
+pub mod preflight;
+pub mod schema;
+pub mod version;
+
+use crate::cli::{Cli, Command, GlobalArgs};
+use crate::config::app::Declaration;
+use crate::config::interpolate::{MapEnv, ProcessEnv};
+use crate::config::{Plan, load_file};
+use crate::error::{EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Error};
+use crate::report::{LogFile, Output, OutputSettings, logfile, prompt};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn dispatch(cli: Cli) -> i32 {
+    let g = &cli.global;
+    let settings = OutputSettings::resolve(g.output, g.verbose, g.quiet);
+    match cli.command {
+        None => {
+            if prompt::interactive() {
+                with_output(g, settings, None, wizard)
+            } else {
+                let help = Cli::command().render_help();
+                eprintln!(
+                    "error: no command given, and no terminal to run the wizard on\n\n{help}"
+                );
+                EXIT_USAGE
+            }
+        }
+        Some(Command::Schema) => simple(g, settings, |w| schema::run(w)),
+        Some(Command::Version) => simple(g, settings, |w| version::run(settings.mode, w)),
+        Some(Command::Completions { shell }) => {
+            simple(g, settings, |w| completions::completions(shell, w))
+        }
+        Some(Command::Man) => simple(g, settings, |w| completions::man(w)),
+        Some(Command::Install(args)) => {
+            let file = args.answers.file.clone();
+            with_output(g, settings, Some(&file), |out| {
+                let plan = load(out, &file, None)?;
+                let opts = install::InstallOptions::from_args(&args);
+                block_on(install::run(plan, opts, out.reporter.clone()))
+            })
+        }
+        Some(Command::Preflight(args)) => {
+            let file = args.answers.file.clone();
+            with_output(g, settings, Some(&file), |out| {
+                let plan = load(out, &file, None)?;
+                let opts = preflight::PreflightOptions::from_args(&args);
+                block_on(preflight::run(plan, opts, out.reporter.clone()))
+            })
+        }
+    }
+}
+
+/// Commands that only print (schema, version, completions, man): no log file unless one
+/// is asked for with `--log-file`.
+fn simple(
+    g: &GlobalArgs,
+    settings: OutputSettings,
+    f: impl FnOnce(&mut dyn std::io::Write) -> Result<(), Error>,
+) -> i32 {
+    let log = g
+        .log_file
+        .as_ref()
+        .and_then(|p| LogFile::create(p).ok())
+        .map(Arc::new);
+    let out = Output::new(settings, log);
+    let mut stdout = std::io::stdout().lock();
+    match f(&mut stdout) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            out.error(&e);
+            e.exit_code()
+        }
+    }
+}
+
+/// Opens the log file: `--log-file`, else beside the answer file, else the working directory.
+fn open_log(
+    g: &GlobalArgs,
+    answer_file: Option<&Path>,
+) -> Result<(Option<Arc<LogFile>>, Option<String>), Error> {
+    if let Some(p) = &g.log_file {
+        return LogFile::create(p)
+            .map(|l| (Some(Arc::new(l)), None))
+            .map_err(|e| {
+                Error::usage(
+                    format!("cannot write the log file {}: {e}", p.display()),
+                    Some("give a writable path with --log-file".to_string()),
+                )
+            });
+    }
+    let first = logfile::default_path(answer_file);
+    match LogFile::create(&first) {
+        Ok(l) => Ok((Some(Arc::new(l)), None)),
+        Err(e1) => {
+            let second = logfile::default_path(None);
+            match LogFile::create(&second) {
+                Ok(l) if second != first => Ok((
+                    Some(Arc::new(l)),
+                    Some(format!(
+                        "cannot write {}: {e1}; logging to {}",
+                        first.display(),
+                        second.display()
+                    )),
+                )),
+                _ => Ok((
+                    None,
+                    Some(format!(
+                        "cannot write the log file {}: {e1}; running without one",
+                        first.display()
+                    )),
+                )),
+            }
+        }
+    }
+}
+
+/// Runs `f` with output and the log file set up, and shows its error once.
+fn with_output(
+    g: &GlobalArgs,
+    settings: OutputSettings,
+    answer_file: Option<&Path>,
+    f: impl FnOnce(&Output) -> Result<(), Error>,
+) -> i32 {
+    let (log, warning) = match open_log(g, answer_file) {
+        Ok(x) => x,
+        Err(e) => {
+            let out = Output::new(settings, None);
+            out.error(&e);
+            return e.exit_code();
+        }
+    };
+    let out = Output::new(settings, log);
+    let args: Vec<String> = std::env::args().collect();
+    out.log(&format!(
+        "installer {} ({}): {}",
+        env!("CARGO_PKG_VERSION"),
+        std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+        args.join(" ")
+    ));
+    if let Some(w) = warning {
+        out.reporter.warn(None, w);
+    }
+    let result = f(&out);
+    match result {
+        Ok(()) => {
+            out.finish();
+            out.log("exit 0");
+            EXIT_OK
+        }
+        Err(e) => {
+            out.error(&e);
+            if let Some(l) = &out.log
+                && !matches!(e, Error::Invalid(_) | Error::Usage { .. })
+                && settings.verbosity >= 0
+                && settings.mode != crate::report::Mode::Json
+            {
+                eprintln!("The debug log is in {}", l.path().display());
+            }
+            e.exit_code()
+        }
+    }
+}
+
+/// Loads and validates the answer file; warnings are shown, problems end the run (exit 2).
+fn load(out: &Output, file: &Path, overlay: Option<&MapEnv<'_>>) -> Result<Plan, Error> {
+    let decl = Declaration::embedded().map_err(|e| Error::failed(e, None))?;
+    let prompts = out.prompts();
+    let prompter: Option<&dyn crate::config::Prompter> = if prompt::interactive() {
+        Some(&prompts)
+    } else {
+        None
+    };
+    let env: &dyn crate::config::interpolate::Env = match overlay {
+        Some(o) => o,
+        None => &ProcessEnv,
+    };
+    let loaded = guard_interrupt(|| load_file(file, env, prompter, &decl))?;
+    for w in loaded.warnings.warnings() {
+        out.reporter.warn(None, w.render(&loaded.warnings.file));
+    }
+    Ok(loaded.plan)
+}
+
+/// Runs a command's future on a fresh runtime; Ctrl-C ends it with [`Error::Interrupted`].
+pub fn block_on(fut: impl Future<Output = Result<(), Error>>) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::failed(e, None))?;
+    rt.block_on(async {
+        tokio::select! {
+            r = fut => r,
+            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+        }
+    })
+}
+
+/// The wizard, then (if asked) the install of what it saved, read back from the file.
+fn wizard(out: &Output) -> Result<(), Error> {
+    let decl = Declaration::embedded().map_err(|e| Error::failed(e, None))?;
+    let prompts = out.prompts();
+    let cwd = std::env::current_dir().map_err(|e| Error::failed(e, None))?;
+    let outcome =
+        guard_interrupt(|| crate::config::wizard::run(&prompts, &decl, &ProcessEnv, &cwd))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::Interrupted => Error::Interrupted,
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::AlreadyExists => {
+                    Error::usage(e.to_string(), None)
+                }
+                _ => Error::failed(e, None),
+            })?;
+    out.log(&format!("wizard saved {}", outcome.path.display()));
+    if !outcome.run_now {
+        return Ok(());
+    }
+    let overlay = MapEnv {
+        vars: outcome
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+            .collect(),
+        fallback: Some(&ProcessEnv),
+    };
+    let plan = load(out, &outcome.path, Some(&overlay))?;
+    let opts = install::InstallOptions {
+        dry_run: true,
+        ..Default::default()
+    };
+    block_on(install::run(plan, opts, out.reporter.clone()))
+}
+
+/// Runs blocking prompt code so that a Ctrl-C ends the process with exit code 130 and the
+/// cursor restored, rather than a death by signal. (Inside a prompt in raw mode the key
+/// arrives as input and dialoguer returns `Interrupted`; in line mode it is a SIGINT.)
+fn guard_interrupt<R>(f: impl FnOnce() -> R) -> R {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let watcher = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            let _ = ready_tx.send(());
+            return;
+        };
+        rt.block_on(async move {
+            // The handler is installed when `signal` returns: only then may prompts start.
+            let sig = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+            let _ = ready_tx.send(());
+            let Ok(mut sig) = sig else { return };
+            tokio::select! {
+                Some(()) = sig.recv() => {
+                    let _ = console::Term::stderr().show_cursor();
+                    eprintln!();
+                    std::process::exit(EXIT_INTERRUPTED);
+                }
+                _ = stop_rx => {}
+            }
+        });
+    });
+    let _ = ready_rx.recv();
+    let r = f();
+    let _ = stop_tx.send(());
+    let _ = watcher.join();
+    r
+}

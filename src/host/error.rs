@@ -13,7 +13,7 @@ pub struct AuthAttempt {
     pub reason: String,
 }
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum HostError {
     #[error("{host}: cannot connect to {addr}: {reason}")]
     Connect {

@@ -73,6 +73,9 @@ for f in /etc/rancher/k3s/config.yaml /etc/systemd/system/k3s.service /etc/syste
   if [ -f "$f" ]; then echo "file_sha256=$(sha256sum "$f" | cut -d' ' -f1) $f"; fi
 done
 [ -d /var/lib/rancher/k3s/server/db/etcd ] && echo "etcd_data=yes"
+[ -s /etc/rancher/k3s/server-token ] && echo "server_token_file=yes"
+[ -s /etc/rancher/k3s/agent-token ] && echo "agent_token_file=yes"
+[ -f /etc/rancher/k3s/k3s.yaml ] && echo "kubeconfig=yes"
 [ -f /var/lib/rancher/k3s/server/token ] && echo "server_token=yes"
 for f in /var/lib/rancher/k3s/agent/images/*; do
   [ -f "$f" ] && echo "image_file=$(stat -c %s "$f") $f"
@@ -190,6 +193,11 @@ pub struct Facts {
     pub etcd_data: bool,
     /// The k3s server token file exists.
     pub server_token: bool,
+    /// The installer's token files exist (`/etc/rancher/k3s/{server,agent}-token`).
+    pub server_token_file: bool,
+    pub agent_token_file: bool,
+    /// k3s wrote its admin kubeconfig (`/etc/rancher/k3s/k3s.yaml`).
+    pub kubeconfig: bool,
 }
 
 impl Facts {
@@ -403,6 +411,9 @@ pub fn parse(output: &str) -> Result<Facts, FactsError> {
         image_files: sha_map("image_file"),
         etcd_data: single.get("etcd_data") == Some(&"yes"),
         server_token: single.get("server_token") == Some(&"yes"),
+        server_token_file: single.get("server_token_file") == Some(&"yes"),
+        agent_token_file: single.get("agent_token_file") == Some(&"yes"),
+        kubeconfig: single.get("kubeconfig") == Some(&"yes"),
     })
 }
 

@@ -16,6 +16,11 @@ use crate::secret::Secret;
 
 pub mod error;
 pub mod facts;
+pub mod fake;
+pub mod fanout;
+pub mod known_hosts;
+pub mod ssh;
+pub mod ssh_config;
 pub use error::{AuthAttempt, HostError};
 
 /// A shell command to run on a host.
@@ -233,10 +238,7 @@ pub trait RemoteExt: Remote {
 
     /// Reads a file, or `None` if it does not exist.
     async fn read_file(&self, path: &str, sudo: bool) -> Result<Option<Vec<u8>>, HostError> {
-        let quoted = shell_quote(path);
-        let mut cmd = RemoteCommand::new(format!(
-            "if [ -e {quoted} ]; then cat {quoted}; else exit 3; fi"
-        ));
+        let mut cmd = RemoteCommand::new(read_file_script(path));
         cmd.sudo = sudo;
         let out = self.exec(cmd).await?;
         match out.status {
@@ -253,6 +255,38 @@ pub trait RemoteExt: Remote {
 }
 
 impl<T: Remote + ?Sized> RemoteExt for T {}
+
+/// A shared host is a host: lets `Arc<dyn Remote>` (and `Arc<SshHost>`) go wherever a
+/// `Remote` is expected, for example [`fanout::fan_out`].
+#[async_trait]
+impl<T: Remote + ?Sized> Remote for Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    async fn exec(&self, cmd: RemoteCommand) -> Result<CommandOutput, HostError> {
+        (**self).exec(cmd).await
+    }
+
+    async fn upload(
+        &self,
+        src: &UploadSource,
+        target: &UploadTarget,
+        progress: Option<Progress>,
+    ) -> Result<UploadOutcome, HostError> {
+        (**self).upload(src, target, progress).await
+    }
+
+    async fn connect_tcp(&self, host: &str, port: u16) -> Result<Tunnel, HostError> {
+        (**self).connect_tcp(host, port).await
+    }
+}
+
+/// The script [`RemoteExt::read_file`] runs (exit 3: no such file).
+pub fn read_file_script(path: &str) -> String {
+    let quoted = shell_quote(path);
+    format!("if [ -e {quoted} ]; then cat {quoted}; else exit 3; fi")
+}
 
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {

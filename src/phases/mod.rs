@@ -2,7 +2,9 @@
 //! that handles ordering, fan-out across hosts with a limit, collecting every host's
 //! failure, events, timings and the [`journal`].
 
+pub mod install;
 pub mod journal;
+pub mod ops;
 pub mod preflight;
 pub mod reachability;
 pub mod runner;

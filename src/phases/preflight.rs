@@ -640,6 +640,9 @@ mod tests {
             image_files: Default::default(),
             etcd_data: false,
             server_token: false,
+            server_token_file: false,
+            agent_token_file: false,
+            kubeconfig: false,
         }
     }
 

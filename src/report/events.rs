@@ -99,6 +99,11 @@ pub enum Event {
         host: Option<String>,
         text: String,
     },
+    /// The validated plan (`install --dry-run`): data, so renderers print it on stdout.
+    /// Holds no secret (a [`crate::config::plan::PlanSummary`] is plain strings).
+    PlanReady {
+        plan: crate::config::plan::PlanSummary,
+    },
     /// The command is over; `ok` says whether it succeeded.
     CommandFinished {
         command: String,

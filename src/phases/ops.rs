@@ -1,0 +1,186 @@
+//! The one door every change to a host goes through. Each mutation is named ("write
+//! /etc/rancher/k3s/config.yaml") and reported as a step; in a dry run it is reported as
+//! what would happen and nothing is sent to the host. Phases never call
+//! [`Remote::exec`] for a change directly.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::host::{
+    CommandOutput, HostError, Progress, Remote, RemoteCommand, RemoteExt, UploadOutcome,
+    UploadSource, UploadTarget,
+};
+use crate::k3s::{RenderedFile, SecretFile};
+use crate::report::{Event, Reporter};
+
+/// Changes to one host within one phase.
+pub struct Ops {
+    remote: Arc<dyn Remote>,
+    host: String,
+    phase: String,
+    reporter: Reporter,
+    dry_run: bool,
+    changed: AtomicBool,
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Ops {
+    pub fn new(remote: Arc<dyn Remote>, phase: &str, reporter: &Reporter, dry_run: bool) -> Ops {
+        Ops {
+            host: remote.name().to_owned(),
+            remote,
+            phase: phase.to_owned(),
+            reporter: reporter.clone(),
+            dry_run,
+            changed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn remote(&self) -> &Arc<dyn Remote> {
+        &self.remote
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Whether anything was (or, in a dry run, would be) changed through this door.
+    pub fn changed(&self) -> bool {
+        self.changed.load(Ordering::SeqCst)
+    }
+
+    /// Reports a step on this host.
+    pub fn step(&self, message: impl Into<String>) {
+        self.reporter.emit(Event::HostStep {
+            phase: self.phase.clone(),
+            host: self.host.clone(),
+            message: message.into(),
+        });
+    }
+
+    fn change(&self, what: &str) {
+        self.changed.store(true, Ordering::SeqCst);
+        if self.dry_run {
+            self.step(format!("would {what}"));
+        } else {
+            self.step(what.to_owned());
+        }
+    }
+
+    /// Runs a command that changes the host. In a dry run, only reports it.
+    pub async fn run(
+        &self,
+        what: &str,
+        cmd: RemoteCommand,
+    ) -> Result<Option<CommandOutput>, HostError> {
+        self.change(what);
+        if self.dry_run {
+            return Ok(None);
+        }
+        self.remote.run(cmd).await.map(Some)
+    }
+
+    /// Writes a rendered file unless the host already has it with this content
+    /// (`current_sha256` from facts, if known). Returns whether it changed.
+    pub async fn write_file(
+        &self,
+        file: &RenderedFile,
+        current_sha256: Option<&str>,
+    ) -> Result<bool, HostError> {
+        let want = sha256_hex(file.content.as_bytes());
+        if current_sha256 == Some(want.as_str()) {
+            return Ok(false);
+        }
+        let verb = if current_sha256.is_some() {
+            "update"
+        } else {
+            "write"
+        };
+        if self.dry_run {
+            self.change(&format!("{verb} {}", file.path));
+            return Ok(true);
+        }
+        let outcome = self
+            .remote
+            .upload(
+                &UploadSource::Bytes(Bytes::from(file.content.clone().into_bytes())),
+                &UploadTarget::root(file.path.clone(), file.mode),
+                None,
+            )
+            .await?;
+        if matches!(outcome, UploadOutcome::Uploaded { .. }) {
+            self.change(&format!("{verb} {}", file.path));
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Writes a secret file (a token) through stdin unless `exists` says it is there.
+    pub async fn write_secret_file(
+        &self,
+        file: &SecretFile,
+        exists: bool,
+    ) -> Result<bool, HostError> {
+        if exists {
+            return Ok(false);
+        }
+        self.run(
+            &format!("write {} (mode 0600)", file.path),
+            file.write_command(),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Uploads an artifact, skipped by the host layer when the destination already has
+    /// the same checksum. Progress goes out as events.
+    pub async fn upload(
+        &self,
+        what: &str,
+        src: &UploadSource,
+        target: &UploadTarget,
+        already_present: bool,
+    ) -> Result<bool, HostError> {
+        if self.dry_run {
+            if already_present {
+                self.step(format!(
+                    "{} is present (checksum verified at install)",
+                    target.path
+                ));
+                return Ok(false);
+            }
+            self.change(&format!("upload {what} to {}", target.path));
+            return Ok(true);
+        }
+        let reporter = self.reporter.clone();
+        let (phase, host, label) = (self.phase.clone(), self.host.clone(), what.to_owned());
+        let progress: Progress = Arc::new(move |done, total| {
+            reporter.emit(Event::HostProgress {
+                phase: phase.clone(),
+                host: host.clone(),
+                what: label.clone(),
+                done,
+                total,
+            })
+        });
+        match self.remote.upload(src, target, Some(progress)).await? {
+            UploadOutcome::Uploaded { bytes } => {
+                self.change(&format!(
+                    "uploaded {what} to {} ({} MB, verified)",
+                    target.path,
+                    bytes / 1_000_000
+                ));
+                Ok(true)
+            }
+            UploadOutcome::AlreadyPresent => Ok(false),
+        }
+    }
+}

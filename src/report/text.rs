@@ -1,0 +1,208 @@
+//! Text shared by the terminal and plain renderers: tables (the dry-run plan, the per-phase
+//! time summary) and sizes. Pure functions, so they are snapshot-tested without a terminal.
+
+use crate::config::plan::PlanSummary;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Left-aligned columns separated by two spaces; no trailing spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            let _ = write!(l, "{c:<w$}", w = widths.get(i).copied().unwrap_or(0));
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// The dry-run plan: cluster settings, a per-host table, the application values.
+pub fn plan(p: &PlanSummary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Plan for cluster `{}`{}",
+        p.cluster,
+        p.answer_file
+            .as_ref()
+            .map(|f| format!(" (from {f})"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "  pod network {}, service network {}, enforcer {}\n",
+        p.cluster_cidr, p.service_cidr, p.enforcer
+    );
+    let via = p.hosts.iter().any(|h| h.bastion.is_some());
+    let rows: Vec<Vec<String>> = p
+        .hosts
+        .iter()
+        .map(|h| {
+            let addr = if h.port == 22 {
+                h.address.clone()
+            } else {
+                format!("{}:{}", h.address, h.port)
+            };
+            let mut row = vec![
+                addr,
+                h.role.clone(),
+                h.node_name.clone(),
+                h.node_ip.clone().unwrap_or_else(|| "(default)".into()),
+                h.user.clone(),
+                h.auth.clone(),
+                h.sudo.clone(),
+            ];
+            if via {
+                row.push(h.bastion.clone().unwrap_or_else(|| "-".into()));
+            }
+            row
+        })
+        .collect();
+    let mut header = vec![
+        "HOST",
+        "ROLE",
+        "NODE NAME",
+        "NODE IP",
+        "USER",
+        "AUTH",
+        "SUDO",
+    ];
+    if via {
+        header.push("VIA");
+    }
+    out.push_str(&table(&header, &rows));
+    if !p.app.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = p
+            .app
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.clone()])
+            .collect();
+        out.push_str(&table(&["APPLICATION VALUE", "VALUE"], &rows));
+    }
+    out
+}
+
+/// Seconds with one decimal (`1.2s`), minutes past a minute (`2m03s`).
+pub fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        let whole = s.round() as u64;
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    }
+}
+
+/// The end-of-command summary: each phase's time, then the total and the result.
+pub fn summary(command: &str, ok: bool, elapsed: Duration, phases: &[(String, f64)]) -> String {
+    let mut out = String::new();
+    if !phases.is_empty() {
+        let mut rows: Vec<Vec<String>> = phases
+            .iter()
+            .map(|(p, t)| vec![p.clone(), secs(Duration::from_secs_f64(t.max(0.0)))])
+            .collect();
+        rows.push(vec!["total".into(), secs(elapsed)]);
+        out.push_str(&table(&["PHASE", "TIME"], &rows));
+    }
+    let _ = writeln!(
+        out,
+        "{command} {} in {}",
+        if ok { "succeeded" } else { "failed" },
+        secs(elapsed)
+    );
+    out
+}
+
+/// A byte count in binary units with one decimal (`12.5 MiB`).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::plan::PlanHostRow;
+
+    #[test]
+    fn plan_table() {
+        let p = PlanSummary {
+            cluster: "demo".into(),
+            answer_file: Some("answers.yaml".into()),
+            cluster_cidr: "10.42.0.0/16".into(),
+            service_cidr: "10.43.0.0/16".into(),
+            enforcer: "enforce".into(),
+            hosts: vec![
+                PlanHostRow {
+                    address: "10.0.0.11".into(),
+                    port: 22,
+                    role: "server".into(),
+                    node_name: "srv1".into(),
+                    node_ip: None,
+                    user: "root".into(),
+                    auth: "agent".into(),
+                    sudo: "none (root)".into(),
+                    bastion: None,
+                    host_key: None,
+                },
+                PlanHostRow {
+                    address: "node2.example".into(),
+                    port: 2222,
+                    role: "agent".into(),
+                    node_name: "(its hostname)".into(),
+                    node_ip: Some("10.1.0.2".into()),
+                    user: "admin".into(),
+                    auth: "password".into(),
+                    sudo: "password".into(),
+                    bastion: Some("jump@10.0.0.254:22".into()),
+                    host_key: None,
+                },
+            ],
+            app: vec![("adminPassword".into(), "***".into())],
+        };
+        insta::assert_snapshot!(plan(&p));
+    }
+
+    #[test]
+    fn summary_and_units() {
+        let s = summary(
+            "install",
+            true,
+            Duration::from_secs_f64(125.2),
+            &[("preflight".into(), 1.23), ("upload".into(), 64.0)],
+        );
+        insta::assert_snapshot!(s);
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(secs(Duration::from_millis(1250)), "1.2s");
+    }
+}

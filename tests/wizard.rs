@@ -1,0 +1,310 @@
+//! The wizard, driven through a pseudo-terminal with real keystrokes (expectrl): it must
+//! check answers as they are typed, save an answer file (mode 0600, secrets as `${VAR}`
+//! references) that validates, and run it as a dry run that prints the plan. The saved
+//! file must then work unattended (`installer install --dry-run -f`).
+
+#![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
+
+use expectrl::{Eof, Expect, Session};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const DOWN: &str = "\x1b[B";
+const ENTER: &str = "\r";
+
+struct Pty {
+    s: expectrl::session::OsSession,
+    /// Everything the wizard printed so far.
+    seen: String,
+}
+
+impl Pty {
+    fn spawn(home: &Path, extra_env: &[(&str, &str)]) -> Pty {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_installer"));
+        cmd.current_dir(home)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home)
+            .env("TERM", "xterm-256color");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut s = Session::spawn(cmd).expect("spawn the installer in a pty");
+        let _ = s.get_process_mut().set_window_size(120, 40);
+        s.set_expect_timeout(Some(Duration::from_secs(30)));
+        Pty {
+            s,
+            seen: String::new(),
+        }
+    }
+
+    /// Waits for `text`, keeping what came before it.
+    fn expect(&mut self, text: &str) {
+        match self.s.expect(text) {
+            Ok(c) => {
+                self.seen.push_str(&String::from_utf8_lossy(c.before()));
+                self.seen.push_str(text);
+            }
+            Err(e) => panic!(
+                "waiting for {text:?}: {e}\n--- output so far ---\n{}",
+                self.seen
+            ),
+        }
+    }
+
+    fn send(&mut self, keys: &str) {
+        self.s.send(keys).expect("send keys");
+    }
+
+    /// Types a hidden answer. A password prompt turns echo off with TCSAFLUSH, which drops
+    /// input that arrived before it: wait until the terminal's echo is off, then type.
+    fn send_secret(&mut self, text: &str) {
+        for _ in 0..1000 {
+            if matches!(self.s.get_process().get_echo(), Ok(false)) {
+                self.send(text);
+                self.send(ENTER);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the password prompt never turned echo off\n{}", self.seen);
+    }
+
+    fn finish(&mut self) -> i32 {
+        if let Ok(c) = self.s.expect(Eof) {
+            self.seen.push_str(&String::from_utf8_lossy(c.before()));
+        }
+        match self.s.get_process().wait() {
+            Ok(expectrl::process::unix::WaitStatus::Exited(_, code)) => code,
+            other => panic!("the installer did not exit normally: {other:?}"),
+        }
+    }
+}
+
+/// Whether `s` holds an SGR colour sequence (ESC [ 3x / 9x / 38 ... m).
+fn has_colour(s: &str) -> bool {
+    s.split("\x1b[").skip(1).any(|rest| {
+        let params: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == ';')
+            .collect();
+        rest[params.len()..].starts_with('m')
+            && params.split(';').any(|p| {
+                matches!(p.len(), 2)
+                    && (p.starts_with('3') || p.starts_with('9') || p.starts_with('4'))
+            })
+    })
+}
+
+#[test]
+fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
+    let home = tempfile::tempdir().unwrap();
+    let mut p = Pty::spawn(home.path(), &[("USER", "admin"), ("NO_COLOR", "1")]);
+
+    p.expect("Host addresses");
+    // Two hosts are refused as typed, with the reason; then three.
+    p.send("10.0.0.11 10.0.0.12");
+    p.send(ENTER);
+    p.expect("2 hosts cannot form a highly available cluster");
+    p.send("10.0.0.11 10.0.0.12 10.0.0.13");
+    p.send(ENTER);
+
+    p.expect("SSH user on the hosts");
+    p.send(ENTER); // default: $USER (admin)
+
+    p.expect("How does the installer log in?");
+    p.send(DOWN); // from "a private key file" (no agent) to "a password"
+    p.send(ENTER);
+    p.expect("SSH password for admin");
+    p.send_secret("wizard-ssh-password");
+
+    p.expect("How does admin become root?");
+    p.send(DOWN);
+    p.send(ENTER);
+    p.expect("Is the sudo password the SSH password?");
+    p.send("y");
+
+    p.expect("hostname (");
+    p.send("appliance.test.internal");
+    p.send(ENTER);
+    p.expect("gatewayPort (");
+    p.send("30443"); // in the NodePort range: refused as typed
+    p.send(ENTER);
+    p.expect("NodePort range");
+    p.send("9443");
+    p.send(ENTER);
+    p.expect("apiPort (");
+    p.send(ENTER);
+    p.expect("storePort (");
+    p.send(ENTER);
+    p.expect("apiReplicas (");
+    p.send("3");
+    p.send(ENTER);
+    p.expect("adminEmail (");
+    p.send(ENTER);
+    p.expect("adminPassword (");
+    p.send_secret("wizard-admin-password");
+
+    // The summary is the validated plan.
+    p.expect("Plan for cluster `appliance`");
+    p.expect("10.0.0.13");
+    p.expect("Save the answer file as");
+    p.send(ENTER);
+    p.expect("clear text?");
+    p.send("n");
+    p.expect("Saved answers.yaml");
+    p.expect("Run it now?");
+    p.send("y");
+    p.expect("dry run: the answer file is valid");
+    let code = p.finish();
+    assert_eq!(code, 0, "{}", p.seen);
+    assert!(
+        !has_colour(&p.seen),
+        "NO_COLOR is set, yet colours were printed"
+    );
+    // Typed secrets are never echoed.
+    assert!(!p.seen.contains("wizard-ssh-password"));
+    assert!(!p.seen.contains("wizard-admin-password"));
+
+    // The saved file: 0600, references instead of secrets.
+    let path = home.path().join("answers.yaml");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let saved = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !saved.contains("wizard-ssh-password") && !saved.contains("wizard-admin-password"),
+        "{saved}"
+    );
+    assert!(
+        saved.contains("${SSH_PASSWORD}") && saved.contains("${APP_ADMIN_PASSWORD}"),
+        "{saved}"
+    );
+
+    // And it runs unattended.
+    let o = Command::new(env!("CARGO_BIN_EXE_installer"))
+        .current_dir(home.path())
+        .env("HOME", home.path())
+        .env("SSH_PASSWORD", "wizard-ssh-password")
+        .env("APP_ADMIN_PASSWORD", "wizard-admin-password")
+        .args([
+            "install",
+            "--dry-run",
+            "--output",
+            "json",
+            "-f",
+            "answers.yaml",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let plan = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "plan_ready")
+        .expect("a plan");
+    let hosts: Vec<&str> = plan["plan"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["10.0.0.11", "10.0.0.12", "10.0.0.13"]);
+    let h0 = &plan["plan"]["hosts"][0];
+    assert_eq!(
+        (
+            h0["user"].as_str(),
+            h0["auth"].as_str(),
+            h0["sudo"].as_str()
+        ),
+        (Some("admin"), Some("password"), Some("password"))
+    );
+    let app: Vec<(String, String)> = serde_json::from_value(plan["plan"]["app"].clone()).unwrap();
+    assert!(
+        app.contains(&("gatewayPort".into(), "9443".into())),
+        "{app:?}"
+    );
+    assert!(app.contains(&("apiReplicas".into(), "3".into())), "{app:?}");
+    assert!(
+        app.contains(&("adminPassword".into(), "***".into())),
+        "{app:?}"
+    );
+    // Without the variables it names, the saved file is refused (exit 2), not run half-set.
+    let o = Command::new(env!("CARGO_BIN_EXE_installer"))
+        .current_dir(home.path())
+        .env_remove("SSH_PASSWORD")
+        .env_remove("APP_ADMIN_PASSWORD")
+        .args(["install", "--dry-run", "-f", "answers.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("${SSH_PASSWORD} not set"));
+}
+
+#[test]
+fn ctrl_c_at_a_prompt_exits_130_and_saves_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let mut p = Pty::spawn(home.path(), &[("USER", "root")]);
+    p.expect("Host addresses");
+    p.send("10.0.0.5");
+    p.send("\x03");
+    let code = p.finish();
+    assert_eq!(code, 130, "{}", p.seen);
+    assert!(!home.path().join("answers.yaml").exists());
+}
+
+#[test]
+fn a_single_root_host_with_the_agent_needs_few_questions() {
+    let home = tempfile::tempdir().unwrap();
+    let mut p = Pty::spawn(
+        home.path(),
+        &[
+            ("USER", "root"),
+            ("SSH_AUTH_SOCK", "/nonexistent/agent.sock"),
+        ],
+    );
+    p.expect("Host addresses");
+    p.send("node1.example");
+    p.send(ENTER);
+    p.expect("SSH user on the hosts");
+    p.send(ENTER);
+    p.expect("How does the installer log in?");
+    p.send(ENTER); // the agent is the default when SSH_AUTH_SOCK is set
+    // root: no sudo question. The application values with their defaults:
+    for v in [
+        "hostname (",
+        "gatewayPort (",
+        "apiPort (",
+        "storePort (",
+        "apiReplicas (",
+        "adminEmail (",
+    ] {
+        p.expect(v);
+        p.send(ENTER);
+    }
+    p.expect("adminPassword (");
+    p.send_secret(""); // empty: left unset
+    p.expect("Save the answer file as");
+    p.send("site.yaml");
+    p.send(ENTER);
+    p.expect("Run it now?");
+    p.send("n");
+    let code = p.finish();
+    assert_eq!(code, 0, "{}", p.seen);
+    assert!(!p.seen.contains("become root"), "{}", p.seen);
+    assert!(!p.seen.contains("clear text"), "no secrets, no question");
+    // Without NO_COLOR the prompts are coloured (so the NO_COLOR check above can fail).
+    assert!(has_colour(&p.seen));
+    let saved = std::fs::read_to_string(home.path().join("site.yaml")).unwrap();
+    assert!(saved.contains("type: agent"), "{saved}");
+    assert!(!saved.contains("adminPassword"), "{saved}");
+}
