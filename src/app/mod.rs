@@ -207,6 +207,37 @@ impl Values {
     }
 }
 
+impl From<&crate::config::plan::AppValues> for Values {
+    /// The plan's checked values: secrets stay secrets, everything else becomes a plain
+    /// template value (ports and ints as numbers).
+    fn from(v: &crate::config::plan::AppValues) -> Values {
+        use crate::config::app::AppValue;
+        let mut out = Values::new();
+        for (name, value) in v.iter() {
+            out = match value {
+                AppValue::Secret(s) => out.set_secret(name, s.clone()),
+                AppValue::String(s) | AppValue::Hostname(s) | AppValue::Email(s) => {
+                    out.set(name, s.clone())
+                }
+                AppValue::Int(n) => out.set(name, *n),
+                AppValue::Port(p) => out.set(name, *p),
+                AppValue::Bool(b) => out.set(name, *b),
+            };
+        }
+        out
+    }
+}
+
+/// One port a workload holds on the nodes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostPort {
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    /// `Kind namespace/name (container c, template)`.
+    pub owner: String,
+}
+
 /// One node as the application sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFact {
@@ -472,6 +503,26 @@ impl App {
         } else {
             Err(AppError::Invalid(problems))
         }
+    }
+
+    /// Every port the application and the cluster services will hold on the nodes (the
+    /// answer file's port values plus the ports the templates fix, such as the store's peer
+    /// port and CoreDNS's), for preflight port checks and firewall openings. Renders with
+    /// placeholder generated material, so it needs no cluster.
+    pub fn host_ports(&self) -> Result<Vec<HostPort>, AppError> {
+        let manifests = self.render(&Generated::placeholder(&self.spec, "0"))?;
+        let mut all = validate::declared_ports(&dns::render(&self.facts)?);
+        for (k, v) in validate::declared_ports(&manifests) {
+            all.entry(k).or_insert(v);
+        }
+        Ok(all
+            .into_iter()
+            .map(|((port, protocol), owner)| HostPort {
+                port,
+                protocol,
+                owner,
+            })
+            .collect())
     }
 
     /// Every workload object is listed in app.yaml's `workloads` and every listed one exists.

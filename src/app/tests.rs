@@ -410,3 +410,116 @@ fn cluster_facts_come_from_node_objects() {
         "node x reports no InternalIP address (saw None)"
     );
 }
+
+/// `values.<name>` references in a template text.
+fn value_references(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("values.") {
+        let tail = &rest[i + 7..];
+        let name: String = tail
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let before = rest[..i].chars().last();
+        if !name.is_empty() && before.is_none_or(|c| !c.is_ascii_alphanumeric() && c != '.') {
+            out.insert(name);
+        }
+        rest = tail;
+    }
+    out
+}
+
+#[test]
+fn every_declared_value_is_used_and_every_used_value_is_declared() {
+    let decl = crate::config::app::Declaration::embedded().unwrap();
+    let bundle = Bundle::embedded();
+    let mut used = BTreeSet::new();
+    for (name, text) in bundle.files() {
+        if name.ends_with(".tera") {
+            used.extend(value_references(text));
+        }
+    }
+    let app = load(values(), facts(3, 0));
+    let from_value: BTreeSet<String> = app
+        .spec()
+        .secrets
+        .iter()
+        .flat_map(|s| s.keys.iter().filter_map(|k| k.from_value.clone()))
+        .collect();
+    for v in &decl.values {
+        if v.is_secret() {
+            assert!(
+                from_value.contains(&v.name),
+                "secret value {} reaches no generated Secret",
+                v.name
+            );
+            assert!(
+                !used.contains(&v.name),
+                "secret value {} is referenced by a template",
+                v.name
+            );
+        } else {
+            assert!(
+                used.contains(&v.name),
+                "value {} is declared but no template uses it",
+                v.name
+            );
+        }
+    }
+    for name in used.iter().chain(from_value.iter()) {
+        assert!(
+            decl.get(name).is_some(),
+            "templates use {name}, which values.yaml does not declare"
+        );
+    }
+}
+
+#[test]
+fn the_plans_values_render_with_their_declared_defaults() {
+    use crate::config::app::AppValue;
+    let decl = crate::config::app::Declaration::embedded().unwrap();
+    let mut map = std::collections::BTreeMap::new();
+    for v in &decl.values {
+        if let Some(d) = v.default_text() {
+            map.insert(v.name.clone(), v.check_text(&d).unwrap());
+        }
+    }
+    map.insert(
+        "adminPassword".into(),
+        AppValue::Secret(Secret::new("given-admin-password")),
+    );
+    let plan_values = crate::config::plan::AppValues(map);
+    let values = Values::from(&plan_values);
+    assert_eq!(values.plain()["gatewayPort"], json!(8443));
+    assert_eq!(
+        values.plain()["hostname"],
+        json!("appliance.example.internal")
+    );
+    assert!(!values.plain().contains_key("adminPassword"));
+    assert_eq!(
+        values.secret("adminPassword").unwrap().expose(),
+        "given-admin-password"
+    );
+    let app = load(values, facts(3, 0));
+    let m = render(&app).unwrap();
+    assert_eq!(m, render(&load(self::values(), facts(3, 0))).unwrap());
+}
+
+#[test]
+fn host_ports_include_the_ports_the_templates_fix() {
+    let app = load(values(), facts(3, 0));
+    let ports: Vec<String> = app
+        .host_ports()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}/{}", p.port, p.protocol))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            "1053/TCP", "1053/UDP", "1054/TCP", "1055/TCP", "7379/TCP", "7380/TCP", "8081/TCP",
+            "8090/TCP", "8443/TCP"
+        ]
+    );
+}

@@ -25,30 +25,14 @@ use serde_json::Value;
 use super::render::{Manifest, Manifests};
 
 /// The NodePort range k3s gives kube-proxy (`service-node-port-range` default).
-pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> =
+    crate::config::check::NODE_PORT_MIN..=crate::config::check::NODE_PORT_MAX;
 
-/// Ports k3s itself holds on the nodes (k3s-host-network.md §1 "Ports apps must avoid",
-/// from k3s `docs/installation/requirements.md` "Inbound Rules" and the k3s source), plus
-/// SSH, which the installer needs. `None` for a free port.
+/// Ports k3s itself holds on the nodes, the NodePort range and SSH: the same table the answer
+/// file's port values are checked against ([`crate::config::check::reserved_port`], from
+/// k3s-host-network.md §1 "Ports apps must avoid"). `None` for a free port.
 pub fn reserved_port(port: u16) -> Option<&'static str> {
-    Some(match port {
-        22 => "SSH, which the installer itself uses",
-        2379..=2382 => "etcd on servers (2379-2382)",
-        6443 => "the Kubernetes API server on servers",
-        6444 => "the k3s supervisor/API load balancer on every node",
-        10010 => "containerd's stream server on every node",
-        10248 => "the kubelet health endpoint on every node",
-        10249 => "kube-proxy metrics on every node",
-        10250 => "the kubelet API on every node",
-        10256 => "kube-proxy health on every node",
-        10257..=10259 => {
-            "the controller manager, cloud controller and scheduler on servers (10257-10259)"
-        }
-        p if NODE_PORT_RANGE.contains(&p) => {
-            "the Kubernetes NodePort range (30000-32767), which kube-proxy owns on every node"
-        }
-        _ => return None,
-    })
+    crate::config::check::reserved_port(port)
 }
 
 /// One rule broken by one workload (or document).
