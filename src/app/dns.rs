@@ -113,6 +113,26 @@ pub fn render_bundle(bundle: &Bundle, facts: &ClusterFacts) -> Result<Manifests,
     }
 }
 
+/// Deploys CoreDNS (render, server-side apply, then its rollout gate: a ready pod on every
+/// node). The lookup gate, [`gate`], comes next.
+pub async fn deploy(
+    cluster: &crate::kube::Cluster,
+    facts: &ClusterFacts,
+    reporter: &Reporter,
+    timeout: Duration,
+) -> Result<crate::kube::apply::ApplyReport, AppError> {
+    let manifests = render(facts)?;
+    let report = crate::kube::apply::apply_all(cluster, &manifests, reporter).await?;
+    let id = ClusterServices::embedded()?.dns_workload()?;
+    crate::kube::rollout::gate(cluster, &[id], timeout, Duration::from_secs(2), reporter)
+        .await
+        .map_err(|e| match e {
+            crate::kube::rollout::GateError::Rollout(r) => AppError::Rollout(r),
+            crate::kube::rollout::GateError::Kube(k) => AppError::Kube(k),
+        })?;
+    Ok(report)
+}
+
 /// What the DNS gate asks and expects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsCheck {
