@@ -102,7 +102,8 @@ impl AppError {
                 "each problem names the template and workload; change the answer file's value or the template, then run the install again"
                     .into(),
             ),
-            AppError::Rollout(e) => Some(e.what_to_do.clone()),
+            // The diagnosis already ends with its own "what to do" line.
+            AppError::Rollout(_) => None,
             AppError::Generated(_) => Some(
                 "the Secret was changed by hand; delete it to have the installer create it anew (the application restarts with new credentials)"
                     .into(),
