@@ -598,21 +598,25 @@ fn finding_for(p: &Pod, events: &[Event]) -> Option<PodFinding> {
                 });
             }
             "CrashLoopBackOff" => {
-                let last = cs
-                    .last_state
-                    .as_ref()
-                    .and_then(|s| s.terminated.as_ref())
-                    .map(|t| {
-                        let mut s = format!("exit code {}", t.exit_code);
-                        if let Some(r) = &t.reason {
-                            s.push_str(&format!(" ({r})"));
-                        }
-                        if let Some(m) = t.message.as_deref().filter(|m| !m.trim().is_empty()) {
-                            s.push_str(&format!(": {}", m.trim()));
-                        }
-                        s
-                    })
-                    .unwrap_or_else(|| "unknown".into());
+                let last =
+                    cs.last_state
+                        .as_ref()
+                        .and_then(|s| s.terminated.as_ref())
+                        .map(|t| {
+                            let mut s = format!("exit code {}", t.exit_code);
+                            if let Some(r) = &t.reason {
+                                s.push_str(&format!(" ({r})"));
+                            }
+                            // The last line of the termination message (with
+                            // `terminationMessagePolicy: FallbackToLogsOnError`, the log's tail).
+                            if let Some(m) = t.message.as_deref().and_then(|m| {
+                                m.lines().rev().map(str::trim).find(|l| !l.is_empty())
+                            }) {
+                                s.push_str(&format!(": {m}"));
+                            }
+                            s
+                        })
+                        .unwrap_or_else(|| "unknown".into());
                 return finding(PodProblem::CrashLoop {
                     container: cs.name.clone(),
                     restarts: cs.restart_count,
@@ -732,6 +736,14 @@ fn advice(
             "the container cannot be created: the message above names what is missing (a Secret, a ConfigMap, a command); `kubectl -n {} describe pod {}` shows the container {container}'s spec",
             id.namespace, top.pod
         ),
+        PodProblem::CrashLoop { last_exit, .. }
+            if last_exit.contains("already in use") =>
+        {
+            format!(
+                "the container cannot bind its port on {}: another process (or a pod outside the appliance) holds it. Find it with `ss -ltnp` on the node and stop it, or move the appliance's port in the answer file",
+                nodes_with(&|p| matches!(p, PodProblem::CrashLoop { .. }))
+            )
+        }
         PodProblem::CrashLoop { container, .. } => format!(
             "the container exits: read its log with `kubectl -n {} logs {} -c {container} --previous` (on {node})",
             id.namespace, top.pod

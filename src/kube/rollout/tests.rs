@@ -525,3 +525,33 @@ fn the_gate_futures_can_be_spawned() {
     };
     let _ = make;
 }
+
+#[test]
+fn a_port_held_by_another_process_is_named_from_the_termination_message() {
+    let state = ds_state(3, 2, &["srv1", "srv2", "srv3"]);
+    // terminationMessagePolicy: FallbackToLogsOnError puts the log's tail here.
+    let crashing: Value = json!([{"name": "nginx", "image": "docker.io/library/nginx:1.28.0-alpine", "imageID": "", "ready": false, "restartCount": 4,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting failed container=nginx pod=gateway-x_appliance"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+            "message": "2026/06/01 11:59:00 [emerg] 1#1: bind() to 0.0.0.0:8443 failed (98: Address already in use)\nnginx: [emerg] bind() to 0.0.0.0:8443 failed (98: Address already in use)\n",
+            "startedAt": at(70), "finishedAt": at(69)}}}]);
+    let pods = vec![
+        pod(
+            "gateway-a",
+            Some("srv1"),
+            true,
+            running("nginx", true, 0),
+            json!([]),
+        ),
+        pod("gateway-x", Some("srv2"), false, crashing, json!([])),
+        pod(
+            "gateway-c",
+            Some("srv3"),
+            true,
+            running("nginx", true, 0),
+            json!([]),
+        ),
+    ];
+    let e = diagnose(&state, &pods, &[], now(), WAITED);
+    insta::assert_snapshot!("port_held_by_a_process", e.to_string());
+}
