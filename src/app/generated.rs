@@ -383,6 +383,23 @@ pub async fn ensure(
     })
 }
 
+/// The appliance CA certificate as stored in the cluster, without creating or changing
+/// anything (for `installer status`); `None` when the application has no TLS or the Secret
+/// does not exist yet.
+pub async fn read_ca_cert(cluster: &Cluster, app: &App) -> Result<Option<String>, AppError> {
+    let spec = app.spec();
+    let Some(t) = &spec.tls else {
+        return Ok(None);
+    };
+    let api: Api<KubeSecret> = Api::namespaced(cluster.client().clone(), &spec.namespace);
+    let secret = api.get_opt(&t.ca_secret).await.map_err(KubeError::from)?;
+    // A certificate is public: read it without wrapping it as a secret.
+    Ok(secret
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(TLS_CERT_KEY).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok()))
+}
+
 /// `<application>-ca.crt`.
 pub fn ca_file_name(spec: &AppSpec) -> String {
     format!("{}-ca.crt", spec.name)
