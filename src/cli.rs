@@ -83,6 +83,8 @@ pub enum Command {
     Install(InstallArgs),
     /// Run only the checks: connect to every host and report what would stop an install
     Preflight(PreflightArgs),
+    /// Check an answer file and print the plan, without connecting to any host
+    Validate(ValidateArgs),
     /// Print the answer file's JSON Schema
     Schema,
     /// Print this installer's version and the version of every artifact it carries
@@ -130,12 +132,20 @@ pub struct InstallArgs {
     #[command(flatten)]
     pub answers: AnswerFileArg,
 
-    /// Check the answer file and print the plan; change nothing
+    /// Connect and gather facts, then print every action the install would take on each
+    /// host; change nothing
     #[arg(long)]
     pub dry_run: bool,
 
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+/// `installer validate`.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub answers: AnswerFileArg,
 }
 
 /// `installer preflight`.

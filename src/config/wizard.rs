@@ -342,7 +342,7 @@ pub fn run(
     ask.say(&note);
 
     let run_now = ask.confirm(
-        "Run it now? (this version checks the file and prints the plan: a dry run, nothing is changed)",
+        "Install now? (connects to the hosts and installs; `installer install -f FILE` does the same later)",
         true,
     )?;
     Ok(Outcome {

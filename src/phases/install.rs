@@ -321,12 +321,8 @@ fn cross_node_ports(is_server: bool, app_ports: &[(String, u16)]) -> Vec<u16> {
     p
 }
 
-async fn preflight(
-    runner: &mut Runner,
-    spec: &InstallSpec,
-    nodes: &[Arc<Node>],
-    store: &AssetStore,
-) -> Result<(), InstallError> {
+/// Every finding of the fact checks and the reachability check.
+async fn findings(spec: &InstallSpec, nodes: &[Arc<Node>], store: &AssetStore) -> Vec<Finding> {
     let payload_bytes = payload_size(store, nodes);
     let k3s_sha = nodes
         .first()
@@ -368,7 +364,13 @@ async fn preflight(
         let rnodes: Vec<reachability::Node> = nodes
             .iter()
             .map(|n| {
-                let ports = cross_node_ports(n.spec.is_server, &spec.app_ports);
+                // A port already held by a listener bound to loopback only (a rerun: some
+                // k3s components) cannot be tested from other nodes and is left out; other
+                // held ports are tested against whatever listens on them.
+                let ports: Vec<u16> = cross_node_ports(n.spec.is_server, &spec.app_ports)
+                    .into_iter()
+                    .filter(|p| !n.facts.tcp_port_in_use(*p).is_some_and(|l| l.loopback_only))
+                    .collect();
                 let busy = ports
                     .iter()
                     .copied()
@@ -415,7 +417,19 @@ async fn preflight(
             }),
         }
     }
-    let findings = Arc::new(findings);
+    findings
+}
+
+async fn preflight(
+    runner: &mut Runner,
+    spec: &InstallSpec,
+    nodes: &[Arc<Node>],
+    store: &AssetStore,
+) -> Result<(), InstallError> {
+    // Computed once, by whichever host's step gets there first, inside the phase (so the
+    // phase's time includes the reachability check).
+    let cell: tokio::sync::OnceCell<Vec<Finding>> = tokio::sync::OnceCell::new();
+    let cell = &cell;
     let reporter = runner.reporter().clone();
     runner
         .phase(
@@ -424,9 +438,9 @@ async fn preflight(
             nodes,
             spec.concurrency,
             |n| {
-                let findings = findings.clone();
                 let reporter = reporter.clone();
                 async move {
+                    let findings = cell.get_or_init(|| findings(spec, nodes, store)).await;
                     let mine: Vec<&Finding> = findings
                         .iter()
                         .filter(|f| {

@@ -137,7 +137,7 @@ pub fn line(event: &Event, verbosity: i8) -> Option<String> {
             }
             let o = match outcome {
                 HostOutcome::Changed => "done",
-                HostOutcome::Unchanged => "already done",
+                HostOutcome::Unchanged => "ok",
                 HostOutcome::Skipped => "skipped",
             };
             match detail {

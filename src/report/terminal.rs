@@ -181,7 +181,7 @@ impl EventSink for TerminalRenderer {
                 let pb = self.host_bar(&mut st, phase, host);
                 let (mark, word) = match outcome {
                     HostOutcome::Changed => (style("✓").green(), "done"),
-                    HostOutcome::Unchanged => (style("✓").green(), "already done"),
+                    HostOutcome::Unchanged => (style("✓").green(), "ok"),
                     HostOutcome::Skipped => (style("-").dim(), "skipped"),
                 };
                 let d = detail

@@ -75,7 +75,12 @@ enum Cmd {
     LinkDown { node: String },
     /// Reconnect a node cut off with link-down.
     LinkUp { node: String },
-    // Reserved for later issues: `demo` and `bench` subcommands are added here.
+    /// Write the payload the installer takes in the lab (the k3s stand-in as k3s, small
+    /// image archives, an override lock) into DIR and print the installer arguments for it.
+    Payload {
+        /// Where to write it.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +96,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Cmd::Payload { dir } => {
+            let standin = installer_tests::payload::workspace_binary("k3s-standin")?;
+            let p = installer_tests::payload::build(
+                &dir,
+                &standin,
+                installer_tests::payload::Sizes::default(),
+                &[],
+            )?;
+            say!("{}", p.args().join(" "));
+        }
         Cmd::Build { force } => {
             let t = Instant::now();
             let (path, outcome, pruned) = Lab::build(force)?;

@@ -1,0 +1,234 @@
+//! A single stand-in server on loopback: the files k3s writes, the supervisor endpoints, the
+//! Kubernetes API as kube-rs sees it, readiness, and node readiness gated on the CNI config.
+
+mod standin_util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use standin_util::*;
+
+fn http_insecure() -> reqwest::Client {
+    installer_tests::standin::client::insecure().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_writes_k3s_files_and_serves_the_supervisor() {
+    let n = first_server("srv1", "");
+    // server/token is K10<sha256 of the CA>::server:<password>, mode 0600.
+    let token = n.read("/var/lib/rancher/k3s/server/token").unwrap();
+    let ca = n
+        .read("/var/lib/rancher/k3s/server/tls/server-ca.crt")
+        .unwrap();
+    let info = installer_tests::standin::token::parse(token.trim()).unwrap();
+    assert_eq!(info.username, "server");
+    assert_eq!(info.password, "standin-test-token-0123456789abcdef");
+    assert_eq!(
+        info.ca_hash,
+        installer_tests::standin::token::hash_ca(ca.as_bytes())
+    );
+    let mode = |p: &str| std::fs::metadata(n.path(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("/var/lib/rancher/k3s/server/token"), 0o600);
+    assert_eq!(mode("/etc/rancher/k3s/k3s.yaml"), 0o600);
+    for link in ["node-token", "agent-token"] {
+        let m = std::fs::symlink_metadata(n.path(&format!("/var/lib/rancher/k3s/server/{link}")))
+            .unwrap();
+        assert!(m.file_type().is_symlink(), "{link} is a symlink to token");
+    }
+    let kc = n.read("/etc/rancher/k3s/k3s.yaml").unwrap();
+    assert!(
+        kc.contains(&format!("server: https://{}:6443", n.ip)),
+        "{kc}"
+    );
+
+    let http = http_insecure();
+    let ping = http.get(format!("{}/ping", n.url())).send().await.unwrap();
+    assert_eq!(ping.text().await.unwrap(), "pong");
+    let cacerts = http
+        .get(format!("{}/cacerts", n.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(cacerts, ca);
+    // The Kubernetes API wants a client certificate (anonymous-auth=false).
+    let r = http
+        .get(format!("{}/readyz", n.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // /v1-k3s/readyz takes basic auth as node:<password>.
+    let r = http
+        .get(format!("{}/v1-k3s/readyz", n.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http
+        .get(format!("{}/v1-k3s/readyz", n.url()))
+        .basic_auth("node", Some("standin-test-token-0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // /db/info is open on loopback and lists the etcd members in etcd's JSON shape.
+    let info: serde_json::Value = http
+        .get(format!("{}/db/info", n.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let members = info["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1);
+    assert!(members[0]["name"].as_str().unwrap().starts_with("srv1-"));
+    assert_eq!(members[0]["peerURLs"][0], format!("https://{}:2380", n.ip));
+    assert!(members[0].get("isLearner").is_none());
+    assert!(n.notified_ready(), "READY=1 sent to NOTIFY_SOCKET");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_rs_sees_a_kubernetes_api() {
+    let n = first_server("srv1", "");
+    let client = client(&n).await;
+    let v = client.apiserver_version().await.unwrap();
+    assert_eq!(v.git_version, "v1.36.2+k3s1");
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let names: Vec<String> = nss
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    for want in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(names.contains(&want.to_string()), "{want} in {names:?}");
+    }
+    // Server-side apply as the installer does it, then get, list by label, delete.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "app-config", "labels": {"app": "demo"}},
+        "data": {"a": "1"},
+    }))
+    .unwrap();
+    let pp = PatchParams::apply("installer").force();
+    let applied = cms
+        .patch("app-config", &pp, &Patch::Apply(&cm))
+        .await
+        .unwrap();
+    assert_eq!(applied.data.unwrap()["a"], "1");
+    let mf = applied.metadata.managed_fields.unwrap();
+    assert_eq!(mf[0].manager.as_deref(), Some("installer"));
+    assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+    let listed = cms
+        .list(&ListParams::default().labels("app=demo"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert!(
+        cms.list(&ListParams::default().labels("app=other"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let err = cms.create(&PostParams::default(), &cm).await.unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    cms.delete("app-config", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(cms.get_opt("app-config").await.unwrap().is_none());
+    // Discovery, as kube-rs's dynamic APIs use it.
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    let groups: Vec<String> = discovery.groups().map(|g| g.name().to_string()).collect();
+    assert!(groups.contains(&"apps".to_string()), "{groups:?}");
+    assert!(
+        groups.contains(&"networking.k8s.io".to_string()),
+        "{groups:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_is_not_ready_until_a_cni_config_exists() {
+    let n = first_server("srv1", "");
+    let client = client(&n).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = wait_for("node registered", Duration::from_secs(20), || {
+        let nodes = nodes.clone();
+        async move { nodes.get_opt("srv1").await.ok().flatten() }
+    })
+    .await;
+    let labels = node.metadata.labels.clone().unwrap();
+    assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
+    assert_eq!(labels["node-role.kubernetes.io/etcd"], "true");
+    assert_eq!(labels["node.kubernetes.io/instance-type"], "k3s");
+    let info = node.status.as_ref().unwrap().node_info.as_ref().unwrap();
+    assert_eq!(info.kubelet_version, "v1.36.2+k3s1");
+    assert!(info.container_runtime_version.starts_with("containerd://"));
+    // Without /etc/cni/net.d/*.conflist: NotReady with containerd's message and the not-ready taint.
+    let node =
+        wait_for("not-ready taint", Duration::from_secs(10), || {
+            let nodes = nodes.clone();
+            async move {
+                let n = nodes.get("srv1").await.ok()?;
+                let tainted =
+                    n.spec.as_ref()?.taints.as_ref()?.iter().any(|t| {
+                        t.key == "node.kubernetes.io/not-ready" && t.effect == "NoSchedule"
+                    });
+                tainted.then_some(n)
+            }
+        })
+        .await;
+    let ready = node
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason.as_deref(), Some("KubeletNotReady"));
+    assert!(
+        ready
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("cni plugin not initialized"),
+        "{:?}",
+        ready.message
+    );
+    let cidr = node.spec.unwrap().pod_cidr.unwrap();
+    assert_eq!(cidr, "10.42.0.0/24");
+    // The installer writes the conflist: the node turns Ready and loses the taint.
+    n.write("/etc/cni/net.d/10-local.conflist", &conflist(&cidr));
+    wait_for("node Ready without taint", Duration::from_secs(20), || {
+        let nodes = nodes.clone();
+        async move {
+            let n = nodes.get("srv1").await.ok()?;
+            let ready = n
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let tainted = n
+                .spec
+                .as_ref()?
+                .taints
+                .as_ref()
+                .is_some_and(|ts| ts.iter().any(|t| t.key == "node.kubernetes.io/not-ready"));
+            (ready && !tainted).then_some(())
+        }
+    })
+    .await;
+}

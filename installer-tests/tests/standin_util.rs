@@ -1,0 +1,78 @@
+//! Shared helpers for the stand-in's integration tests (included with `mod standin_util;`).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use installer_tests::standin::testing::LocalNode;
+
+/// The stand-in binary built by cargo for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_k3s-standin"))
+}
+
+/// A first server's config (cluster-init), host-network style as the installer writes it.
+pub const FIRST_SERVER: &str = "cluster-init: true
+token: standin-test-token-0123456789abcdef
+node-name: {name}
+node-ip: {ip}
+bind-address: {ip}
+flannel-backend: none
+disable-network-policy: true
+disable-helm-controller: true
+disable: [coredns, servicelb, traefik, local-storage, metrics-server]
+write-kubeconfig-mode: \"0600\"
+";
+
+/// A kube client from the node's `/etc/rancher/k3s/k3s.yaml`, as the installer would build it.
+pub async fn client(node: &LocalNode) -> kube::Client {
+    let text = node
+        .read("/etc/rancher/k3s/k3s.yaml")
+        .expect("k3s.yaml written");
+    let kc = kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kubeconfig usable");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Start a first server and wait until it reports up.
+pub fn first_server(name: &str, extra: &str) -> LocalNode {
+    installer_tests::standin::client::install_crypto();
+    let mut n = LocalNode::prepare(
+        &bin(),
+        name,
+        "server",
+        &format!("{FIRST_SERVER}{extra}"),
+        None,
+    );
+    n.start();
+    n.wait_log("k3s is up and running", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
+    n
+}
+
+/// The CNI conflist the installer writes (docs/k3s-host-network.md §1).
+pub fn conflist(pod_cidr: &str) -> String {
+    format!(
+        r#"{{"cniVersion":"1.0.0","name":"local","plugins":[{{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"hairpinMode":true,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{pod_cidr}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}},{{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#
+    )
+}
