@@ -14,6 +14,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod controllers;
+pub mod dns;
 pub mod faults;
 pub mod flags;
 pub mod kubelet;

@@ -1058,6 +1058,12 @@ impl Kubelet {
                     ports: ports.clone(),
                 };
                 let argv0 = shim::shim_argv0(&self.setup.node.data_dir);
+                // Containers modelling CoreDNS answer DNS on their `dns-tcp` port (standin::dns).
+                crate::standin::dns::DnsPorts::of_container(
+                    cspec,
+                    crate::standin::dns::DEFAULT_KUBERNETES_IP,
+                )
+                .write(&dir);
                 let pid = match shim::start(&spec, &dir, &argv0) {
                     Ok(p) => p,
                     Err(e) => {

@@ -187,7 +187,17 @@ pub async fn main(args: &[String]) -> i32 {
     let cert =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string(), spec.bind_ip.clone()])
             .ok();
+    let dns = crate::standin::dns::DnsPorts::read(&dir);
+    let udp = crate::standin::dns::serve_udp_ports(udp, &dns, &shutdown);
     for (listener, port) in tcp {
+        if let Some(ip) = dns.answers_on(port.port) {
+            tokio::spawn(crate::standin::dns::serve_tcp(
+                listener,
+                ip,
+                shutdown.clone(),
+            ));
+            continue;
+        }
         let paths = Arc::new(port.paths.clone());
         let name = spec.pod.clone();
         let router = Router::new().fallback(move |req: Request| {
