@@ -322,3 +322,14 @@ async fn a_missing_image_archive_stops_the_gate_of_its_workload_naming_the_node(
         "{text}"
     );
 }
+
+#[test]
+fn the_lab_payload_carries_the_coredns_image_the_installer_deploys() {
+    let services = app::dns::ClusterServices::embedded().expect("cluster services");
+    assert!(
+        installer_tests::payload::K3S_AIRGAP_IMAGES.contains(&services.dns.image.as_str()),
+        "{} is not in the lab's k3s airgap archive",
+        services.dns.image
+    );
+    assert_eq!(COREDNS, services.dns.image, "the image these tests import");
+}
