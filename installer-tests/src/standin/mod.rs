@@ -23,6 +23,7 @@ pub mod manifests;
 pub mod notify;
 pub mod paths;
 pub mod pki;
+pub mod secret_volumes;
 pub mod server;
 pub mod snapshot;
 pub mod store;
