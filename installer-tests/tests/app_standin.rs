@@ -4,8 +4,8 @@
 //! rollout gates passing, a rerun changing nothing, a changed value rolling out only what uses
 //! it, and a missing image archive stopping the right gate with the node named.
 //!
-//! Not covered here: the final endpoint gate (the stand-in serves HTTPS with its own
-//! self-signed certificate, not the gateway's from the appliance CA).
+//! The final endpoint gate checks the gateway's HTTPS against the appliance CA: the stand-in's
+//! container serves the certificate of the TLS Secret the gateway mounts.
 
 mod standin_util;
 
@@ -223,6 +223,22 @@ async fn the_appliance_deploys_and_a_rerun_changes_nothing() {
         "the namespace gets its labels: {report:?}"
     );
     assert!(report.count(Change::Created) > 10, "{}", report.summary());
+
+    // The final gate: the gateway answers on every node, checked against the appliance CA only.
+    let endpoints = app.endpoints();
+    assert_eq!(endpoints.len(), 1);
+    let ca = generated.ca_cert_pem.as_deref();
+    let results = app::endpoints::check(&endpoints, ca, Default::default())
+        .await
+        .unwrap();
+    app::endpoints::verdict(&results).unwrap_or_else(|e| panic!("{e}"));
+    let stored_ca = app::generated::read_ca_cert(&cluster, &app).await.unwrap();
+    assert_eq!(stored_ca.as_deref(), ca);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = app::generated::write_ca_file(&generated, &dir.path().join("appliance.yaml"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(ca_file).unwrap(), ca.unwrap());
 
     // The Secrets hold what was generated, and a rerun reads them back.
     let secrets: Api<KubeSecret> = Api::namespaced(cluster.client().clone(), "appliance");
