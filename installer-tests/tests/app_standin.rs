@@ -2,7 +2,8 @@
 //! deployed and answering the DNS gate's real query (the stand-in's `dns-tcp` responder), the
 //! bundled appliance applied by server-side apply, generated material created once and reused,
 //! rollout gates passing, a rerun changing nothing, a changed value rolling out only what uses
-//! it, and a missing image archive stopping the right gate with the node named.
+//! it, and a missing image archive stopping the right gate with the node named; and three
+//! servers running the appliance on every node.
 //!
 //! The final endpoint gate checks the gateway's HTTPS against the appliance CA: the stand-in's
 //! container serves the certificate of the TLS Secret the gateway mounts.
@@ -119,15 +120,17 @@ impl Remote for Local {
     }
 }
 
-async fn ready_node(images: &[&str]) -> (LocalNode, Cluster) {
-    let n = first_server("srv1", "");
+/// Places the image archive and the CNI config on a node (what the installer's earlier phases do).
+fn provision(n: &LocalNode, images: &[&str], pod_cidr: &str) {
     let p = n.path("/var/lib/rancher/k3s/agent/images/payload.tar.zst");
     std::fs::create_dir_all(p.parent().expect("images dir")).expect("images dir created");
     write_archive(&p, images, &ArchiveOptions::default()).expect("image archive written");
-    n.write(
-        "/etc/cni/net.d/10-local.conflist",
-        &conflist("10.42.0.0/24"),
-    );
+    n.write("/etc/cni/net.d/10-local.conflist", &conflist(pod_cidr));
+}
+
+async fn ready_node(images: &[&str]) -> (LocalNode, Cluster) {
+    let n = first_server("srv1", "");
+    provision(&n, images, "10.42.0.0/24");
     let kubeconfig = n
         .read("/etc/rancher/k3s/k3s.yaml")
         .expect("k3s.yaml written");
@@ -348,4 +351,124 @@ fn the_lab_payload_carries_the_coredns_image_the_installer_deploys() {
         services.dns.image
     );
     assert_eq!(COREDNS, services.dns.image, "the image these tests import");
+}
+
+/// A joining server's config (the installer's shape), for [`LocalNode::prepare`].
+const JOIN_SERVER: &str = "server: {server}
+token: {token}
+node-name: {name}
+node-ip: {ip}
+bind-address: {ip}
+flannel-backend: none
+disable-network-policy: true
+disable-helm-controller: true
+disable: [coredns, servicelb, traefik, local-storage, metrics-server]
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_servers_run_the_appliance_on_every_node() {
+    let mut images = vec![PAUSE, COREDNS];
+    images.extend(APP_IMAGES);
+    let srv1 = first_server("srv1", "");
+    provision(&srv1, &images, "10.42.0.0/24");
+    let token = srv1
+        .read("/var/lib/rancher/k3s/server/token")
+        .expect("server token")
+        .trim()
+        .to_string();
+    let mut nodes = vec![srv1];
+    for (i, name) in ["srv2", "srv3"].iter().enumerate() {
+        // One server at a time (k3s-host-network.md §2).
+        let cfg = JOIN_SERVER
+            .replace("{server}", &nodes[0].url())
+            .replace("{token}", &token);
+        let mut n = LocalNode::prepare(&bin(), name, "server", &cfg, None);
+        n.start();
+        n.wait_log("k3s is up and running", Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
+        provision(&n, &images, &format!("10.42.{}.0/24", i + 1));
+        nodes.push(n);
+    }
+    let kubeconfig = nodes[0]
+        .read("/etc/rancher/k3s/k3s.yaml")
+        .expect("k3s.yaml written");
+    let remotes: Vec<Arc<dyn Remote>> = nodes
+        .iter()
+        .map(|n| {
+            Arc::new(Local {
+                name: n.name.clone(),
+                ip: n.ip.clone(),
+            }) as Arc<dyn Remote>
+        })
+        .collect();
+    let cluster = Cluster::connect(remotes[0].clone(), &kubeconfig)
+        .await
+        .expect("connected");
+    wait_for("three Ready nodes", Duration::from_secs(60), || async {
+        let ns = cluster.nodes().await.ok()?;
+        let ready = ns
+            .iter()
+            .filter(|n| installer::kube::wait::node_readiness(n).0)
+            .count();
+        (ready == 3).then_some(())
+    })
+    .await;
+    let reporter = Reporter::silent();
+    let facts = facts(&cluster).await;
+    assert_eq!(facts.servers().count(), 3);
+
+    app::dns::deploy(&cluster, &facts, &reporter, Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let check = app::dns::DnsCheck::for_cluster(&facts).unwrap();
+    let answers = app::dns::gate(
+        &remotes,
+        &check,
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        &reporter,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answers.len(), 3);
+
+    let values = values(8081).set("apiReplicas", 2);
+    let app = App::load(Bundle::embedded(), values, facts).unwrap();
+    let generated = app::generated::ensure(&cluster, &app, &reporter)
+        .await
+        .unwrap();
+    let manifests = app.render(&generated).unwrap();
+    let timeouts = DeployTimeouts {
+        per_workload: Duration::from_secs(90),
+        interval: Duration::from_millis(500),
+    };
+    app::deploy(&cluster, &app, &manifests, &reporter, timeouts)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = installer::kube::rollout::status(&cluster, &app.workloads())
+        .await
+        .unwrap();
+    let seen: Vec<String> = status
+        .iter()
+        .map(|s| format!("{} {}/{}", s.workload, s.ready, s.desired))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            "StatefulSet appliance/store 3/3",
+            "Deployment appliance/api 2/2",
+            "Deployment appliance/worker 1/1",
+            "DaemonSet appliance/gateway 3/3",
+        ]
+    );
+    let endpoints = app.endpoints();
+    assert_eq!(endpoints.len(), 3, "the gateway on every node");
+    let results = app::endpoints::check(
+        &endpoints,
+        generated.ca_cert_pem.as_deref(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    app::endpoints::verdict(&results).unwrap_or_else(|e| panic!("{e}"));
 }
