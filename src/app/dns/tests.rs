@@ -345,3 +345,9 @@ async fn the_gate_passes_on_every_node_or_names_each_failing_one() {
         "{text}"
     );
 }
+
+#[test]
+fn the_query_script_is_plain_posix_sh_with_no_secret() {
+    let s = query_script("kubernetes.default.svc.cluster.local", 1053);
+    insta::assert_snapshot!("query_script", s);
+}
