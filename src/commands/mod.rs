@@ -5,11 +5,13 @@
 //! happens), runs the command on a Tokio runtime with Ctrl-C mapped to exit 130, and shows
 //! the error, if any, once.
 
+pub mod appliance;
 pub mod completions;
 pub mod install;
 pub mod preflight;
 pub mod schema;
 pub mod session;
+pub mod status;
 pub mod version;
 
 use crate::cli::{Cli, Command, GlobalArgs};
@@ -50,6 +52,16 @@ pub fn dispatch(cli: Cli) -> i32 {
                 let plan = load(out, &file, None)?;
                 let opts = install::InstallOptions::from_args(&args);
                 block_on(install::run(plan, opts, out.reporter.clone()))
+            })
+        }
+        Some(Command::Status(args)) => {
+            let file = args.answers.file.clone();
+            with_output(g, settings, Some(&file), |out| {
+                let plan = load(out, &file, None)?;
+                let opts = status::StatusOptions {
+                    accept_new_host_keys: args.accept_new_host_keys,
+                };
+                block_on(status::run(plan, opts, out.reporter.clone()))
             })
         }
         Some(Command::Validate(args)) => {
