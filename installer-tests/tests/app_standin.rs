@@ -291,6 +291,12 @@ async fn the_appliance_deploys_and_a_rerun_changes_nothing() {
             "DaemonSet appliance/gateway",
         ]
     );
+    let seen = app::observe(&cluster, values(8082), "10.43.0.0/16".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(seen.healthy(), "{seen:?}");
+    assert_eq!(seen.workloads.len(), 5, "CoreDNS and the four workloads");
+    assert_eq!(seen.endpoints.len(), 1);
     let status = installer::kube::rollout::status(&cluster, &app3.workloads())
         .await
         .unwrap();
@@ -340,6 +346,18 @@ async fn a_missing_image_archive_stops_the_gate_of_its_workload_naming_the_node(
         text.contains("what to do: the image docker.io/library/nginx:1.28.0-alpine is not on srv1"),
         "{text}"
     );
+    let seen = app::observe(&cluster, values(8081), "10.43.0.0/16".parse().unwrap())
+        .await
+        .unwrap();
+    assert!(!seen.healthy());
+    let gw = seen
+        .workloads
+        .iter()
+        .find(|w| w.workload.name == "gateway")
+        .unwrap();
+    assert_eq!((gw.ready, gw.desired), (0, 1));
+    assert!(gw.problems[0].contains("on node srv1"), "{:?}", gw.problems);
+    assert!(!seen.endpoints[0].ok);
 }
 
 #[test]

@@ -590,6 +590,45 @@ fn secret_value_hint(e: AppError, values: &Values) -> AppError {
     }
 }
 
+/// What `installer status` shows of the application.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Observation {
+    pub workloads: Vec<rollout::WorkloadStatus>,
+    pub endpoints: Vec<endpoints::EndpointResult>,
+}
+
+impl Observation {
+    /// Every workload rolled out and every endpoint answering.
+    pub fn healthy(&self) -> bool {
+        self.workloads.iter().all(|w| w.rolled_out) && self.endpoints.iter().all(|e| e.ok)
+    }
+}
+
+/// Reads the application's state without changing anything (for `installer status`): each
+/// workload's rollout, restarts and problems, and each endpoint checked once (no retries)
+/// against the CA stored in the cluster. Also covers CoreDNS, first in the list.
+pub async fn observe(
+    cluster: &Cluster,
+    values: Values,
+    service_cidr: IpNet,
+) -> Result<Observation, AppError> {
+    let facts = ClusterFacts::from_nodes(&cluster.nodes().await?, service_cidr)?;
+    let app = App::load(Bundle::embedded(), values, facts)?;
+    let mut ids = vec![dns::ClusterServices::embedded()?.dns_workload()?];
+    ids.extend(app.workloads());
+    let workloads = rollout::status(cluster, &ids).await?;
+    let ca = generated::read_ca_cert(cluster, &app).await?;
+    let opts = endpoints::CheckOptions {
+        attempts: 1,
+        ..Default::default()
+    };
+    let endpoints = endpoints::check(&app.endpoints(), ca.as_deref(), opts).await?;
+    Ok(Observation {
+        workloads,
+        endpoints,
+    })
+}
+
 /// Timeouts of [`deploy`].
 #[derive(Debug, Clone, Copy)]
 pub struct DeployTimeouts {
