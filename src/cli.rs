@@ -83,6 +83,10 @@ pub enum Command {
     Install(InstallArgs),
     /// Run only the checks: connect to every host and report what would stop an install
     Preflight(PreflightArgs),
+    /// Show the cluster's health: hosts, nodes, workloads, endpoints, the last run
+    Status(StatusArgs),
+    /// Check an answer file and print the plan, without connecting to any host
+    Validate(ValidateArgs),
     /// Print the answer file's JSON Schema
     Schema,
     /// Print this installer's version and the version of every artifact it carries
@@ -130,12 +134,31 @@ pub struct InstallArgs {
     #[command(flatten)]
     pub answers: AnswerFileArg,
 
-    /// Check the answer file and print the plan; change nothing
+    /// Connect and gather facts, then print every action the install would take on each
+    /// host; change nothing
     #[arg(long)]
     pub dry_run: bool,
 
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+/// `installer status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub answers: AnswerFileArg,
+
+    /// Trust and record host keys not yet in known_hosts nor pinned in the answer file
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+}
+
+/// `installer validate`.
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub answers: AnswerFileArg,
 }
 
 /// `installer preflight`.

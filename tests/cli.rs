@@ -98,7 +98,7 @@ fn every_example_validates_and_dry_runs_to_a_plan() {
         ("five-hosts-bastion.yaml", 5, 3),
     ] {
         let o = example_env(home.path())
-            .args(["install", "--dry-run", "--output", "json", "-f"])
+            .args(["validate", "--output", "json", "-f"])
             .arg(dir.join(name))
             .arg("--log-file")
             .arg(home.path().join("log"))
@@ -221,19 +221,26 @@ fn exit_codes() {
         "{}",
         stderr(&o)
     );
-    // A valid file without --dry-run: the pipeline is not built yet, exit 1, host untouched.
+    // A valid file whose host cannot be reached (loopback, a port nothing listens on):
+    // the install stops in its first phase with the host named, exit 1.
+    let answers = home.path().join("unreachable.yaml");
+    std::fs::write(
+        &answers,
+        "apiVersion: installer.dev/v1\nkind: Cluster\nmetadata: {name: demo}\nspec:\n  ssh: {user: root, port: 1}\n  hosts: [{address: 127.0.0.1}]\n",
+    )
+    .unwrap();
     let o = example_env(home.path())
         .current_dir(home.path())
         .arg("install")
         .arg("-f")
-        .arg(root().join("docs/examples/single-host.yaml"))
+        .arg(&answers)
         .arg("--log-file")
         .arg(home.path().join("log"))
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("not built in this version"),
+        stderr(&o).contains("127.0.0.1: cannot connect"),
         "{}",
         stderr(&o)
     );
@@ -254,7 +261,7 @@ fn the_log_file_is_written_beside_the_answer_file_redacted() {
     let o = installer(home.path())
         .current_dir(home.path())
         .env("SUDO_PW", "very-secret-sudo-pw")
-        .args(["install", "--dry-run", "-v", "-f", "site/answers.yaml"])
+        .args(["validate", "-v", "-f", "site/answers.yaml"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -271,7 +278,7 @@ fn the_log_file_is_written_beside_the_answer_file_redacted() {
     assert_eq!(mode & 0o777, 0o600);
     // The plain renderer: the plan on stdout, the note on stderr, no escape sequences.
     assert!(stdout(&o).contains("HOST "), "{}", stdout(&o));
-    assert!(stderr(&o).contains("dry run: the answer file is valid"));
+    assert!(stderr(&o).contains("the answer file is valid; no host was contacted"));
     assert!(!stderr(&o).contains('\u{1b}') && !stdout(&o).contains('\u{1b}'));
 }
 

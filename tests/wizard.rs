@@ -154,9 +154,8 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
     p.expect("clear text?");
     p.send("n");
     p.expect("Saved answers.yaml");
-    p.expect("Run it now?");
-    p.send("y");
-    p.expect("dry run: the answer file is valid");
+    p.expect("Install now?");
+    p.send("n");
     let code = p.finish();
     assert_eq!(code, 0, "{}", p.seen);
     assert!(
@@ -190,14 +189,7 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
         .env("HOME", home.path())
         .env("SSH_PASSWORD", "wizard-ssh-password")
         .env("APP_ADMIN_PASSWORD", "wizard-admin-password")
-        .args([
-            "install",
-            "--dry-run",
-            "--output",
-            "json",
-            "-f",
-            "answers.yaml",
-        ])
+        .args(["validate", "--output", "json", "-f", "answers.yaml"])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
@@ -296,7 +288,7 @@ fn a_single_root_host_with_the_agent_needs_few_questions() {
     p.expect("Save the answer file as");
     p.send("site.yaml");
     p.send(ENTER);
-    p.expect("Run it now?");
+    p.expect("Install now?");
     p.send("n");
     let code = p.finish();
     assert_eq!(code, 0, "{}", p.seen);

@@ -1,8 +1,9 @@
 //! The lab's life cycle on real nodes (issue 3, "Done when"): `up 5`, an SSH login to each node that
 //! verifies its host key against the written known_hosts, `systemctl is-system-running` answering
 //! `running` or `degraded` on each, then `down` leaving no mount, cgroup, bridge, process or state.
-//! Also: `down` twice, `up` after `down`, a failed `up` cleaning up, and the refusals (bridge or
-//! subnet taken by someone else). One test function: its steps must not interleave with another lab
+//! The answer file `up` writes validates with the installer's loader. Also: `down` twice, `up`
+//! after `down`, a failed `up` cleaning up, recovery after a crashed owner, and the refusals (bridge
+//! or subnet taken by someone else). One test function: its steps must not interleave with another lab
 //! of the same LAB_ID. Needs root and the lab; skipped with the reason otherwise (failed under
 //! LAB_REQUIRED=1).
 
@@ -19,6 +20,26 @@ fn text(b: &[u8]) -> String {
 
 fn ip(args: &[&str]) -> std::process::ExitStatus {
     Command::new("ip").args(args).status().expect("run ip")
+}
+
+/// A network interface this test creates, deleted even when an assertion fails (a leftover bridge
+/// would make every later `up` of this LAB_ID refuse).
+struct TestLink(String);
+
+impl TestLink {
+    fn bridge(name: &str) -> TestLink {
+        assert!(
+            ip(&["link", "add", name, "type", "bridge"]).success(),
+            "cannot create {name}"
+        );
+        TestLink(name.to_string())
+    }
+}
+
+impl Drop for TestLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
 }
 
 #[test]
@@ -102,6 +123,27 @@ fn lab_up_login_verify_host_keys_down_leaves_nothing() {
         text(&out.stderr)
     );
 
+    // The answer file validates with the installer's own loader and describes exactly these nodes.
+    let decl = installer::config::app::Declaration::embedded().unwrap();
+    let loaded = installer::config::load_file(
+        &lab.answer_file_path(),
+        &installer::config::interpolate::ProcessEnv,
+        None,
+        &decl,
+    )
+    .unwrap_or_else(|e| panic!("the lab's answer file does not validate: {e}"));
+    assert_eq!(loaded.plan.hosts.len(), 5);
+    for (h, n) in loaded.plan.hosts.iter().zip(lab.nodes()) {
+        assert_eq!(h.ssh.address, n.addr.to_string());
+        assert_eq!(h.ssh.user, "root");
+        assert_eq!(h.node_name.as_deref(), Some(n.name.as_str()));
+        assert_eq!(
+            h.ssh.host_key.as_deref(),
+            Some(n.host_key_fingerprint.as_str())
+        );
+        assert_eq!(h.ssh.known_hosts_file, lab.known_hosts_path());
+    }
+
     // Every node has its own host key and address.
     let mut keys: Vec<&str> = lab
         .nodes()
@@ -135,7 +177,7 @@ fn lab_up_login_verify_host_keys_down_leaves_nothing() {
 
     // Refuses a bridge it did not create, and leaves it alone.
     let bridge = layout.bridge();
-    assert!(ip(&["link", "add", &bridge, "type", "bridge"]).success());
+    let foreign = TestLink::bridge(&bridge);
     let err = Lab::up(1).expect_err("up must refuse a foreign bridge");
     let shown = format!("{err:#}");
     assert!(shown.contains(&bridge), "{shown}");
@@ -145,13 +187,12 @@ fn lab_up_login_verify_host_keys_down_leaves_nothing() {
             .exists(),
         "up removed a bridge it did not create"
     );
-    assert!(ip(&["link", "del", &bridge]).success());
+    drop(foreign);
 
     // Refuses when an address of its subnet is taken elsewhere.
-    let dummy = format!("labtest{}", layout.id());
+    let other = TestLink::bridge(&format!("labtest{}", layout.id()));
     let addr = format!("10.77.{}.200/24", layout.id());
-    assert!(ip(&["link", "add", &dummy, "type", "bridge"]).success());
-    assert!(ip(&["addr", "add", &addr, "dev", &dummy]).success());
+    assert!(ip(&["addr", "add", &addr, "dev", &other.0]).success());
     let err = Lab::up(1)
         .map(|_| ())
         .expect_err("up must refuse a taken subnet");
@@ -159,13 +200,40 @@ fn lab_up_login_verify_host_keys_down_leaves_nothing() {
         format!("{err:#}").contains("inside the lab subnet"),
         "{err:#}"
     );
-    assert!(ip(&["link", "del", &dummy]).success());
+    drop(other);
     assert!(lab::leftovers(&layout).is_empty());
 
-    // up after down works.
+    // A test process that dies without tearing its lab down (exit skips Drop): the next up of the
+    // same LAB_ID removes what it left and starts cleanly.
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_up_one_node_then_exit_without_teardown",
+            "--nocapture",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "helper failed: {status}");
+    let left = lab::leftovers(&layout);
+    assert!(
+        left.iter().any(|l| l.starts_with("process:")),
+        "the helper's node should still run: {left:#?}"
+    );
+
+    // up after down (and after a crashed owner) works.
     let lab = Lab::up(1).expect("up after down");
     let out = lab.ssh_ok(&lab.nodes()[0], "hostname").unwrap();
     assert_eq!(out.trim(), "node1");
     lab.down().expect("down");
     assert!(lab::leftovers(&layout).is_empty());
+}
+
+/// Run by the test above as a child process: starts a lab and exits without dropping it.
+#[test]
+#[ignore = "helper for lab_up_login_verify_host_keys_down_leaves_nothing"]
+fn helper_up_one_node_then_exit_without_teardown() {
+    let lab = Lab::up(1).unwrap();
+    assert!(lab.ssh(&lab.nodes()[0], "true").unwrap().status.success());
+    std::process::exit(0);
 }

@@ -1,20 +1,27 @@
-//! `installer install`: the entry the install pipeline hangs from.
+//! `installer install`: the install pipeline, from a validated plan.
 //!
 //! The answer file has been parsed and validated before this is called (bad input never
-//! gets here: it exits 2 with every problem listed). In this version only `--dry-run` works:
-//! it prints the validated plan. The pipeline itself (SSH, facts, phases) is not built yet,
-//! and a real run says so and exits 1 without touching any host.
+//! gets here: it exits 2 with every problem listed). Part 1 (`phases::install`) brings up
+//! the k3s cluster; part 2 (`phases::appliance`) deploys the application on it. A dry run
+//! connects and gathers facts, then reports per host what would change.
 
+use std::sync::Arc;
+
+use crate::assets::AssetStore;
 use crate::cli::{ConnectArgs, InstallArgs};
+use crate::commands::session::{self, SshConnector};
 use crate::config::Plan;
 use crate::error::Error;
+use crate::phases::appliance::{self, ApplianceSpec};
+use crate::phases::install::{self, InstallError};
+use crate::phases::{Journal, Runner};
 use crate::report::{Event, Reporter};
 use std::path::PathBuf;
 
 /// How to run an install, from the command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstallOptions {
-    /// Print the plan and change nothing.
+    /// Connect and gather facts, report what would change, change nothing.
     pub dry_run: bool,
     /// Trust and record host keys not yet known (a changed key is always refused).
     pub accept_new_host_keys: bool,
@@ -40,73 +47,132 @@ impl InstallOptions {
     }
 }
 
-/// Runs an install of `plan`.
-pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result<(), Error> {
-    if opts.dry_run {
-        reporter.emit(Event::PlanReady {
-            plan: plan.summary(),
-        });
-        reporter.info(
-            None,
-            "dry run: the answer file is valid; nothing was changed on any host",
-        );
-        return Ok(());
-    }
-    Err(Error::failed(
-        anyhow::anyhow!(
-            "the install pipeline is not built in this version of the installer; nothing was changed on any host"
-        ),
-        Some(
-            "`installer install --dry-run -f FILE` checks the answer file and prints the plan"
-                .to_string(),
-        ),
-    ))
+/// The phases of an install, in order (for the progress header and `status`).
+pub const PHASES: &[&str] = &[
+    "connect",
+    "preflight",
+    "prepare",
+    "upload",
+    "bootstrap",
+    "join-servers",
+    "join-agents",
+    "cluster",
+    "dns",
+    "enforcer",
+    "app",
+    "verify",
+];
+
+/// Opens the asset store (hashing `--assets` files happens later, per artifact).
+pub fn asset_store(
+    dir: Option<&PathBuf>,
+    lock: Option<&PathBuf>,
+) -> Result<Arc<AssetStore>, Error> {
+    AssetStore::new(dir.map(|p| p.as_path()), lock.map(|p| p.as_path()))
+        .map(Arc::new)
+        .map_err(|e| {
+            let hint = e.hint();
+            Error::usage(e.to_string(), hint)
+        })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::report::events::Collector;
-    use std::sync::Arc;
-
-    fn plan() -> Plan {
-        let decl = crate::config::app::Declaration::embedded().unwrap();
-        let env = crate::config::interpolate::MapEnv::default();
-        let ctx = crate::config::Context {
-            env: &env,
-            base_dir: PathBuf::from("."),
-            prompter: None,
-            declaration: &decl,
-        };
-        crate::config::validate_text(
-            "a.yaml",
-            None,
-            "apiVersion: installer.dev/v1\nkind: Cluster\nmetadata: {name: x}\nspec:\n  ssh: {user: root}\n  hosts: [{address: 10.0.0.1}]\n",
-            &ctx,
-        )
-        .unwrap()
-        .plan
+/// Maps a failed pipeline to the command's error (interrupted: exit 130).
+pub fn pipeline_error(e: InstallError) -> Error {
+    if e.interrupted() {
+        Error::Interrupted
+    } else {
+        Error::failed(anyhow::Error::new(e), Some("fix what is reported above and rerun the same command: finished steps are not repeated".to_string()))
     }
+}
 
-    #[tokio::test]
-    async fn dry_run_emits_the_plan_and_a_real_run_refuses() {
-        let c = Arc::new(Collector::default());
-        let r = Reporter::new(vec![c.clone()]);
-        let opts = InstallOptions {
-            dry_run: true,
-            ..Default::default()
-        };
-        run(plan(), opts, r.clone()).await.unwrap();
-        let ev = c.events();
-        match &ev[0] {
-            Event::PlanReady { plan } => {
-                assert_eq!(plan.hosts[0].address, "10.0.0.1");
-                assert_eq!(plan.hosts[0].role, "server");
-            }
-            other => panic!("{other:?}"),
+/// Opens the journal and tells the user where a previous run stopped, if it did.
+pub fn open_journal(plan: &Plan, reporter: &Reporter) -> Option<Journal> {
+    let path = session::state_dir(plan).join("journal.jsonl");
+    if let Ok(Some(last)) = Journal::last_run(&path)
+        && let Some(stopped) = last.stopped_at()
+    {
+        reporter.info(None, format!("{stopped}; continuing from there"));
+    }
+    match Journal::open(&path) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            reporter.warn(None, format!("cannot write the journal: {e}"));
+            None
         }
-        let e = run(plan(), InstallOptions::default(), r).await.unwrap_err();
-        assert_eq!(e.exit_code(), crate::error::EXIT_FAILED);
-        assert!(e.to_string().contains("not built"));
     }
+}
+
+/// Runs an install of `plan`.
+pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result<(), Error> {
+    reporter.emit(Event::PlanReady {
+        plan: plan.summary(),
+    });
+    let store = asset_store(opts.assets_dir.as_ref(), opts.assets_lock.as_ref())?;
+    let spec = session::install_spec(&plan, opts.dry_run, false);
+    let connector = SshConnector::new(&plan, opts.accept_new_host_keys, reporter.clone());
+    let journal = if opts.dry_run {
+        None
+    } else {
+        open_journal(&plan, &reporter)
+    };
+    let command = if opts.dry_run {
+        "install --dry-run"
+    } else {
+        "install"
+    };
+    let mut runner = Runner::new(command, reporter.clone(), journal, session::cancel_token());
+    let hosts: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
+    runner.start(PHASES, &hosts);
+    let result = install::run(&mut runner, &spec, &connector, &store).await;
+    let result = match result {
+        Ok(installed) => match (&installed.cluster, opts.dry_run) {
+            (Some(cluster), false) => {
+                let aspec = ApplianceSpec {
+                    values: crate::app::Values::from(&plan.app),
+                    service_cidr: plan.network.service_cidr,
+                    enforcer: plan.enforcer,
+                    answer_file: plan.answer_file.clone(),
+                    timeouts: crate::app::DeployTimeouts::default(),
+                    dns_timeout: std::time::Duration::from_secs(300),
+                };
+                appliance::run(&mut runner, &aspec, cluster, &installed.nodes)
+                    .await
+                    .map(|d| (installed, Some(d)))
+            }
+            _ => Ok((installed, None)),
+        },
+        Err(e) => Err(e),
+    };
+    runner.finish(result.is_ok());
+    let (installed, deployed) = result.map_err(pipeline_error)?;
+    if opts.dry_run {
+        reporter.info(None, "dry run: nothing was changed on any host");
+        return Ok(());
+    }
+    let mut lines = vec!["the cluster and the application are Ready".to_string()];
+    if let Some(d) = &deployed {
+        for e in &d.endpoints {
+            lines.push(format!(
+                "  {} on {}: {}",
+                e.endpoint.name, e.endpoint.node, e.endpoint.url
+            ));
+        }
+        if let Some(ca) = &d.ca_file {
+            lines.push(format!("  appliance CA certificate: {}", ca.display()));
+        }
+        for (name, _) in &d.shown_once {
+            lines.push(format!(
+                "  {name} was generated: read it with `kubectl get secret` in the application's namespace, or set it in the answer file"
+            ));
+        }
+    }
+    if let Some(k) = &installed.kubeconfig {
+        lines.push(format!("  admin kubeconfig: {}", k.display()));
+    }
+    lines.push(format!(
+        "  state and journal: {}",
+        session::state_dir(&plan).display()
+    ));
+    reporter.info(None, lines.join("\n"));
+    Ok(())
 }

@@ -5,10 +5,13 @@
 //! happens), runs the command on a Tokio runtime with Ctrl-C mapped to exit 130, and shows
 //! the error, if any, once.
 
+pub mod appliance;
 pub mod completions;
 pub mod install;
 pub mod preflight;
 pub mod schema;
+pub mod session;
+pub mod status;
 pub mod version;
 
 use crate::cli::{Cli, Command, GlobalArgs};
@@ -49,6 +52,30 @@ pub fn dispatch(cli: Cli) -> i32 {
                 let plan = load(out, &file, None)?;
                 let opts = install::InstallOptions::from_args(&args);
                 block_on(install::run(plan, opts, out.reporter.clone()))
+            })
+        }
+        Some(Command::Status(args)) => {
+            let file = args.answers.file.clone();
+            with_output(g, settings, Some(&file), |out| {
+                let plan = load(out, &file, None)?;
+                let opts = status::StatusOptions {
+                    accept_new_host_keys: args.accept_new_host_keys,
+                };
+                block_on(status::run(plan, opts, out.reporter.clone()))
+            })
+        }
+        Some(Command::Validate(args)) => {
+            let file = args.answers.file.clone();
+            with_output(g, settings, Some(&file), |out| {
+                let plan = load(out, &file, None)?;
+                out.reporter.emit(crate::report::Event::PlanReady {
+                    plan: plan.summary(),
+                });
+                out.reporter.info(
+                    None,
+                    "the answer file is valid; no host was contacted (`installer install --dry-run` connects and shows what would change)",
+                );
+                Ok(())
             })
         }
         Some(Command::Preflight(args)) => {
@@ -202,9 +229,23 @@ pub fn block_on(fut: impl Future<Output = Result<(), Error>>) -> Result<(), Erro
         .build()
         .map_err(|e| Error::failed(e, None))?;
     rt.block_on(async {
+        tokio::pin!(fut);
         tokio::select! {
-            r = fut => r,
-            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+            r = &mut fut => r,
+            _ = tokio::signal::ctrl_c() => {
+                // First Ctrl-C: ask the phases to stop (they kill what runs on the hosts
+                // and record where they stopped), and give them a moment to do so. A
+                // second Ctrl-C, or the grace period, ends the run at once.
+                session::cancel_token().cancel();
+                tokio::select! {
+                    r = &mut fut => match r {
+                        Ok(()) => Ok(()),
+                        Err(_) => Err(Error::Interrupted),
+                    },
+                    _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => Err(Error::Interrupted),
+                }
+            }
         }
     })
 }
@@ -236,10 +277,7 @@ fn wizard(out: &Output) -> Result<(), Error> {
         fallback: Some(&ProcessEnv),
     };
     let plan = load(out, &outcome.path, Some(&overlay))?;
-    let opts = install::InstallOptions {
-        dry_run: true,
-        ..Default::default()
-    };
+    let opts = install::InstallOptions::default();
     block_on(install::run(plan, opts, out.reporter.clone()))
 }
 

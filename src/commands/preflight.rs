@@ -1,12 +1,13 @@
-//! `installer preflight`: the entry for running only the checks.
-//!
-//! The answer file has been validated before this is called. The checks need the SSH layer
-//! and the phase runner wired in (`phases::preflight` holds the fact-based checks); until
-//! then a run says so and exits 1 without touching any host.
+//! `installer preflight`: connect, gather facts and run every check; change nothing, and
+//! exit non-zero on a blocking finding.
 
 use crate::cli::PreflightArgs;
+use crate::commands::install::{PHASES, asset_store, pipeline_error};
+use crate::commands::session::{self, SshConnector};
 use crate::config::Plan;
 use crate::error::Error;
+use crate::phases::Runner;
+use crate::phases::install;
 use crate::report::Reporter;
 use std::path::PathBuf;
 
@@ -30,16 +31,15 @@ impl PreflightOptions {
 
 /// Runs the checks against the hosts of `plan`.
 pub async fn run(plan: Plan, opts: PreflightOptions, reporter: Reporter) -> Result<(), Error> {
-    let _ = (opts, &reporter);
-    Err(Error::failed(
-        anyhow::anyhow!(
-            "preflight over SSH is not built in this version of the installer (answer file {} is valid: {} hosts); nothing was changed on any host",
-            plan.answer_file
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            plan.hosts.len()
-        ),
-        Some("`installer install --dry-run -f FILE` prints the plan".to_string()),
-    ))
+    let store = asset_store(opts.assets_dir.as_ref(), opts.assets_lock.as_ref())?;
+    let spec = session::install_spec(&plan, false, true);
+    let connector = SshConnector::new(&plan, opts.accept_new_host_keys, reporter.clone());
+    let mut runner = Runner::new("preflight", reporter.clone(), None, session::cancel_token());
+    let hosts: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
+    runner.start(&PHASES[..2], &hosts);
+    let result = install::run(&mut runner, &spec, &connector, &store).await;
+    runner.finish(result.is_ok());
+    result.map_err(pipeline_error)?;
+    reporter.info(None, "every host passed preflight; nothing was changed");
+    Ok(())
 }

@@ -56,6 +56,9 @@ pub struct Spec {
     /// The policy enforcer.
     #[serde(default, skip_serializing_if = "Enforcer::is_empty")]
     pub enforcer: Enforcer,
+    /// k3s settings that relax what a host must pass.
+    #[serde(default, skip_serializing_if = "K3s::is_empty")]
+    pub k3s: K3s,
     /// The bundled application's settings.
     #[serde(default, skip_serializing_if = "App::is_empty")]
     pub app: App,
@@ -257,6 +260,35 @@ pub struct Network {
     /// The service network (default 10.43.0.0/16). Must not overlap the pod network or contain a host address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_cidr: Option<String>,
+    /// What to do with an active host firewall (firewalld or ufw): `manage` (default) opens the cluster's ports and records it for uninstall; `leave` changes nothing and stops the install with the commands to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_firewall: Option<HostFirewall>,
+}
+
+/// What the installer may do with a host firewall.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HostFirewall {
+    /// Open the cluster's ports (recorded on the host for uninstall).
+    #[default]
+    Manage,
+    /// Change nothing; preflight stops with the exact commands to run.
+    Leave,
+}
+
+/// k3s settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct K3s {
+    /// Allow hosts that boot with cgroup v1 (RHEL 8, Ubuntu 20.04, some containers): the kubelet runs with `fail-cgroupv1=false`. Kubernetes refuses cgroup v1 by default from 1.35; prefer booting the hosts with cgroup v2. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_cgroup_v1: Option<bool>,
+}
+
+impl K3s {
+    pub fn is_empty(&self) -> bool {
+        self == &K3s::default()
+    }
 }
 
 impl Network {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-pub use super::answer_file::EnforcerMode;
+pub use super::answer_file::{EnforcerMode, HostFirewall};
 
 /// k3s's default pod network (`--cluster-cidr`).
 pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
@@ -33,6 +33,8 @@ pub struct Plan {
     pub hosts: Vec<HostPlan>,
     pub network: NetworkPlan,
     pub enforcer: EnforcerMode,
+    /// Run the kubelet on cgroup v1 hosts (`spec.k3s.allowCgroupV1`).
+    pub allow_cgroup_v1: bool,
     /// The application's values, every declared value with a given or default value present.
     pub app: AppValues,
 }
@@ -209,6 +211,8 @@ impl SudoPlan {
 pub struct NetworkPlan {
     pub cluster_cidr: IpNet,
     pub service_cidr: IpNet,
+    /// `spec.network.hostFirewall`.
+    pub host_firewall: HostFirewall,
 }
 
 /// The application's values by name.

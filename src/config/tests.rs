@@ -263,6 +263,29 @@ fn app_ports_in_the_node_port_range_or_on_k3s_ports_are_refused() {
 }
 
 #[test]
+fn replica_counts_are_bounded_by_the_hosts() {
+    let f = Fixture::new();
+    // The default (2) is lowered for a single host...
+    let l = f.ok(&doc(&hosts(1)));
+    assert_eq!(l.plan.app.get("apiReplicas"), Some(&AppValue::Int(1)));
+    // ...kept for three...
+    let l = f.ok(&doc(&hosts(3)));
+    assert_eq!(l.plan.app.get("apiReplicas"), Some(&AppValue::Int(2)));
+    // ...and a given value above the host count is refused where it is written.
+    let e = f.errors(&doc(&format!(
+        "{}  app:
+    values:
+      apiReplicas: 4
+",
+        hosts(3)
+    )));
+    assert_eq!(
+        e,
+        vec!["12:20 spec.app.values.apiReplicas: 4 is more than the 3 hosts of spec.hosts"]
+    );
+}
+
+#[test]
 fn unset_variables_are_errors_and_set_ones_are_used() {
     let f = Fixture::new();
     let text = doc(&format!(

@@ -909,6 +909,7 @@ impl<'a> Validator<'a> {
                 hosts,
                 network: network?,
                 enforcer,
+                allow_cgroup_v1: a.spec.k3s.allow_cgroup_v1.unwrap_or(false),
                 app: app?,
             })
         } else {
@@ -1066,6 +1067,7 @@ impl<'a> Validator<'a> {
             Some(NetworkPlan {
                 cluster_cidr: cluster?.0,
                 service_cidr: service?.0,
+                host_firewall: a.spec.network.host_firewall.unwrap_or_default(),
             })
         } else {
             None
@@ -1161,6 +1163,37 @@ impl<'a> Validator<'a> {
                     ok = false;
                 }
                 None => {}
+            }
+        }
+        // Replica counts bounded by the number of hosts.
+        let hosts = a.spec.hosts.len() as i64;
+        for d in decl.values.iter().filter(|d| d.at_most_hosts) {
+            let Some(AppValue::Int(n)) = out.get(&d.name).cloned() else {
+                continue;
+            };
+            if n <= hosts || hosts == 0 {
+                continue;
+            }
+            match paths.get(&d.name) {
+                Some(p) => {
+                    let p = p.clone();
+                    self.error(
+                        &p,
+                        Problem::new(format!(
+                            "{n} is more than the {hosts} host{} of spec.hosts",
+                            if hosts == 1 { "" } else { "s" }
+                        ))
+                        .hint(format!(
+                            "every pod uses the host network, so each replica needs a node of its own: set {} to {hosts} or less",
+                            d.name
+                        )),
+                    );
+                    ok = false;
+                }
+                // The default was written for a bigger cluster: use every host.
+                None => {
+                    out.insert(d.name.clone(), AppValue::Int(hosts));
+                }
             }
         }
         // Two ports on the same host port: point at the one given in the file.

@@ -214,7 +214,15 @@ pub fn run(
             }
             continue;
         }
-        let default = v.default_text();
+        let host_count = hosts.len() as i64;
+        let mut default = v.default_text();
+        // A replica count defaults to at most one per host.
+        if v.at_most_hosts
+            && let Some(AppValue::Int(n)) = default.as_deref().and_then(|d| v.check_text(d).ok())
+            && n > host_count
+        {
+            default = Some(host_count.to_string());
+        }
         let answer = ask.input(
             &format!("{} ({})", v.name, v.description),
             default.as_deref(),
@@ -227,6 +235,9 @@ pub fn run(
                         Some(other) => Err(format!("port {p} is already {other}")),
                         None => Ok(()),
                     },
+                    Ok(AppValue::Int(n)) if v.at_most_hosts && n > host_count => Err(format!(
+                        "at most {host_count}: each replica needs a host of its own"
+                    )),
                     Ok(_) => Ok(()),
                     Err(p) => Err(p.to_string()),
                 }
@@ -266,6 +277,7 @@ pub fn run(
             hosts: hosts.iter().map(|h| raw::Host::new(h.clone())).collect(),
             network,
             enforcer: raw::Enforcer::default(),
+            k3s: raw::K3s::default(),
             app: raw::App { values },
         },
     };
@@ -341,7 +353,7 @@ pub fn run(
     ask.say(&note);
 
     let run_now = ask.confirm(
-        "Run it now? (this version checks the file and prints the plan: a dry run, nothing is changed)",
+        "Install now? (connects to the hosts and installs; `installer install -f FILE` does the same later)",
         true,
     )?;
     Ok(Outcome {
@@ -549,6 +561,7 @@ mod tests {
                 hosts: vec![raw::Host::new("10.0.0.1")],
                 network: raw::Network::default(),
                 enforcer: raw::Enforcer::default(),
+                k3s: raw::K3s::default(),
                 app: raw::App {
                     values: [("gatewayPort".to_string(), serde_json::Value::from(9443))]
                         .into_iter()

@@ -59,8 +59,8 @@ if have ip; then
   ip route show 2>/dev/null | awk '{print "route=" $1}'
 fi
 if have ss; then
-  ss -Htlnp 2>/dev/null | awk '{n=split($4,a,":"); proc=$6; gsub(/users:\(\("/,"",proc); gsub(/".*/,"",proc); print "listen_tcp=" a[n] " " proc}'
-  ss -Hulnp 2>/dev/null | awk '{n=split($4,a,":"); proc=$6; gsub(/users:\(\("/,"",proc); gsub(/".*/,"",proc); print "listen_udp=" a[n] " " proc}'
+  ss -Htlnp 2>/dev/null | awk '{n=split($4,a,":"); ad=substr($4,1,length($4)-length(a[n])-1); proc=$6; gsub(/users:\(\("/,"",proc); gsub(/".*/,"",proc); print "listen_tcp=" a[n] " " ad " " proc}'
+  ss -Hulnp 2>/dev/null | awk '{n=split($4,a,":"); ad=substr($4,1,length($4)-length(a[n])-1); proc=$6; gsub(/users:\(\("/,"",proc); gsub(/".*/,"",proc); print "listen_udp=" a[n] " " ad " " proc}'
 else
   echo "ss=missing"
 fi
@@ -134,6 +134,8 @@ pub struct Listener {
     pub port: u16,
     /// The owning process name, when visible.
     pub process: Option<String>,
+    /// Whether it listens only on a loopback address (unreachable from other hosts).
+    pub loopback_only: bool,
 }
 
 /// Everything observed on one host.
@@ -338,16 +340,30 @@ pub fn parse(output: &str) -> Result<Facts, FactsError> {
             .into_iter()
             .flatten()
             .filter_map(|l| {
-                let (port, proc) = l.split_once(' ').unwrap_or((l, ""));
+                // `<port> <address> <process>`; the process is empty when not visible.
+                let mut it = l.splitn(3, ' ');
+                let port = it.next()?.parse().ok()?;
+                let addr = it.next().unwrap_or("").trim_matches(['[', ']']);
+                let proc = it.next().unwrap_or("").trim();
+                let loopback = addr.starts_with("127.") || addr == "::1";
                 Some(Listener {
-                    port: port.parse().ok()?,
+                    port,
                     process: (!proc.is_empty()).then(|| proc.to_owned()),
+                    loopback_only: loopback,
                 })
             })
             .collect();
         v.sort_by_key(|l| l.port);
-        v.dedup_by_key(|l| l.port);
-        v
+        // One port may have several sockets (IPv4 and IPv6, loopback and the node IP):
+        // it is loopback-only when every one of them is.
+        let mut merged: Vec<Listener> = Vec::new();
+        for l in v {
+            match merged.last_mut() {
+                Some(m) if m.port == l.port => m.loopback_only &= l.loopback_only,
+                _ => merged.push(l),
+            }
+        }
+        merged
     };
     let sha_map = |key: &str| -> BTreeMap<String, String> {
         multi
@@ -457,10 +473,13 @@ default_route=default via 10.0.0.1 dev eth0 proto static
 route=default
 route=10.0.0.0/24
 route=192.168.5.0/24
-listen_tcp=22 sshd
-listen_tcp=22 sshd
-listen_tcp=6443 k3s-server
-listen_udp=323 chronyd
+listen_tcp=22 0.0.0.0 sshd
+listen_tcp=22 [::] sshd
+listen_tcp=6443 * k3s-server
+listen_tcp=2379 127.0.0.1 k3s-server
+listen_tcp=2379 10.0.0.11 k3s-server
+listen_tcp=10248 127.0.0.1 k3s-server
+listen_udp=323 127.0.0.1 chronyd
 have_python3=yes
 have_perl=yes
 have_curl=yes
@@ -491,7 +510,10 @@ gather=done
             ]
         );
         assert_eq!(f.routes.len(), 2, "default is not a destination");
-        assert_eq!(f.tcp_listeners.len(), 2, "duplicate listeners collapse");
+        assert_eq!(f.tcp_listeners.len(), 4, "duplicate listeners collapse");
+        assert!(!f.tcp_port_in_use(2379).unwrap().loopback_only);
+        assert!(f.tcp_port_in_use(10248).unwrap().loopback_only);
+        assert!(!f.tcp_port_in_use(22).unwrap().loopback_only);
         assert_eq!(
             f.tcp_port_in_use(6443).and_then(|l| l.process.as_deref()),
             Some("k3s-server")
@@ -511,7 +533,7 @@ gather=done
     fn firewalld_and_missing_tools_are_recognised() {
         let text = DEBIAN12
             .replace("unit_firewalld=inactive", "unit_firewalld=active")
-            .replace("listen_tcp=6443 k3s-server\n", "")
+            .replace("listen_tcp=6443 * k3s-server\n", "")
             .replace("ntp_synced=yes", "ntp_synced=no");
         let f = parse(&text).unwrap();
         assert_eq!(f.firewall, Firewall::Firewalld);

@@ -75,8 +75,12 @@ pub struct InstallSpec {
     /// CIDRs, kubelet args...; `tls_san` is filled in from the hosts.
     pub cluster: ClusterSettings,
     pub relax: Relaxations,
-    /// Ports the application listens on, on every node.
+    /// Ports the application listens on, on every node (from the answer file's values;
+    /// replaced after `connect` by every port the rendered templates hold when
+    /// `app_values` is set).
     pub app_ports: Vec<(String, u16)>,
+    /// The application's values, to render its templates for the exact ports.
+    pub app_values: Option<crate::app::Values>,
     pub app_cpus: u32,
     pub app_mem_bytes: u64,
     /// Connect, gather facts and report what would change; change nothing.
@@ -127,7 +131,7 @@ pub enum InstallError {
     #[error(transparent)]
     Phase(#[from] PhaseFailure),
     #[error("{0}")]
-    Assets(String),
+    Setup(String),
 }
 
 impl InstallError {
@@ -196,6 +200,18 @@ pub async fn run(
     store: &AssetStore,
 ) -> Result<Installed, InstallError> {
     let nodes = connect(runner, spec, connector).await?;
+    // Every port the application and the cluster services will hold, rendered from the
+    // templates for these nodes (the answer file's port values are only some of them).
+    let mut spec = spec.clone();
+    if let Some(values) = &spec.app_values {
+        let list: Vec<(String, IpAddr, bool)> = nodes
+            .iter()
+            .map(|n| (n.node_name.clone(), n.node_ip, n.spec.is_server))
+            .collect();
+        spec.app_ports = super::appliance::host_ports(values, spec.cluster.service_cidr, &list)
+            .map_err(|e| InstallError::Setup(format!("the application's templates: {e}")))?;
+    }
+    let spec = &spec;
     preflight(runner, spec, &nodes, store).await?;
     if spec.preflight_only {
         return Ok(Installed {
@@ -220,7 +236,7 @@ pub async fn run(
         first: servers
             .first()
             .cloned()
-            .ok_or_else(|| InstallError::Assets("the plan has no server".into()))?,
+            .ok_or_else(|| InstallError::Setup("the plan has no server".into()))?,
     };
     let boot = bootstrap(runner, &k3s).await?;
     let Some(boot) = boot else {
@@ -321,12 +337,8 @@ fn cross_node_ports(is_server: bool, app_ports: &[(String, u16)]) -> Vec<u16> {
     p
 }
 
-async fn preflight(
-    runner: &mut Runner,
-    spec: &InstallSpec,
-    nodes: &[Arc<Node>],
-    store: &AssetStore,
-) -> Result<(), InstallError> {
+/// Every finding of the fact checks and the reachability check.
+async fn findings(spec: &InstallSpec, nodes: &[Arc<Node>], store: &AssetStore) -> Vec<Finding> {
     let payload_bytes = payload_size(store, nodes);
     let k3s_sha = nodes
         .first()
@@ -368,7 +380,13 @@ async fn preflight(
         let rnodes: Vec<reachability::Node> = nodes
             .iter()
             .map(|n| {
-                let ports = cross_node_ports(n.spec.is_server, &spec.app_ports);
+                // A port already held by a listener bound to loopback only (a rerun: some
+                // k3s components) cannot be tested from other nodes and is left out; other
+                // held ports are tested against whatever listens on them.
+                let ports: Vec<u16> = cross_node_ports(n.spec.is_server, &spec.app_ports)
+                    .into_iter()
+                    .filter(|p| !n.facts.tcp_port_in_use(*p).is_some_and(|l| l.loopback_only))
+                    .collect();
                 let busy = ports
                     .iter()
                     .copied()
@@ -415,7 +433,19 @@ async fn preflight(
             }),
         }
     }
-    let findings = Arc::new(findings);
+    findings
+}
+
+async fn preflight(
+    runner: &mut Runner,
+    spec: &InstallSpec,
+    nodes: &[Arc<Node>],
+    store: &AssetStore,
+) -> Result<(), InstallError> {
+    // Computed once, by whichever host's step gets there first, inside the phase (so the
+    // phase's time includes the reachability check).
+    let cell: tokio::sync::OnceCell<Vec<Finding>> = tokio::sync::OnceCell::new();
+    let cell = &cell;
     let reporter = runner.reporter().clone();
     runner
         .phase(
@@ -424,9 +454,9 @@ async fn preflight(
             nodes,
             spec.concurrency,
             |n| {
-                let findings = findings.clone();
                 let reporter = reporter.clone();
                 async move {
+                    let findings = cell.get_or_init(|| findings(spec, nodes, store)).await;
                     let mine: Vec<&Finding> = findings
                         .iter()
                         .filter(|f| {
@@ -642,15 +672,15 @@ async fn upload(
         let mut list = vec![
             store
                 .k3s_binary(arch)
-                .map_err(|e| InstallError::Assets(e.to_string()))?,
+                .map_err(|e| InstallError::Setup(e.to_string()))?,
             store
                 .airgap_images(arch)
-                .map_err(|e| InstallError::Assets(e.to_string()))?,
+                .map_err(|e| InstallError::Setup(e.to_string()))?,
         ];
         list.extend(
             store
                 .app_image_archives(arch)
-                .map_err(|e| InstallError::Assets(e.to_string()))?,
+                .map_err(|e| InstallError::Setup(e.to_string()))?,
         );
         by_arch.insert(arch.as_str().to_owned(), list);
     }

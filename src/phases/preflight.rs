@@ -626,6 +626,7 @@ mod tests {
             tcp_listeners: vec![Listener {
                 port: 22,
                 process: Some("sshd".into()),
+                loopback_only: false,
             }],
             udp_listeners: vec![],
             listeners_unknown: false,
@@ -694,10 +695,12 @@ mod tests {
         f[1].tcp_listeners.push(Listener {
             port: 8443,
             process: Some("nginx".into()),
+            loopback_only: false,
         });
         f[2].tcp_listeners.push(Listener {
             port: 6443,
             process: Some("k3s-server".into()),
+            loopback_only: false,
         });
         let out = check(&input(&f));
         assert_eq!(ids(&out), vec![("ports-free", Severity::Blocking)]);
@@ -838,14 +841,17 @@ mod tests {
             x.tcp_listeners.push(Listener {
                 port: 6443,
                 process: Some("k3s-server".into()),
+                loopback_only: false,
             });
             x.tcp_listeners.push(Listener {
                 port: 10250,
                 process: Some("k3s-server".into()),
+                loopback_only: false,
             });
             x.tcp_listeners.push(Listener {
                 port: 8443,
                 process: Some("gateway".into()),
+                loopback_only: false,
             });
         }
         assert_eq!(check(&input(&f)), vec![]);

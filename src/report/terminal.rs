@@ -181,7 +181,7 @@ impl EventSink for TerminalRenderer {
                 let pb = self.host_bar(&mut st, phase, host);
                 let (mark, word) = match outcome {
                     HostOutcome::Changed => (style("✓").green(), "done"),
-                    HostOutcome::Unchanged => (style("✓").green(), "already done"),
+                    HostOutcome::Unchanged => (style("✓").green(), "ok"),
                     HostOutcome::Skipped => (style("-").dim(), "skipped"),
                 };
                 let d = detail
@@ -280,6 +280,10 @@ impl EventSink for TerminalRenderer {
             }
             Event::PlanReady { plan } => {
                 let t = text::plan(plan);
+                self.mp.suspend(|| print!("{t}"));
+            }
+            Event::StatusReady { status } => {
+                let t = text::status(status);
                 self.mp.suspend(|| print!("{t}"));
             }
             Event::CommandFinished {

@@ -10,6 +10,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use installer_tests::lab::{self, Lab, Layout};
 
+/// `println!` that ignores a closed stdout (`lab status | head -1` must not panic).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// The lab: several real Linux hosts on this machine (needs root).
 #[derive(Parser, Debug)]
 #[command(name = "lab", version, about, long_about = None)]
@@ -67,7 +75,12 @@ enum Cmd {
     LinkDown { node: String },
     /// Reconnect a node cut off with link-down.
     LinkUp { node: String },
-    // Reserved for later issues: `demo` and `bench` subcommands are added here.
+    /// Write the payload the installer takes in the lab (the k3s stand-in as k3s, small
+    /// image archives, an override lock) into DIR and print the installer arguments for it.
+    Payload {
+        /// Where to write it.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,20 +96,33 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Cmd::Payload { dir } => {
+            let standin = installer_tests::payload::workspace_binary("k3s-standin")?;
+            let p = installer_tests::payload::build(
+                &dir,
+                &standin,
+                installer_tests::payload::Sizes::default(),
+                &[],
+            )?;
+            say!("{}", p.args().join(" "));
+        }
         Cmd::Build { force } => {
             let t = Instant::now();
-            let (path, outcome) = Lab::build(force)?;
+            let (path, outcome, pruned) = Lab::build(force)?;
             let what = match outcome {
                 lab::BaseOutcome::Cached => "already cached",
                 lab::BaseOutcome::Unpacked => "unpacked from the cached tarball",
                 lab::BaseOutcome::Built => "built",
             };
-            println!(
+            say!(
                 "base root filesystem {what} in {:.1?}: {} (recipe {})",
                 t.elapsed(),
                 path.display(),
                 lab::recipe_hash()
             );
+            for p in pruned {
+                say!("removed the cached base of another recipe: {}", p.display());
+            }
         }
         Cmd::Up {
             n,
@@ -114,40 +140,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 b = b.rancher_size_mib(m);
             }
             let lab = b.up()?;
-            println!("lab {}: {n} node(s) up in {:.1?}", lab.id(), t.elapsed());
-            print_nodes(&lab, true);
-            println!("key:          {}", lab.key_path().display());
-            println!("known_hosts:  {}", lab.known_hosts_path().display());
-            println!("answer file:  {}", lab.answer_file_path().display());
-            println!("log in:       LAB_ID={} lab ssh node1", lab.id());
+            let mut text = format!("lab {}: {n} node(s) up in {:.1?}\n", lab.id(), t.elapsed());
+            text.push_str(&nodes_table(&lab, true));
+            text.push_str(&format!("key:          {}\n", lab.key_path().display()));
+            text.push_str(&format!(
+                "known_hosts:  {}\n",
+                lab.known_hosts_path().display()
+            ));
+            text.push_str(&format!(
+                "answer file:  {}\n",
+                lab.answer_file_path().display()
+            ));
+            text.push_str(&format!(
+                "log in:       LAB_ID={} lab ssh node1\n",
+                lab.id()
+            ));
+            // Hand the lab over to `lab down` before printing: a closed stdout must not take it down.
             lab.detach()?;
+            out(&text);
         }
         Cmd::Down => {
             let t = Instant::now();
             let layout = Layout::from_env()?;
             if lab::down_from_state()? {
-                println!(
+                say!(
                     "lab {}: down in {:.1?}, nothing left behind",
                     layout.id(),
                     t.elapsed()
                 );
             } else {
-                println!("lab {}: not up, nothing to do", layout.id());
+                say!("lab {}: not up, nothing to do", layout.id());
             }
         }
         Cmd::Status => {
             let layout = Layout::from_env()?;
             match Lab::attach() {
                 Ok(lab) => {
-                    println!(
+                    say!(
                         "lab {}: bridge {} {}",
                         lab.id(),
                         layout.bridge(),
                         lab.bridge_addr()
                     );
-                    print_nodes(&lab, false);
+                    out(&nodes_table(&lab, false));
                 }
-                Err(_) => println!("lab {}: not up", layout.id()),
+                Err(_) => say!("lab {}: not up", layout.id()),
             }
         }
         Cmd::Ssh {
@@ -170,14 +207,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ));
         }
         Cmd::Cp { file, dest } => {
-            lab::require_root()?;
-            let lab = Lab::attach()?;
             let (node, path) = dest.split_once(':').with_context(|| {
                 format!("{dest:?} is not NODE:PATH\nhint: lab cp ./file node2:/tmp/file")
             })?;
             if path.is_empty() {
                 bail!("{dest:?} has no path after the colon\nhint: lab cp ./file node2:/tmp/file");
             }
+            lab::require_root()?;
+            let lab = Lab::attach()?;
             let node = lab.node(node)?;
             lab.cp(&file, node, path)?;
         }
@@ -197,9 +234,15 @@ fn fault(node: &str, f: impl FnOnce(&Lab, &lab::Node) -> Result<()>) -> Result<(
     f(&lab, &n)
 }
 
-fn print_nodes(lab: &Lab, fresh: bool) {
-    println!(
-        "{:<6} {:<12} {:<10} {:<10} host key",
+/// Prints to stdout, ignoring a closed pipe (`lab status | head -1`).
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+fn nodes_table(lab: &Lab, fresh: bool) -> String {
+    let mut s = format!(
+        "{:<6} {:<12} {:<10} {:<10} host key\n",
         "NODE", "ADDRESS", "NSPAWN", "SYSTEMD"
     );
     for (i, n) in lab.nodes().iter().enumerate() {
@@ -213,13 +256,14 @@ fn print_nodes(lab: &Lab, fresh: bool) {
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                 .unwrap_or_else(|_| "unknown".into())
         };
-        println!(
-            "{:<6} {:<12} {:<10} {:<10} {}",
+        s.push_str(&format!(
+            "{:<6} {:<12} {:<10} {:<10} {}\n",
             n.name,
             n.addr.to_string(),
             if running { "running" } else { "stopped" },
             systemd,
             n.host_key_fingerprint
-        );
+        ));
     }
+    s
 }

@@ -70,6 +70,13 @@ impl Lab {
         Ok(())
     }
 
+    /// Reboots `node`: a clean halt, then a boot of the same disk (a `reboot` inside a node only
+    /// stops it, since nothing restarts the nspawn process). Waits for the SSH login.
+    pub fn reboot_node(&self, node: &Node) -> Result<()> {
+        self.stop_node(node)?;
+        self.start_node(node)
+    }
+
     /// Cuts `node` off the network: the host side of its veth goes down. The node keeps its address
     /// and routes; no packet reaches it or leaves it. Undo with [`Lab::link_up`].
     pub fn link_down(&self, node: &Node) -> Result<()> {
@@ -103,9 +110,15 @@ impl Lab {
     /// Fails if the port is already taken. The guard stops it.
     pub fn occupy_port(&self, node: &Node, port: u16) -> Result<PortGuard<'_>> {
         let unit = format!("lab-occupy-{port}");
-        // perl-base is in every Debian; the listener accepts and closes connections.
+        // perl-base is in every Debian; the listener accepts and closes connections. The program is
+        // a file: systemd would expand the `$` of an inline one (systemd.service(5), "Command lines").
         let script = format!(
-            "systemd-run --quiet --unit={unit} --description='lab fault: occupy TCP {port}' /usr/bin/perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(LocalAddr => \"0.0.0.0\", LocalPort => {port}, Listen => 16, ReuseAddr => 1) or die \"bind: $!\\n\"; while (1) {{ my $c = $s->accept; close $c if $c }}'"
+            "cat > /run/{unit}.pl <<'EOF'\n\
+             my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0', LocalPort => {port}, Listen => 16, ReuseAddr => 1)\n\
+             \x20   or die \"bind: $!\\n\";\n\
+             while (1) {{ my $c = $s->accept; close $c if $c }}\n\
+             EOF\n\
+             systemd-run --quiet --unit={unit} --description='lab fault: occupy TCP {port}' /usr/bin/perl -MIO::Socket::INET /run/{unit}.pl"
         );
         self.exec_ok(node, &script)?;
         let guard = PortGuard {
@@ -116,15 +129,28 @@ impl Lab {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            // Ours only if the listening socket belongs to the unit's main process (the port may
+            // be taken by something else, and then perl fails to bind).
             let out = self.exec(
                 node,
-                &format!("ss -Hltn 'sport = :{port}'; systemctl is-active {unit}.service"),
+                &format!(
+                    "echo state=$(systemctl is-active {unit}.service) pid=$(systemctl show -p MainPID --value {unit}.service); ss -Hltnp 'sport = :{port}'"
+                ),
             )?;
             let text = String::from_utf8_lossy(&out.stdout);
-            if text.contains(&format!(":{port}")) {
+            let pid = text
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("pid="))
+                .unwrap_or("0")
+                .to_string();
+            if text.contains("state=active") && pid != "0" && text.contains(&format!("pid={pid},"))
+            {
                 return Ok(guard);
             }
-            if text.contains("failed") || text.contains("inactive") || Instant::now() >= deadline {
+            if text.contains("state=failed")
+                || text.contains("state=inactive")
+                || Instant::now() >= deadline
+            {
                 let log = self
                     .exec(node, &format!("journalctl -q -u {unit} -n 5 --no-pager"))
                     .ok();
@@ -273,7 +299,13 @@ impl PortGuard<'_> {
 
     fn do_restore(&self) -> Result<()> {
         self.lab
-            .exec_ok(&self.node, &format!("systemctl stop lab-occupy-{0}.service; systemctl reset-failed lab-occupy-{0}.service 2>/dev/null || true", self.port))
+            .exec_ok(
+                &self.node,
+                &format!(
+                    "systemctl stop lab-occupy-{0}.service; systemctl reset-failed lab-occupy-{0}.service 2>/dev/null; rm -f /run/lab-occupy-{0}.pl",
+                    self.port
+                ),
+            )
             .map(|_| ())
     }
 }

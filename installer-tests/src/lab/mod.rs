@@ -94,6 +94,7 @@ pub struct LabBuilder {
     rancher_size_mib: Option<u64>,
     boot_timeout: Duration,
     cli_owned: bool,
+    forward_guard: bool,
 }
 
 impl LabBuilder {
@@ -104,6 +105,7 @@ impl LabBuilder {
             rancher_size_mib: None,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             cli_owned: false,
+            forward_guard: false,
         }
     }
 
@@ -117,6 +119,13 @@ impl LabBuilder {
     /// How long each node may take to boot and accept SSH (default 90 s).
     pub fn boot_timeout(mut self, t: Duration) -> Self {
         self.boot_timeout = t;
+        self
+    }
+
+    /// Add the nftables table that drops forwarded lab traffic even when the host does not forward
+    /// (it is always added when the host forwards). Needs nftables.
+    pub fn forward_guard(mut self, always: bool) -> Self {
+        self.forward_guard = always;
         self
     }
 
@@ -211,10 +220,12 @@ impl Lab {
         LabBuilder::new(n)
     }
 
-    /// Builds (or unpacks) the cached base root filesystem; `force` rebuilds it from scratch.
-    pub fn build(force: bool) -> Result<(PathBuf, BaseOutcome)> {
+    /// Builds (or unpacks) the cached base root filesystem; `force` rebuilds it from scratch. Then
+    /// removes cached bases of other recipes that no running lab uses (listed in the result).
+    pub fn build(force: bool) -> Result<(PathBuf, BaseOutcome, Vec<PathBuf>)> {
         require_root()?;
-        recipe::ensure_base(force)
+        let (path, outcome) = recipe::ensure_base(force)?;
+        Ok((path, outcome, recipe::prune_cache()))
     }
 
     /// The running lab of this `LAB_ID` (e.g. one started with `lab up`), without owning it: dropping
@@ -312,7 +323,7 @@ impl Lab {
         net::create_bridge(&layout)?;
         self.update(|st| st.bridge = true)?;
         net::configure_bridge(&layout)?;
-        if net::host_forwards() {
+        if b.forward_guard || net::host_forwards() {
             net::add_nft_table(&layout)?;
             self.update(|st| st.nft_table = true)?;
         }
@@ -748,6 +759,11 @@ fn node_of(layout: &Layout, r: &NodeRecord) -> Result<Node> {
 /// process or of an earlier boot is torn down; a lab started with `lab up` is refused.
 fn clear_leftover(layout: &Layout) -> Result<()> {
     let Some(mut st) = State::load(layout)? else {
+        // A state directory without a state file (a crash between creating it and the first save)
+        // holds nothing of value; remove_tree refuses if anything is mounted inside.
+        if layout.state_dir().is_dir() {
+            state::remove_tree(&layout.state_dir())?;
+        }
         return Ok(());
     };
     if st.same_boot() {
@@ -800,4 +816,28 @@ pub fn down_from_state() -> Result<bool> {
         );
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lab_can_be_shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Lab>();
+        send_sync::<Node>();
+    }
+
+    #[test]
+    fn the_macro_takes_counts_and_builders() {
+        assert_eq!(3.into_lab_builder().nodes, 3);
+        assert_eq!(
+            Lab::builder(2)
+                .rancher_size_mib(8)
+                .into_lab_builder()
+                .rancher_size_mib,
+            Some(8)
+        );
+    }
 }

@@ -188,4 +188,17 @@ mod tests {
         assert!(r.contains("iifname \"ilab2\" oifname != \"ilab2\" drop"));
         assert!(r.contains("oifname \"ilab2\" iifname != \"ilab2\" drop"));
     }
+
+    #[test]
+    fn nft_accepts_the_ruleset() {
+        if !crate::lab::is_root() || cmd::find_tool("nft").is_none() {
+            eprintln!("skipped: `nft -c` needs root and nftables");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.nft");
+        std::fs::write(&f, nft_ruleset(&Layout::new(9).unwrap())).unwrap();
+        // -c: check only, the ruleset is not loaded.
+        cmd::run(command("nft").unwrap().arg("-c").arg("-f").arg(&f)).unwrap();
+    }
 }

@@ -136,7 +136,6 @@ pub fn ensure_base(force: bool) -> Result<(PathBuf, BaseOutcome)> {
     };
     std::fs::rename(&tmp, &rootfs)
         .with_context(|| format!("renaming {} to {}", tmp.display(), rootfs.display()))?;
-    prune_old(&cache);
     Ok((rootfs, outcome))
 }
 
@@ -242,11 +241,17 @@ fn refuse_if_in_use(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes cached bases of older recipes that no running lab uses. Best effort.
-fn prune_old(cache: &Path) {
+/// Removes cached bases of other recipes that no running lab uses; returns what was removed. Only
+/// `lab build` calls it (never `up`: a lab of another checkout may be about to mount an older base).
+pub fn prune_cache() -> Vec<PathBuf> {
+    let cache = Layout::cache_dir();
+    let mut removed = Vec::new();
+    let Ok(_lock) = FileLock::exclusive(&cache.join("build.lock"), "the base image cache") else {
+        return removed;
+    };
     let keep = recipe_hash();
-    let Ok(entries) = std::fs::read_dir(cache) else {
-        return;
+    let Ok(entries) = std::fs::read_dir(&cache) else {
+        return removed;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -258,12 +263,16 @@ fn prune_old(cache: &Path) {
             continue;
         }
         let p = e.path();
-        let _ = if p.is_dir() {
+        let r = if p.is_dir() {
             remove_tree(&p)
         } else {
             std::fs::remove_file(&p).map_err(Into::into)
         };
+        if r.is_ok() {
+            removed.push(p);
+        }
     }
+    removed
 }
 
 /// The Debian mirror: `LAB_DEBIAN_MIRROR`, else the one this machine's apt uses for the suite.

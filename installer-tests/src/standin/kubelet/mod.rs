@@ -1058,6 +1058,15 @@ impl Kubelet {
                     ports: ports.clone(),
                 };
                 let argv0 = shim::shim_argv0(&self.setup.node.data_dir);
+                // Containers modelling CoreDNS answer DNS on their `dns-tcp` port (standin::dns).
+                // A container serving HTTPS uses the certificate of the TLS Secret it mounts (standin::secret_volumes).
+                let tls = crate::standin::secret_volumes::tls_pair(&self.kube, pod, cspec).await;
+                crate::standin::secret_volumes::write(&dir, tls.as_ref());
+                crate::standin::dns::DnsPorts::of_container(
+                    cspec,
+                    crate::standin::dns::DEFAULT_KUBERNETES_IP,
+                )
+                .write(&dir);
                 let pid = match shim::start(&spec, &dir, &argv0) {
                     Ok(p) => p,
                     Err(e) => {

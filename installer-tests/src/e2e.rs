@@ -1,0 +1,206 @@
+//! Helpers for end-to-end tests: run the real `installer` binary against a lab with the
+//! stand-in payload, read its JSON events, inspect the hosts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result};
+
+use crate::lab::{Lab, Node};
+use crate::payload::{self, Payload, Sizes};
+
+/// The outcome of one installer run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub events: Vec<serde_json::Value>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Everything it printed, for assertion messages.
+    pub fn all(&self) -> String {
+        format!(
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    /// Events of one kind (`host_done`, `phase_started`, ...).
+    pub fn of(&self, kind: &str) -> Vec<&serde_json::Value> {
+        self.events.iter().filter(|e| e["event"] == kind).collect()
+    }
+
+    /// `host_done` events that changed something (the cluster gate always "changes":
+    /// it rewrites the local kubeconfig).
+    pub fn changes(&self) -> Vec<&serde_json::Value> {
+        self.of("host_done")
+            .into_iter()
+            .filter(|e| e["outcome"] == "changed" && e["phase"] != "cluster")
+            .collect()
+    }
+
+    /// The failures as a person reads them: `host: error` and `hint: ...` lines from the
+    /// `host_failed` events, then the final error's message and hint.
+    pub fn failures(&self) -> String {
+        let mut out = String::new();
+        for e in self.of("host_failed") {
+            out.push_str(&format!(
+                "{}: {}\n",
+                e["host"].as_str().unwrap_or(""),
+                e["error"].as_str().unwrap_or("")
+            ));
+            if let Some(h) = e["hint"].as_str() {
+                out.push_str(&format!("  hint: {h}\n"));
+            }
+        }
+        for e in self.of("error") {
+            out.push_str(e["message"].as_str().unwrap_or(""));
+            out.push('\n');
+            if let Some(h) = e["hint"].as_str() {
+                out.push_str(&format!("hint: {h}\n"));
+            }
+        }
+        out
+    }
+
+    /// Bytes reported as uploaded.
+    pub fn uploaded_anything(&self) -> bool {
+        !self.of("host_progress").is_empty()
+    }
+
+    /// Whether the command finished with ok.
+    pub fn ok(&self) -> bool {
+        self.code == 0 && self.of("command_finished").iter().any(|e| e["ok"] == true)
+    }
+}
+
+/// A lab plus the stand-in payload, ready to run the installer against.
+pub struct Env {
+    pub work: tempfile::TempDir,
+    pub payload: Payload,
+}
+
+impl Env {
+    pub fn new() -> Result<Env> {
+        Env::with_sizes(Sizes::default(), &[])
+    }
+
+    pub fn with_sizes(sizes: Sizes, leave_out: &[&str]) -> Result<Env> {
+        let work = tempfile::tempdir()?;
+        let standin = payload::workspace_binary("k3s-standin")?;
+        let payload = payload::build(&work.path().join("payload"), &standin, sizes, leave_out)?;
+        Ok(Env { work, payload })
+    }
+
+    /// The installer command for `args` (plus `-f answers --output json` and the payload).
+    pub fn command(&self, answers: &Path, args: &[&str]) -> Result<Command> {
+        let bin = payload::workspace_binary("installer")?;
+        let mut c = Command::new(bin);
+        c.args(args)
+            .arg("-f")
+            .arg(answers)
+            .args(["--output", "json"])
+            .args(self.payload.args())
+            .env("NO_COLOR", "1");
+        Ok(c)
+    }
+
+    /// Runs `installer <args> -f answers` to the end.
+    pub fn run(&self, answers: &Path, args: &[&str]) -> Result<Run> {
+        self.run_with_env(answers, args, &[])
+    }
+
+    /// Like [`Env::run`], with extra environment variables.
+    pub fn run_with_env(&self, answers: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Run> {
+        let mut cmd = self.command(answers, args)?;
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().context("run the installer")?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(Run {
+            code: out.status.code().unwrap_or(-1),
+            events: stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect(),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Starts the installer in the background, stdout piped (JSON events).
+    pub fn spawn(&self, answers: &Path, args: &[&str]) -> Result<Child> {
+        self.command(answers, args)?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn the installer")
+    }
+
+    /// Writes a variant of the lab's answer file (its text passed through `edit`).
+    pub fn answers_variant(
+        &self,
+        lab: &Lab,
+        name: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<PathBuf> {
+        let text = std::fs::read_to_string(lab.answer_file_path())?;
+        // Beside the lab's own file, so that the key and known_hosts paths stay valid and
+        // the log, journal and kubeconfig land in the lab's state directory.
+        let dir = lab
+            .answer_file_path()
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default()
+            .join(name);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("answers.yaml");
+        std::fs::write(&path, edit(text))?;
+        Ok(path)
+    }
+}
+
+/// Writes the stand-in's test knobs on every node (a file only tests write).
+pub fn standin_knobs(lab: &Lab, yaml: &str) -> Result<()> {
+    for n in lab.nodes() {
+        lab.exec_ok(
+            n,
+            &format!(
+                "mkdir -p /etc/k3s-standin && printf '%s' '{}' > /etc/k3s-standin/faults.yaml",
+                yaml.replace('\'', "")
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether the installer left any trace of itself on the node (for "changes nothing").
+pub fn untouched(lab: &Lab, node: &Node) -> Result<bool> {
+    let out = lab.exec_ok(
+        node,
+        "for p in /usr/local/bin/k3s /etc/rancher/k3s /var/lib/rancher/k3s /etc/systemd/system/k3s.service /etc/cni/net.d/10-local.conflist /run/installer-reach /var/lib/installer; do [ -e $p ] && echo $p; done; true",
+    )?;
+    Ok(out.trim().is_empty())
+}
+
+/// `systemctl is-active UNIT` on a node.
+pub fn unit_state(lab: &Lab, node: &Node, unit: &str) -> Result<String> {
+    Ok(lab
+        .exec_ok(node, &format!("systemctl is-active {unit} || true"))?
+        .trim()
+        .to_owned())
+}
+
+/// The kubeconfig the install wrote beside the lab's answer file.
+pub fn kubeconfig(lab: &Lab) -> PathBuf {
+    let dir = lab
+        .answer_file_path()
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    let name = format!("lab{}-kubeconfig.yaml", lab.id());
+    dir.join(name)
+}

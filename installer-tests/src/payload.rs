@@ -1,0 +1,171 @@
+//! The payload the lab hands the installer in place of the real artifacts: the k3s
+//! stand-in in the k3s binary's position, a small k3s airgap image archive naming the
+//! images k3s ships, and one small archive per application image archive of the asset
+//! lock, naming the same images; plus an override lock (`--assets-lock`) with their own
+//! checksums, under the names the installer asks for. Nothing in the installer knows
+//! that these are not the real artifacts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::images::{ArchiveOptions, write_archive};
+
+/// The images of the k3s v1.36 airgap archive that an install on the host network uses
+/// (the pause sandbox image and CoreDNS; k3s's `scripts/airgap/image-list.txt`). The
+/// other images of that archive belong to components the installer disables.
+pub const K3S_AIRGAP_IMAGES: &[&str] = &[
+    "docker.io/rancher/mirrored-pause:3.6",
+    // The CoreDNS the installer deploys (templates/cluster/cluster.yaml; k3s v1.36 ships 1.14.4).
+    "docker.io/rancher/mirrored-coredns-coredns:1.14.4",
+    "docker.io/rancher/local-path-provisioner:v0.0.32",
+    "docker.io/rancher/mirrored-metrics-server:v0.8.0",
+    "docker.io/rancher/mirrored-library-busybox:1.37.0",
+];
+
+/// Sizes for a realistic payload (benchmarks); zero for fast tests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sizes {
+    /// Bytes added to the k3s binary's position (the real binary is about 70 MB).
+    pub binary_padding: u64,
+    /// Bytes added to the airgap archive.
+    pub airgap_padding: u64,
+    /// Bytes added to each application image archive.
+    pub app_padding: u64,
+}
+
+/// A built payload: pass `--assets DIR --assets-lock LOCK` to the installer.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pub dir: PathBuf,
+    pub lock: PathBuf,
+}
+
+impl Payload {
+    /// The installer arguments that select this payload.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--assets".into(),
+            self.dir.display().to_string(),
+            "--assets-lock".into(),
+            self.lock.display().to_string(),
+        ]
+    }
+}
+
+/// Builds the payload in `dir` (created), with `standin` as the k3s binary.
+/// `leave_out` names lock entries to omit (to test a missing archive).
+pub fn build(dir: &Path, standin: &Path, sizes: Sizes, leave_out: &[&str]) -> Result<Payload> {
+    fs_create(dir)?;
+    let lock =
+        installer::assets::AssetLock::parse(installer_assets::LOCK_JSON, "the built-in asset lock")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for e in &lock.artifacts {
+        if e.arch.is_some_and(|a| a != installer::assets::Arch::Amd64)
+            || leave_out.contains(&e.name.as_str())
+        {
+            continue;
+        }
+        let path = dir.join(&e.file);
+        match e.kind {
+            installer::assets::ArtifactKind::K3sBinary => {
+                std::fs::copy(standin, &path)
+                    .with_context(|| format!("copy {} to {}", standin.display(), path.display()))?;
+                if sizes.binary_padding > 0 {
+                    pad_binary(&path, sizes.binary_padding)?;
+                }
+            }
+            installer::assets::ArtifactKind::K3sAirgapImages => {
+                let opts = ArchiveOptions {
+                    padding_bytes: sizes.airgap_padding,
+                    ..Default::default()
+                };
+                write_archive(&path, K3S_AIRGAP_IMAGES, &opts)
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+            installer::assets::ArtifactKind::AppImages => {
+                let names: Vec<String> = e.images.iter().map(|i| i.reference.clone()).collect();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let opts = ArchiveOptions {
+                    padding_bytes: sizes.app_padding,
+                    ..Default::default()
+                };
+                write_archive(&path, &refs, &opts)
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+        }
+    }
+    let test_lock = lock
+        .with_checksums_of(dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let lock_path = dir.join("assets.lock");
+    std::fs::write(&lock_path, test_lock.to_json())
+        .with_context(|| format!("write {}", lock_path.display()))?;
+    Ok(Payload {
+        dir: dir.to_owned(),
+        lock: lock_path,
+    })
+}
+
+fn fs_create(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
+}
+
+/// Appends incompressible bytes to an executable (ELF ignores trailing data), then
+/// re-stamps the stand-in's version trailer, which must stay last.
+fn pad_binary(path: &Path, bytes: u64) -> Result<()> {
+    use std::io::Write;
+    let version = crate::standin::version::current().to_string();
+    let tmp = path.with_extension("padded");
+    std::fs::copy(path, &tmp)?;
+    {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&tmp)?;
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            for chunk in buf.chunks_mut(8) {
+                // xorshift: incompressible, so compression on the wire cannot cheat.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let b = state.to_le_bytes();
+                chunk.copy_from_slice(&b[..chunk.len()]);
+            }
+            let n = left.min(buf.len() as u64) as usize;
+            f.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+    }
+    crate::standin::version::stamp(&tmp, path, &version)?;
+    std::fs::remove_file(&tmp)?;
+    Ok(())
+}
+
+/// The path of a binary of this workspace, built if it is not there yet: tests in
+/// `installer-tests` use the real `installer` binary, which cargo builds for the
+/// workspace's tests but not for this package's alone.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/<test> or target/debug/<bin>
+    let mut dir = exe.parent().map(Path::to_owned).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let pkg = if name == "installer" {
+            "installer"
+        } else {
+            "installer-tests"
+        };
+        let st = std::process::Command::new(cargo)
+            .args(["build", "-p", pkg, "--bin", name])
+            .status()
+            .context("run cargo build")?;
+        anyhow::ensure!(st.success(), "cargo build of {name} failed");
+    }
+    anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    Ok(path)
+}

@@ -1,0 +1,166 @@
+//! What `install`, `preflight` and `status` share: the plan turned into SSH connection
+//! specs and the install spec, the local state directory, and Ctrl-C as a cancellation
+//! token that phases observe (so an interrupted run records where it stopped).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Plan;
+use crate::config::plan::{AuthMethod, HostFirewall, HostPlan, Role, SshTarget, SudoPlan};
+use crate::host::ssh::{self, ConnectionSpec, HostKeyPolicy, SshHost, SudoMode};
+use crate::host::{HostError, Remote};
+use crate::k3s::config::ClusterSettings;
+use crate::phases::install::{Connector, HostSpec, InstallSpec, Timeouts};
+use crate::phases::preflight::Relaxations;
+use crate::report::Reporter;
+
+/// The process-wide cancellation token, fired by the first Ctrl-C.
+pub fn cancel_token() -> CancellationToken {
+    static TOKEN: OnceLock<CancellationToken> = OnceLock::new();
+    TOKEN.get_or_init(CancellationToken::new).clone()
+}
+
+fn auth(a: &AuthMethod) -> ssh::AuthMethod {
+    match a {
+        AuthMethod::Agent => ssh::AuthMethod::Agent { socket: None },
+        AuthMethod::KeyFile { path, passphrase } => ssh::AuthMethod::KeyFile {
+            path: path.clone(),
+            passphrase: passphrase.clone(),
+        },
+        AuthMethod::Password(p) => ssh::AuthMethod::Password(p.clone()),
+    }
+}
+
+fn target_spec(name: &str, t: &SshTarget, policy: HostKeyPolicy) -> ConnectionSpec {
+    let mut s = ConnectionSpec::new(t.address.clone())
+        .name(name)
+        .port(t.port)
+        .user(t.user.clone())
+        .auth(auth(&t.auth))
+        .known_hosts(t.known_hosts_file.clone())
+        .host_key_policy(policy);
+    if let Some(pin) = &t.host_key {
+        s = s.host_key_pin(pin.clone());
+    }
+    s
+}
+
+/// The SSH connection spec for a host of the plan.
+pub fn connection_spec(h: &HostPlan, accept_new_host_keys: bool) -> ConnectionSpec {
+    let policy = if accept_new_host_keys {
+        HostKeyPolicy::AcceptNew
+    } else {
+        HostKeyPolicy::Strict
+    };
+    let mut s = target_spec(&h.name, &h.ssh, policy).sudo(match &h.sudo {
+        SudoPlan::None => SudoMode::None,
+        SudoPlan::Passwordless => SudoMode::Passwordless,
+        SudoPlan::Password(p) => SudoMode::Password(p.clone()),
+    });
+    if let Some(b) = &h.bastion {
+        s = s.bastion(
+            target_spec(&format!("{} (bastion)", b.address), b, policy).sudo(SudoMode::None),
+        );
+    }
+    s
+}
+
+/// Connects to the plan's hosts over SSH.
+pub struct SshConnector {
+    specs: Vec<(String, ConnectionSpec)>,
+    reporter: Reporter,
+    cancel: CancellationToken,
+}
+
+impl SshConnector {
+    pub fn new(plan: &Plan, accept_new_host_keys: bool, reporter: Reporter) -> SshConnector {
+        SshConnector {
+            specs: plan
+                .hosts
+                .iter()
+                .map(|h| (h.name.clone(), connection_spec(h, accept_new_host_keys)))
+                .collect(),
+            reporter,
+            cancel: cancel_token(),
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for SshConnector {
+    async fn connect(&self, host: &HostSpec) -> Result<Arc<dyn Remote>, HostError> {
+        let spec = self
+            .specs
+            .iter()
+            .find(|(n, _)| n == &host.name)
+            .map(|(_, s)| s.clone())
+            .ok_or_else(|| HostError::Other {
+                host: host.name.clone(),
+                message: "not in the plan".into(),
+            })?;
+        let h = SshHost::with_cancel(spec, self.reporter.clone(), self.cancel.clone());
+        h.connect().await?;
+        Ok(Arc::new(h))
+    }
+}
+
+/// Where the installer keeps its local state for a cluster (journal): beside the answer
+/// file, in `.installer/<cluster>/`.
+pub fn state_dir(plan: &Plan) -> PathBuf {
+    base_dir(plan).join(".installer").join(&plan.cluster_name)
+}
+
+/// The directory of the answer file (or the working directory).
+pub fn base_dir(plan: &Plan) -> PathBuf {
+    plan.answer_file
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The admin kubeconfig the install writes: `<cluster>-kubeconfig.yaml` beside the answer file.
+pub fn kubeconfig_path(plan: &Plan) -> PathBuf {
+    base_dir(plan).join(format!("{}-kubeconfig.yaml", plan.cluster_name))
+}
+
+/// The install spec for part 1, from the plan.
+pub fn install_spec(plan: &Plan, dry_run: bool, preflight_only: bool) -> InstallSpec {
+    let cluster = ClusterSettings {
+        cluster_cidr: plan.network.cluster_cidr,
+        service_cidr: plan.network.service_cidr,
+        ..ClusterSettings::default()
+    };
+    InstallSpec {
+        cluster_name: plan.cluster_name.clone(),
+        hosts: plan
+            .hosts
+            .iter()
+            .map(|h| HostSpec {
+                name: h.name.clone(),
+                address: h.ssh.address.clone(),
+                is_server: h.role == Role::Server,
+                node_name: h.node_name.clone(),
+                node_ip: h.node_ip,
+            })
+            .collect(),
+        cluster,
+        relax: Relaxations {
+            allow_cgroup_v1: plan.allow_cgroup_v1,
+            leave_firewall: plan.network.host_firewall == HostFirewall::Leave,
+        },
+        app_ports: plan.app_ports(),
+        app_values: Some(crate::app::Values::from(&plan.app)),
+        app_cpus: 0,
+        app_mem_bytes: 0,
+        dry_run,
+        preflight_only,
+        concurrency: 5,
+        kubeconfig_out: kubeconfig_path(plan),
+        timeouts: Timeouts::default(),
+    }
+}
