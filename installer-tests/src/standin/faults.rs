@@ -13,6 +13,7 @@
 //! lose-node: true                # the node goes silent: no heartbeats, no API, pods' ports closed
 //! learner-promotion-delay: 2s    # how long a joining server stays an etcd learner
 //! node-monitor-grace-period: 40s # kube-controller-manager's grace before a silent node is Unknown
+//! trace-writes: true             # (first server) log every write to the store, for debugging
 //! ```
 
 use std::path::Path;
@@ -30,6 +31,7 @@ pub struct Faults {
     pub lose_node: bool,
     pub learner_promotion_delay: Duration,
     pub node_monitor_grace_period: Duration,
+    pub trace_writes: bool,
 }
 
 impl Default for Faults {
@@ -44,6 +46,7 @@ impl Default for Faults {
             // kube-controller-manager `--node-monitor-grace-period` default (k8s 1.32+: 50s; k3s
             // does not change it). Tests shorten it.
             node_monitor_grace_period: Duration::from_secs(50),
+            trace_writes: false,
         }
     }
 }
@@ -98,6 +101,7 @@ impl Faults {
                 "lose-node" => f.lose_node = as_bool()?,
                 "learner-promotion-delay" => f.learner_promotion_delay = as_dur()?,
                 "node-monitor-grace-period" => f.node_monitor_grace_period = as_dur()?,
+                "trace-writes" => f.trace_writes = as_bool()?,
                 other => return Err(format!("faults file: unknown key {other:?}")),
             }
         }

@@ -36,6 +36,9 @@ pub fn spawn(store: Arc<Store>, srv: &Arc<Server>, faults: LiveFaults) {
         let mut next_expiry = std::time::Instant::now();
         while !shutdown.is_cancelled() {
             let f = faults.get();
+            store
+                .trace
+                .store(f.trace_writes, std::sync::atomic::Ordering::Relaxed);
             if !f.lose_node {
                 core::namespaces(&store, &ca);
                 if servicelb {

@@ -191,6 +191,8 @@ pub struct Store {
     path: Option<PathBuf>,
     /// Parameters for admission (service CIDR, ...).
     pub params: admission::ClusterParams,
+    /// Log every write (the `trace-writes` knob), to debug what a controller or client changed.
+    pub trace: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -217,6 +219,7 @@ impl Store {
             dirty: tokio::sync::Notify::new(),
             path,
             params,
+            trace: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -595,6 +598,41 @@ impl Store {
         obj: &Value,
         prev: Option<&Value>,
     ) {
+        if self.trace.load(std::sync::atomic::Ordering::Relaxed) {
+            let manager = obj
+                .pointer("/metadata/managedFields")
+                .and_then(Value::as_array)
+                .and_then(|m| {
+                    m.iter()
+                        .max_by_key(|e| e["time"].as_str().unwrap_or_default().to_string())
+                })
+                .and_then(|e| e["manager"].as_str())
+                .unwrap_or("-")
+                .to_string();
+            let changed: Vec<String> = match prev {
+                Some(p) => patch::changed_fields(p, obj)
+                    .into_iter()
+                    .chain(patch::changed_fields(obj, p))
+                    .map(|f| patch::path_string(&f))
+                    .filter(|f| {
+                        f != ".metadata.resourceVersion"
+                            && !f.starts_with(".metadata.managedFields")
+                    })
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .take(8)
+                    .collect(),
+                None => Vec::new(),
+            };
+            super::log::info(format!(
+                "k3s-standin trace: {kind} {} {}/{} rv={} manager={manager} {}",
+                rt.key(),
+                meta_str(obj, "namespace").unwrap_or_default(),
+                meta_str(obj, "name").unwrap_or_default(),
+                st.p.rv,
+                changed.join(" ")
+            ));
+        }
         let ev = Arc::new(WatchEvent {
             rv: st.p.rv,
             kind,
