@@ -71,6 +71,23 @@ fn list_key(field: &str, items: &[Value]) -> Option<&'static str> {
     }
 }
 
+/// The identity of a keyed list item. Ports are keyed by number *and* protocol, as the
+/// OpenAPI schema's `x-kubernetes-list-map-keys` say for server-side apply
+/// (`containerPort`+`protocol` in containers, `port`+`protocol` in Services;
+/// k8s.io/api core/v1 types.go): 53/UDP and 53/TCP are two items. The protocol defaults to
+/// TCP, as the API server defaults it.
+fn key_value(item: &Value, key: &str) -> Option<Value> {
+    let v = item.get(key)?.clone();
+    if key == "containerPort" || key == "port" {
+        let proto = item
+            .get("protocol")
+            .cloned()
+            .unwrap_or_else(|| Value::from("TCP"));
+        return Some(Value::Array(vec![v, proto]));
+    }
+    Some(v)
+}
+
 /// RFC 7386 merge patch.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
     match patch {
@@ -108,8 +125,8 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
                     (Some(Value::Array(cur)), Value::Array(new)) => {
                         if let Some(key) = list_key(k, new) {
                             for item in new {
-                                let kv = item.get(key).cloned();
-                                match cur.iter_mut().find(|c| c.get(key).cloned() == kv) {
+                                let kv = key_value(item, key);
+                                match cur.iter_mut().find(|c| key_value(c, key) == kv) {
                                     Some(existing) => strategic_merge_patch(existing, item),
                                     None => cur.push(item.clone()),
                                 }
@@ -282,7 +299,9 @@ fn collect(v: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
                     Value::Array(items) => match list_key(k, items) {
                         Some(key) => {
                             for item in items {
-                                let kv = item.get(key).map(|x| x.to_string()).unwrap_or_default();
+                                let kv = key_value(item, key)
+                                    .map(|x| x.to_string())
+                                    .unwrap_or_default();
                                 path.push(Seg::Item(key.to_string(), kv));
                                 out.insert(path.clone());
                                 collect(item, path, out);
@@ -313,7 +332,7 @@ pub fn get_path<'a>(v: &'a Value, p: &[Seg]) -> Option<&'a Value> {
             Seg::Item(k, kv) => cur
                 .as_array()?
                 .iter()
-                .find(|i| i.get(k).map(|x| x.to_string()).as_deref() == Some(kv.as_str()))?,
+                .find(|i| key_value(i, k).map(|x| x.to_string()).as_deref() == Some(kv.as_str()))?,
         };
     }
     Some(cur)
@@ -328,8 +347,9 @@ fn remove_path(v: &mut Value, p: &[Seg]) {
         let next = match seg {
             Seg::Field(f) => cur.get_mut(f),
             Seg::Item(k, kv) => cur.as_array_mut().and_then(|a| {
-                a.iter_mut()
-                    .find(|i| i.get(k).map(|x| x.to_string()).as_deref() == Some(kv.as_str()))
+                a.iter_mut().find(|i| {
+                    key_value(i, k).map(|x| x.to_string()).as_deref() == Some(kv.as_str())
+                })
             }),
         };
         match next {
@@ -345,7 +365,9 @@ fn remove_path(v: &mut Value, p: &[Seg]) {
         }
         Seg::Item(k, kv) => {
             if let Some(a) = cur.as_array_mut() {
-                a.retain(|i| i.get(k).map(|x| x.to_string()).as_deref() != Some(kv.as_str()));
+                a.retain(|i| {
+                    key_value(i, k).map(|x| x.to_string()).as_deref() != Some(kv.as_str())
+                });
             }
         }
     }
@@ -374,8 +396,8 @@ pub fn apply_merge(target: &mut Value, applied: &Value) {
                     (Some(Value::Array(cur)), Value::Array(new)) => match list_key(k, new) {
                         Some(key) => {
                             for item in new {
-                                let kv = item.get(key).cloned();
-                                match cur.iter_mut().find(|c| c.get(key).cloned() == kv) {
+                                let kv = key_value(item, key);
+                                match cur.iter_mut().find(|c| key_value(c, key) == kv) {
                                     Some(existing) => apply_merge(existing, item),
                                     None => cur.push(item.clone()),
                                 }
@@ -545,6 +567,28 @@ mod tests {
         assert_eq!(c["image"], "i:2");
         assert!(c.get("args").is_none());
         assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+    }
+
+    #[test]
+    fn ports_are_keyed_by_number_and_protocol() {
+        // kube-dns: 53/UDP and 53/TCP are two ports; a reapply changes nothing.
+        let svc = json!({"spec": {"ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}
+        ]}});
+        let live = apply(&json!({}), &svc, &BTreeSet::new());
+        assert_eq!(
+            live["spec"]["ports"].as_array().map(Vec::len),
+            Some(2),
+            "{live}"
+        );
+        let owned = field_set(&svc);
+        let again = apply(&live, &svc, &owned);
+        assert_eq!(again, live);
+        // Without a protocol, TCP is meant.
+        let a = json!({"ports": [{"containerPort": 80}, {"containerPort": 80, "protocol": "UDP"}]});
+        let merged = apply(&json!({}), &a, &BTreeSet::new());
+        assert_eq!(merged["ports"].as_array().map(Vec::len), Some(2));
     }
 
     #[test]
