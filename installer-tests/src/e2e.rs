@@ -32,12 +32,11 @@ impl Run {
         self.events.iter().filter(|e| e["event"] == kind).collect()
     }
 
-    /// `host_done` events that changed something (the cluster gate always "changes":
-    /// it rewrites the local kubeconfig).
+    /// `host_done` events that changed something.
     pub fn changes(&self) -> Vec<&serde_json::Value> {
         self.of("host_done")
             .into_iter()
-            .filter(|e| e["outcome"] == "changed" && e["phase"] != "cluster")
+            .filter(|e| e["outcome"] == "changed")
             .collect()
     }
 

@@ -1279,15 +1279,17 @@ async fn cluster_gate(
                 &spec.cluster_name,
             )
             .map_err(step_err)?;
+            let same = std::fs::read(&path).is_ok_and(|b| b == rewritten.expose().as_bytes());
+            let detail = format!(
+                "{} nodes Ready; kubeconfig {}",
+                expected.len(),
+                path.display()
+            );
+            if same {
+                return Ok((StepOk::unchanged(detail), ()));
+            }
             write_private_file(&path, rewritten.expose().as_bytes()).map_err(step_err)?;
-            Ok((
-                StepOk::changed(format!(
-                    "{} nodes Ready; kubeconfig {}",
-                    expected.len(),
-                    path.display()
-                )),
-                (),
-            ))
+            Ok((StepOk::changed(detail), ()))
         })
         .await?;
     Ok(path)

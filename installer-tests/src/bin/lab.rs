@@ -75,12 +75,26 @@ enum Cmd {
     LinkDown { node: String },
     /// Reconnect a node cut off with link-down.
     LinkUp { node: String },
+    /// The README's main job: build, start a 3-host lab, install the cluster and the
+    /// application on it unattended, and print `installer status`.
+    Demo,
+    /// Benchmarks, each printing its figures (see docs/testing.md).
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
     /// Write the payload the installer takes in the lab (the k3s stand-in as k3s, small
     /// image archives, an override lock) into DIR and print the installer arguments for it.
     Payload {
         /// Where to write it.
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// A full install on 5 hosts against OpenSSH scp of the same payload, peak RSS, rerun.
+    Install,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +110,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Cmd::Demo => {
+            if !installer_tests::demo::demo()? {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Bench { what } => match what {
+            Bench::Install => installer_tests::demo::bench_install()?,
+        },
         Cmd::Payload { dir } => {
             let standin = installer_tests::payload::workspace_binary("k3s-standin")?;
             let p = installer_tests::payload::build(

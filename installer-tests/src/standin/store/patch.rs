@@ -627,6 +627,24 @@ mod tests {
     }
 
     #[test]
+    fn ports_are_keyed_by_number_and_protocol() {
+        // From main (the same fix made independently): 53/UDP and 53/TCP are two ports.
+        let svc = json!({"spec": {"ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}
+        ]}});
+        let live = apply(&json!({}), &svc, &BTreeSet::new());
+        assert_eq!(live["spec"]["ports"].as_array().map(Vec::len), Some(2), "{live}");
+        let owned = field_set(&svc);
+        let again = apply(&live, &svc, &owned);
+        assert_eq!(again, live);
+        // Without a protocol, TCP is meant.
+        let a = json!({"ports": [{"containerPort": 80}, {"containerPort": 80, "protocol": "UDP"}]});
+        let merged = apply(&json!({}), &a, &BTreeSet::new());
+        assert_eq!(merged["ports"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
     fn fields_v1_shape() {
         let s = field_set(&json!({"spec": {"containers": [{"name": "a", "image": "x"}]}}));
         let f = fields_v1(&s);
