@@ -634,7 +634,11 @@ mod tests {
             {"name": "dns-tcp", "port": 53, "protocol": "TCP"}
         ]}});
         let live = apply(&json!({}), &svc, &BTreeSet::new());
-        assert_eq!(live["spec"]["ports"].as_array().map(Vec::len), Some(2), "{live}");
+        assert_eq!(
+            live["spec"]["ports"].as_array().map(Vec::len),
+            Some(2),
+            "{live}"
+        );
         let owned = field_set(&svc);
         let again = apply(&live, &svc, &owned);
         assert_eq!(again, live);
