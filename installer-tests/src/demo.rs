@@ -14,21 +14,35 @@ use anyhow::{Context, Result, bail};
 use crate::lab::{self, Lab};
 use crate::payload::{self, Sizes};
 
-/// Builds the installer and the stand-in (a no-op when they are current).
-pub fn build_binaries() -> Result<(PathBuf, PathBuf)> {
+/// Builds the installer and the stand-in (a no-op when they are current): the debug build
+/// for the demo, the release build for benchmarks (which allows the missing artifacts:
+/// the lab hands them over with `--assets`).
+pub fn build_binaries(release: bool) -> Result<(PathBuf, PathBuf)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(&cargo)
-        .args(["build", "--locked", "-p", "installer", "--bin", "installer"])
-        .args(["-p", "installer-tests", "--bin", "k3s-standin"])
-        .status()
-        .context("run cargo build")?;
+    let mut c = Command::new(&cargo);
+    c.args(["build", "--locked", "-p", "installer", "--bin", "installer"])
+        .args(["-p", "installer-tests", "--bin", "k3s-standin"]);
+    if release {
+        c.arg("--release").env("INSTALLER_ALLOW_MISSING_ASSETS", "1");
+    }
+    let st = c.status().context("run cargo build")?;
     if !st.success() {
         bail!("building the installer and the k3s stand-in failed");
     }
-    Ok((
-        payload::workspace_binary("installer")?,
-        payload::workspace_binary("k3s-standin")?,
-    ))
+    if !release {
+        return Ok((
+            payload::workspace_binary("installer")?,
+            payload::workspace_binary("k3s-standin")?,
+        ));
+    }
+    // target/<profile>/lab -> target/release/...
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("release"))
+        .context("cannot find the target directory")?;
+    Ok((target.join("installer"), target.join("k3s-standin")))
 }
 
 fn banner(text: &str) {
@@ -49,7 +63,7 @@ pub fn demo() -> Result<bool> {
     lab::require_root()?;
     let t = Instant::now();
     banner("building the installer and the k3s stand-in");
-    let (installer, standin) = build_binaries()?;
+    let (installer, standin) = build_binaries(false)?;
     banner("building the lab's base root filesystem (cached after the first time)");
     let (_, outcome, _) = Lab::build(false)?;
     eprintln!("base root filesystem: {outcome:?}");
@@ -118,7 +132,7 @@ fn run_measuring_rss(cmd: &mut Command) -> Result<(std::process::ExitStatus, u64
 /// `lab bench install`.
 pub fn bench_install() -> Result<()> {
     lab::require_root()?;
-    let (installer, standin) = build_binaries()?;
+    let (installer, standin) = build_binaries(true)?;
     Lab::build(false)?;
     let lab = fresh_lab(5)?;
     let state = lab
@@ -172,15 +186,29 @@ pub fn bench_install() -> Result<()> {
     }
 
     let answers = lab.answer_file_path();
+    let events = state.join("bench-install.jsonl");
     let mut cmd = Command::new(&installer);
-    cmd.args(["install", "--output", "plain", "-q", "-f"])
+    cmd.args(["install", "--output", "json", "-f"])
         .arg(&answers)
         .args(p.args())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(&events)?)
         .stderr(Stdio::null());
     let t = Instant::now();
     let (st, peak_kb) = run_measuring_rss(&mut cmd)?;
     let install = t.elapsed().as_secs_f64();
+    // The installer's own per-phase times.
+    let text = std::fs::read_to_string(&events).unwrap_or_default();
+    for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+        if v["event"] == "command_finished" {
+            let phases: Vec<String> = v["phases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{} {:.1}s", p[0].as_str().unwrap_or(""), p[1].as_f64().unwrap_or(0.0)))
+                .collect();
+            println!("phases: {}", phases.join(", "));
+        }
+    }
     if !st.success() {
         bail!("the install failed: see {}", state.join("installer.log").display());
     }
