@@ -23,7 +23,8 @@ pub fn build_binaries(release: bool) -> Result<(PathBuf, PathBuf)> {
     c.args(["build", "--locked", "-p", "installer", "--bin", "installer"])
         .args(["-p", "installer-tests", "--bin", "k3s-standin"]);
     if release {
-        c.arg("--release").env("INSTALLER_ALLOW_MISSING_ASSETS", "1");
+        c.arg("--release")
+            .env("INSTALLER_ALLOW_MISSING_ASSETS", "1");
     }
     let st = c.status().context("run cargo build")?;
     if !st.success() {
@@ -77,7 +78,9 @@ pub fn demo() -> Result<bool> {
         .parent()
         .map(Path::to_owned)
         .unwrap_or_default();
-    banner("preparing the payload (the k3s stand-in in the k3s binary's place, the lab's image archives)");
+    banner(
+        "preparing the payload (the k3s stand-in in the k3s binary's place, the lab's image archives)",
+    );
     let p = payload::build(&state.join("payload"), &standin, Sizes::default(), &[])?;
     let answers = lab.answer_file_path();
     banner(&format!(
@@ -102,7 +105,11 @@ pub fn demo() -> Result<bool> {
     lab.detach()?;
     eprintln!(
         "\ndemo {} in {:.0?}; the lab is still up: `LAB_ID={id} cargo run -p installer-tests --bin lab -- ssh node1`, and `... -- down` when done",
-        if installed && status.success() { "succeeded" } else { "FAILED" },
+        if installed && status.success() {
+            "succeeded"
+        } else {
+            "FAILED"
+        },
         t.elapsed()
     );
     Ok(installed && status.success())
@@ -156,7 +163,11 @@ pub fn bench_install() -> Result<()> {
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
         .sum();
-    eprintln!("payload: {} files, {:.1} MB", files.len(), total as f64 / 1e6);
+    eprintln!(
+        "payload: {} files, {:.1} MB",
+        files.len(),
+        total as f64 / 1e6
+    );
     // The stand-in starts at once, so the figure is the installer's own time.
     crate::e2e::standin_knobs(&lab, "startup-delay: 0s\nlearner-promotion-delay: 0s\n")?;
 
@@ -165,14 +176,23 @@ pub fn bench_install() -> Result<()> {
     let mut children = Vec::new();
     for n in lab.nodes() {
         let mut c = Command::new("scp");
-        c.args(["-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", lab.known_hosts_path().display()))
-            .arg("-i")
-            .arg(lab.key_path())
-            .args(&files)
-            .arg(format!("root@{}:/var/tmp/", n.addr))
-            .stdout(Stdio::null());
+        c.args([
+            "-q",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            lab.known_hosts_path().display()
+        ))
+        .arg("-i")
+        .arg(lab.key_path())
+        .args(&files)
+        .arg(format!("root@{}:/var/tmp/", n.addr))
+        .stdout(Stdio::null());
         children.push(c.spawn().context("spawn scp")?);
     }
     for mut c in children {
@@ -198,19 +218,31 @@ pub fn bench_install() -> Result<()> {
     let install = t.elapsed().as_secs_f64();
     // The installer's own per-phase times.
     let text = std::fs::read_to_string(&events).unwrap_or_default();
-    for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+    for v in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
         if v["event"] == "command_finished" {
             let phases: Vec<String> = v["phases"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|p| format!("{} {:.1}s", p[0].as_str().unwrap_or(""), p[1].as_f64().unwrap_or(0.0)))
+                .map(|p| {
+                    format!(
+                        "{} {:.1}s",
+                        p[0].as_str().unwrap_or(""),
+                        p[1].as_f64().unwrap_or(0.0)
+                    )
+                })
                 .collect();
             println!("phases: {}", phases.join(", "));
         }
     }
     if !st.success() {
-        bail!("the install failed: see {}", state.join("installer.log").display());
+        bail!(
+            "the install failed: see {}",
+            state.join("installer.log").display()
+        );
     }
     let mut cmd = Command::new(&installer);
     cmd.args(["install", "--output", "plain", "-q", "-f"])
@@ -222,7 +254,10 @@ pub fn bench_install() -> Result<()> {
     let (st, _) = run_measuring_rss(&mut cmd)?;
     let rerun = t.elapsed().as_secs_f64();
     if !st.success() {
-        bail!("the rerun failed: see {}", state.join("installer.log").display());
+        bail!(
+            "the rerun failed: see {}",
+            state.join("installer.log").display()
+        );
     }
     lab.down()?;
     println!("payload {:.0} MB to 5 hosts", total as f64 / 1e6);

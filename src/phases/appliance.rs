@@ -1,16 +1,16 @@
 //! `installer install`, part 2: on the Ready cluster of part 1, the cluster services and
 //! the application, each gated.
 //!
-//! 9. `dns`: CoreDNS on the host network behind `kube-dns`; gate: a real lookup answered
-//!    on every node.
-//! 10. `enforcer`: the slot of the host-network policy enforcer, which must be Ready on
-//!    every node before any application workload starts. It is not part of this version:
-//!    the phase is reported as skipped, with a warning when the answer file asks for it.
-//! 11. `app`: generated material (secrets, the appliance CA and certificates: created once,
-//!    reused), then server-side apply in dependency order, each workload gated on its
-//!    rollout before the next.
-//! 12. `verify`: every endpoint the application declares answers from the workstation,
-//!    checked against the appliance CA only.
+//! - `dns`: CoreDNS on the host network behind `kube-dns`; gate: a real lookup answered
+//!   on every node.
+//! - `enforcer`: the slot of the host-network policy enforcer, which must be Ready on
+//!   every node before any application workload starts. It is not part of this version:
+//!   the phase is reported as skipped, with a warning when the answer file asks for it.
+//! - `app`: generated material (secrets, the appliance CA and certificates: created once,
+//!   reused), then server-side apply in dependency order, each workload gated on its
+//!   rollout before the next.
+//! - `verify`: every endpoint the application declares answers from the workstation,
+//!   checked against the appliance CA only.
 
 use std::path::PathBuf;
 use std::sync::Arc;

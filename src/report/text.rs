@@ -148,65 +148,6 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::plan::PlanHostRow;
-
-    #[test]
-    fn plan_table() {
-        let p = PlanSummary {
-            cluster: "demo".into(),
-            answer_file: Some("answers.yaml".into()),
-            cluster_cidr: "10.42.0.0/16".into(),
-            service_cidr: "10.43.0.0/16".into(),
-            enforcer: "enforce".into(),
-            hosts: vec![
-                PlanHostRow {
-                    address: "10.0.0.11".into(),
-                    port: 22,
-                    role: "server".into(),
-                    node_name: "srv1".into(),
-                    node_ip: None,
-                    user: "root".into(),
-                    auth: "agent".into(),
-                    sudo: "none (root)".into(),
-                    bastion: None,
-                    host_key: None,
-                },
-                PlanHostRow {
-                    address: "node2.example".into(),
-                    port: 2222,
-                    role: "agent".into(),
-                    node_name: "(its hostname)".into(),
-                    node_ip: Some("10.1.0.2".into()),
-                    user: "admin".into(),
-                    auth: "password".into(),
-                    sudo: "password".into(),
-                    bastion: Some("jump@10.0.0.254:22".into()),
-                    host_key: None,
-                },
-            ],
-            app: vec![("adminPassword".into(), "***".into())],
-        };
-        insta::assert_snapshot!(plan(&p));
-    }
-
-    #[test]
-    fn summary_and_units() {
-        let s = summary(
-            "install",
-            true,
-            Duration::from_secs_f64(125.2),
-            &[("preflight".into(), 1.23), ("upload".into(), 64.0)],
-        );
-        insta::assert_snapshot!(s);
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
-        assert_eq!(secs(Duration::from_millis(1250)), "1.2s");
-    }
-}
-
 /// `installer status`: hosts, nodes, workloads, endpoints, then the verdict.
 pub fn status(s: &crate::report::status::StatusSummary) -> String {
     let mut out = String::new();
@@ -305,4 +246,63 @@ pub fn status(s: &crate::report::status::StatusSummary) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::plan::PlanHostRow;
+
+    #[test]
+    fn plan_table() {
+        let p = PlanSummary {
+            cluster: "demo".into(),
+            answer_file: Some("answers.yaml".into()),
+            cluster_cidr: "10.42.0.0/16".into(),
+            service_cidr: "10.43.0.0/16".into(),
+            enforcer: "enforce".into(),
+            hosts: vec![
+                PlanHostRow {
+                    address: "10.0.0.11".into(),
+                    port: 22,
+                    role: "server".into(),
+                    node_name: "srv1".into(),
+                    node_ip: None,
+                    user: "root".into(),
+                    auth: "agent".into(),
+                    sudo: "none (root)".into(),
+                    bastion: None,
+                    host_key: None,
+                },
+                PlanHostRow {
+                    address: "node2.example".into(),
+                    port: 2222,
+                    role: "agent".into(),
+                    node_name: "(its hostname)".into(),
+                    node_ip: Some("10.1.0.2".into()),
+                    user: "admin".into(),
+                    auth: "password".into(),
+                    sudo: "password".into(),
+                    bastion: Some("jump@10.0.0.254:22".into()),
+                    host_key: None,
+                },
+            ],
+            app: vec![("adminPassword".into(), "***".into())],
+        };
+        insta::assert_snapshot!(plan(&p));
+    }
+
+    #[test]
+    fn summary_and_units() {
+        let s = summary(
+            "install",
+            true,
+            Duration::from_secs_f64(125.2),
+            &[("preflight".into(), 1.23), ("upload".into(), 64.0)],
+        );
+        insta::assert_snapshot!(s);
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(secs(Duration::from_millis(1250)), "1.2s");
+    }
 }
