@@ -4,7 +4,7 @@
 //! path (config, units, tokens, joins, readiness, workloads) must run end to end. The stand-in
 //! behaves like k3s wherever the installer can see it, and fails the way k3s fails, so the
 //! installer's mistakes show up in the lab rather than at a customer. Each behaviour cites the k3s
-//! source file (release-1.36) or document it is modelled on; `docs/k3s-standin.md` lists what is
+//! source file (release-1.36) or document it is modelled on; `docs/testing.md` ("The k3s stand-in") lists what is
 //! modelled and what is not. It is never embedded in a release build of the installer.
 
 pub mod agent;

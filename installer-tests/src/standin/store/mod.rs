@@ -9,7 +9,7 @@
 //! change through a broadcast channel; a bounded history lets a watch resume from a recent
 //! resourceVersion, and an older one gets `410 Expired`, as from etcd after compaction.
 //!
-//! What differs from etcd is listed in `docs/k3s-standin.md`: a single copy (no quorum, no
+//! What differs from etcd is listed in `docs/testing.md` ("The k3s stand-in"): a single copy (no quorum, no
 //! replication: if the first server is down, the API is down), resourceVersions are one counter
 //! for all types, no compaction other than the bounded watch history.
 
