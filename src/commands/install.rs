@@ -132,8 +132,11 @@ pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result
                     service_cidr: plan.network.service_cidr,
                     enforcer: plan.enforcer,
                     answer_file: plan.answer_file.clone(),
-                    timeouts: crate::app::DeployTimeouts::default(),
-                    dns_timeout: std::time::Duration::from_secs(300),
+                    timeouts: crate::app::DeployTimeouts {
+                        per_workload: plan.rollout_timeout,
+                        ..Default::default()
+                    },
+                    dns_timeout: plan.rollout_timeout,
                 };
                 appliance::run(&mut runner, &aspec, cluster, &installed.nodes)
                     .await

@@ -161,6 +161,10 @@ pub fn install_spec(plan: &Plan, dry_run: bool, preflight_only: bool) -> Install
         preflight_only,
         concurrency: 5,
         kubeconfig_out: kubeconfig_path(plan),
-        timeouts: Timeouts::default(),
+        timeouts: Timeouts {
+            server: plan.node_timeout,
+            agent: plan.node_timeout,
+            ..Timeouts::default()
+        },
     }
 }

@@ -894,6 +894,9 @@ impl<'a> Validator<'a> {
         }
 
         let network = self.network(a, &host_ips);
+        let tp = Path::parse("spec.timeouts");
+        let node_timeout = self.duration(&tp.key("node"), a.spec.timeouts.node.as_ref());
+        let rollout_timeout = self.duration(&tp.key("rollout"), a.spec.timeouts.rollout.as_ref());
         let enforcer = a.spec.enforcer.mode.unwrap_or_default();
         let app = self.app_values(a);
 
@@ -910,10 +913,39 @@ impl<'a> Validator<'a> {
                 network: network?,
                 enforcer,
                 allow_cgroup_v1: a.spec.k3s.allow_cgroup_v1.unwrap_or(false),
+                node_timeout: node_timeout?,
+                rollout_timeout: rollout_timeout?,
                 app: app?,
             })
         } else {
             None
+        }
+    }
+
+    /// A duration such as `90s` or `5m`, at least 10 s; the default when not given.
+    fn duration(&mut self, path: &Path, raw: Option<&String>) -> Option<std::time::Duration> {
+        let Some(raw) = raw else {
+            return Some(super::plan::DEFAULT_TIMEOUT);
+        };
+        let text = self.string(path, raw)?;
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d >= std::time::Duration::from_secs(10) => Some(d),
+            Ok(_) => {
+                self.error(
+                    path,
+                    Problem::new(format!("`{text}` is too short"))
+                        .hint("at least 10s; the default is 5m"),
+                );
+                None
+            }
+            Err(_) => {
+                self.error(
+                    path,
+                    Problem::new(format!("`{text}` is not a duration"))
+                        .hint("write it as 90s, 5m or 1h"),
+                );
+                None
+            }
         }
     }
 

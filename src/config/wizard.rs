@@ -278,6 +278,7 @@ pub fn run(
             network,
             enforcer: raw::Enforcer::default(),
             k3s: raw::K3s::default(),
+            timeouts: raw::Timeouts::default(),
             app: raw::App { values },
         },
     };
@@ -562,6 +563,7 @@ mod tests {
                 network: raw::Network::default(),
                 enforcer: raw::Enforcer::default(),
                 k3s: raw::K3s::default(),
+                timeouts: raw::Timeouts::default(),
                 app: raw::App {
                     values: [("gatewayPort".to_string(), serde_json::Value::from(9443))]
                         .into_iter()

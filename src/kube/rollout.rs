@@ -881,8 +881,45 @@ pub async fn pods_and_events(
     Ok((pods, events))
 }
 
+/// How long every not-ready pod must have been stuck on something waiting cannot fix
+/// before a gate gives up early (an image missing on the node, a pod the scheduler cannot
+/// place): long enough for a slow node to catch up, far shorter than the timeout.
+pub const HOPELESS_GRACE: Duration = Duration::from_secs(20);
+
+/// Whether a pod is stuck on something that waiting cannot fix: an image that is not on
+/// the node and may not be pulled (`ErrImageNeverPull`), an invalid image name, a container
+/// that cannot be configured, or a pod the scheduler cannot place (`Unschedulable`).
+pub fn hopeless(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    let unschedulable = status.conditions.iter().flatten().any(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    });
+    if unschedulable {
+        return true;
+    }
+    let waiting: Vec<&str> = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter(|c| !c.ready)
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
+        .collect();
+    !waiting.is_empty()
+        && waiting.iter().all(|r| {
+            matches!(
+                *r,
+                "ErrImageNeverPull" | "InvalidImageName" | "CreateContainerConfigError"
+            )
+        })
+}
+
 /// Gates each workload in turn on its rollout, `timeout` each, looking every `interval`.
-/// Reports progress as it goes; on a timeout returns the [`diagnose`]d reason.
+/// Reports progress as it goes; on a timeout, or as soon as every pod that is not ready has
+/// been [`hopeless`] for [`HOPELESS_GRACE`], returns the [`diagnose`]d reason.
 pub async fn gate(
     cluster: &Cluster,
     workloads: &[WorkloadId],
@@ -895,15 +932,42 @@ pub async fn gate(
         let started = std::time::Instant::now();
         let last: std::sync::Mutex<Option<RolloutState>> = std::sync::Mutex::new(None);
         let api_error: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+        let hopeless_since: std::sync::Mutex<Option<std::time::Instant>> =
+            std::sync::Mutex::new(None);
         let result = wait::until(&format!("{id} to roll out"), timeout, interval, || {
             let id = id.clone();
             let last = &last;
             let api_error = &api_error;
+            let hopeless_since = &hopeless_since;
             async move {
                 match state(cluster, &id).await {
-                    Ok(s) if s.is_done() => Probe::Done(s),
+                    Ok(s) if s.is_done() => Probe::Done(Ok(s)),
                     Ok(s) => {
                         let summary = s.summary();
+                        // Give up early when nothing can get better by waiting.
+                        let stuck = match pods_and_events(cluster, &s).await {
+                            Ok((pods, _)) => {
+                                let unready: Vec<&Pod> =
+                                    pods.iter().filter(|p| !is_ready(p)).collect();
+                                !unready.is_empty() && unready.iter().all(|p| hopeless(p))
+                            }
+                            Err(_) => false,
+                        };
+                        let give_up = match hopeless_since.lock() {
+                            Ok(mut since) => {
+                                if stuck {
+                                    let t = *since.get_or_insert_with(std::time::Instant::now);
+                                    t.elapsed() >= HOPELESS_GRACE
+                                } else {
+                                    *since = None;
+                                    false
+                                }
+                            }
+                            Err(_) => false,
+                        };
+                        if give_up {
+                            return Probe::Done(Err(s));
+                        }
                         if let Ok(mut l) = last.lock() {
                             *l = Some(s);
                         }
@@ -919,15 +983,21 @@ pub async fn gate(
             }
         })
         .await;
-        match result {
-            Ok(s) => {
+        let stuck = match result {
+            Ok(Ok(s)) => {
                 reporter.info(None, format!("{id} is rolled out: {}", s.summary()));
                 done.push(s);
+                continue;
             }
-            Err(_timeout) => {
+            Ok(Err(s)) => Some(s),
+            Err(_timeout) => None,
+        };
+        let s = match stuck {
+            Some(s) => s,
+            None => {
                 let last = last.lock().ok().and_then(|mut l| l.take());
                 let api_error = api_error.lock().ok().and_then(|mut a| a.take());
-                let s = match last {
+                match last {
                     Some(s) => s,
                     None => match api_error {
                         Some(e) => {
@@ -940,18 +1010,18 @@ pub async fn gate(
                         }
                         None => RolloutState::empty(id.clone()),
                     },
-                };
-                let (pods, events) = pods_and_events(cluster, &s).await?;
-                let now = Timestamp::now();
-                return Err(GateError::Rollout(Box::new(diagnose(
-                    &s,
-                    &pods,
-                    &events,
-                    now,
-                    started.elapsed(),
-                ))));
+                }
             }
-        }
+        };
+        let (pods, events) = pods_and_events(cluster, &s).await?;
+        let now = Timestamp::now();
+        return Err(GateError::Rollout(Box::new(diagnose(
+            &s,
+            &pods,
+            &events,
+            now,
+            started.elapsed(),
+        ))));
     }
     Ok(done)
 }

@@ -555,3 +555,34 @@ fn a_port_held_by_another_process_is_named_from_the_termination_message() {
     let e = diagnose(&state, &pods, &[], now(), WAITED);
     insta::assert_snapshot!("port_held_by_a_process", e.to_string());
 }
+
+fn pod_json(v: serde_json::Value) -> Pod {
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn hopeless_pods_are_those_waiting_cannot_fix() {
+    let waiting = |reason: &str| {
+        pod_json(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": reason}}}]}
+        }))
+    };
+    assert!(hopeless(&waiting("ErrImageNeverPull")));
+    assert!(hopeless(&waiting("InvalidImageName")));
+    // A pull back-off may end when a registry comes back; a crash loop may end when a
+    // dependency starts: both are waited for until the timeout.
+    assert!(!hopeless(&waiting("ImagePullBackOff")));
+    assert!(!hopeless(&waiting("CrashLoopBackOff")));
+    assert!(!hopeless(&waiting("ContainerCreating")));
+    let unschedulable = pod_json(serde_json::json!({
+        "metadata": {"name": "p"},
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/3 nodes are available: 3 node(s) didn't have free ports for the requested pod ports."}]}
+    }));
+    assert!(hopeless(&unschedulable));
+    assert!(!hopeless(&pod_json(
+        serde_json::json!({"metadata": {"name": "p"}})
+    )));
+}
