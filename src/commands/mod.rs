@@ -202,6 +202,46 @@ fn with_output(
     }
 }
 
+/// Renders the application's templates for the plan's hosts (with stand-in addresses where
+/// the answer file gives names), so that a values combination the templates refuse (two
+/// workloads on one port, say) is bad input, reported before any host is contacted.
+fn check_app(plan: &Plan) -> Result<(), Error> {
+    use crate::config::plan::Role;
+    let nodes: Vec<(String, std::net::IpAddr, bool)> = plan
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let ip = h
+                .node_ip
+                .or_else(|| h.ssh.address.parse().ok())
+                // TEST-NET-1 (RFC 5737): only a placeholder for rendering, never contacted.
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10 + i as u8)));
+            let name = h.node_name.clone().unwrap_or_else(|| format!("host{}", i + 1));
+            (name, ip, h.role == Role::Server)
+        })
+        .collect();
+    crate::phases::appliance::host_ports(
+        &crate::app::Values::from(&plan.app),
+        plan.network.service_cidr,
+        &nodes,
+    )
+    .map(|_| ())
+    .map_err(|e| {
+        let hint = e.hint();
+        Error::usage(
+            format!(
+                "{}: the application cannot be rendered with these values: {e}",
+                plan.answer_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            hint,
+        )
+    })
+}
+
 /// Loads and validates the answer file; warnings are shown, problems end the run (exit 2).
 fn load(out: &Output, file: &Path, overlay: Option<&MapEnv<'_>>) -> Result<Plan, Error> {
     let decl = Declaration::embedded().map_err(|e| Error::failed(e, None))?;
@@ -219,6 +259,7 @@ fn load(out: &Output, file: &Path, overlay: Option<&MapEnv<'_>>) -> Result<Plan,
     for w in loaded.warnings.warnings() {
         out.reporter.warn(None, w.render(&loaded.warnings.file));
     }
+    check_app(&loaded.plan)?;
     Ok(loaded.plan)
 }
 
