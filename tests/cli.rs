@@ -370,7 +370,10 @@ fn values_the_application_templates_refuse_are_bad_input() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
-    assert!(e.contains("port 8090/TCP is also used by Deployment appliance/api"), "{e}");
+    assert!(
+        e.contains("port 8090/TCP is also used by Deployment appliance/api"),
+        "{e}"
+    );
     assert!(e.contains("Deployment appliance/worker"), "{e}");
     assert!(e.contains("hint: "), "{e}");
 }

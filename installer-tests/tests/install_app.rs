@@ -39,7 +39,11 @@ fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_onl
     assert_eq!(verify["detail"], "3 endpoints answering", "{}", run.all());
     // The appliance CA is beside the answer file, for the admin.
     let ca = answers.parent().unwrap().join("appliance-ca.crt");
-    assert!(std::fs::read_to_string(&ca).unwrap().contains("BEGIN CERTIFICATE"));
+    assert!(
+        std::fs::read_to_string(&ca)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
 
     // `installer status`: healthy, every workload ready, every endpoint answering.
     let (code, st) = status(&env, &lab);
@@ -50,12 +54,21 @@ fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_onl
     for w in workloads {
         assert_eq!(w["ready"], w["desired"], "{w}");
     }
-    assert!(st["endpoints"].as_array().unwrap().iter().all(|e| e["ok"] == true), "{st:#}");
+    assert!(
+        st["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["ok"] == true),
+        "{st:#}"
+    );
     assert_eq!(st["nodes"].as_array().unwrap().len(), 3);
 
     // A changed value in the answer file rolls out only the workload that uses it.
     let more = env
-        .answers_variant(&lab, "more-api", |t| format!("{t}  app:\n    values:\n      apiReplicas: 3\n"))
+        .answers_variant(&lab, "more-api", |t| {
+            format!("{t}  app:\n    values:\n      apiReplicas: 3\n")
+        })
         .unwrap();
     let run = env.run(&more, &["install"]).unwrap();
     assert!(run.ok(), "{}", run.all());
@@ -63,7 +76,12 @@ fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_onl
         .into_iter()
         .filter(|m| m.ends_with(": updated") || m.ends_with(": created"))
         .collect();
-    assert_eq!(updated, vec!["Deployment appliance/api: updated".to_string()], "{}", run.all());
+    assert_eq!(
+        updated,
+        vec!["Deployment appliance/api: updated".to_string()],
+        "{}",
+        run.all()
+    );
     let changed: Vec<String> = run
         .changes()
         .iter()
@@ -81,7 +99,11 @@ fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_onl
         .find(|w| w["workload"] == "Deployment appliance/api")
         .cloned()
         .unwrap();
-    assert_eq!((api["ready"].as_u64(), api["desired"].as_u64()), (Some(3), Some(3)), "{st:#}");
+    assert_eq!(
+        (api["ready"].as_u64(), api["desired"].as_u64()),
+        (Some(3), Some(3)),
+        "{st:#}"
+    );
 
     // A stopped node makes status unhealthy, exit 1, with the node named.
     lab.stop_node(&lab.nodes()[2]).unwrap();
@@ -89,7 +111,10 @@ fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_onl
     assert_eq!(code, 1, "{st:#}");
     assert_eq!(st["healthy"], false);
     let problems = st["problems"].to_string();
-    assert!(problems.contains(&lab.nodes()[2].addr.to_string()), "{problems}");
+    assert!(
+        problems.contains(&lab.nodes()[2].addr.to_string()),
+        "{problems}"
+    );
 }
 
 #[test]
@@ -112,10 +137,17 @@ fn a_missing_image_archive_stops_the_install_at_the_workloads_gate_naming_node_a
         assert!(f.contains(want), "no {want:?} in\n{f}");
     }
     // It stopped early: the image cannot appear by waiting.
-    let app_time = run.of("phase_finished").into_iter().find(|p| p["phase"] == "app").unwrap()["elapsed"]
+    let app_time = run
+        .of("phase_finished")
+        .into_iter()
+        .find(|p| p["phase"] == "app")
+        .unwrap()["elapsed"]
         .as_f64()
         .unwrap();
-    assert!(app_time < 120.0, "the gate waited {app_time} s for a hopeless rollout");
+    assert!(
+        app_time < 120.0,
+        "the gate waited {app_time} s for a hopeless rollout"
+    );
 }
 
 #[test]
@@ -124,7 +156,9 @@ fn a_probe_that_never_succeeds_stops_the_install_at_its_workloads_gate() {
     let env = Env::new().unwrap();
     e2e::standin_knobs(&lab, "unhealthy-containers: [api]\n").unwrap();
     let short = env
-        .answers_variant(&lab, "short", |t| format!("{t}  timeouts:\n    rollout: 30s\n"))
+        .answers_variant(&lab, "short", |t| {
+            format!("{t}  timeouts:\n    rollout: 30s\n")
+        })
         .unwrap();
     let run = env.run(&short, &["install"]).unwrap();
     assert_eq!(run.code, 1, "{}", run.all());
@@ -139,6 +173,15 @@ fn a_probe_that_never_succeeds_stops_the_install_at_its_workloads_gate() {
     }
     // The store, before the API in the order, was deployed; the gateway, after it, was not.
     let msgs = messages(&run);
-    assert!(msgs.iter().any(|m| m.starts_with("StatefulSet appliance/store is rolled out")), "{msgs:#?}");
-    assert!(!msgs.iter().any(|m| m.starts_with("DaemonSet appliance/gateway")), "{msgs:#?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("StatefulSet appliance/store is rolled out")),
+        "{msgs:#?}"
+    );
+    assert!(
+        !msgs
+            .iter()
+            .any(|m| m.starts_with("DaemonSet appliance/gateway")),
+        "{msgs:#?}"
+    );
 }

@@ -642,7 +642,7 @@ impl Default for DeployTimeouts {
     fn default() -> Self {
         DeployTimeouts {
             per_workload: Duration::from_secs(300),
-            interval: Duration::from_secs(2),
+            interval: Duration::from_millis(500),
         }
     }
 }

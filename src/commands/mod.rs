@@ -216,8 +216,16 @@ fn check_app(plan: &Plan) -> Result<(), Error> {
                 .node_ip
                 .or_else(|| h.ssh.address.parse().ok())
                 // TEST-NET-1 (RFC 5737): only a placeholder for rendering, never contacted.
-                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 10 + i as u8)));
-            let name = h.node_name.clone().unwrap_or_else(|| format!("host{}", i + 1));
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                    192,
+                    0,
+                    2,
+                    10 + i as u8,
+                )));
+            let name = h
+                .node_name
+                .clone()
+                .unwrap_or_else(|| format!("host{}", i + 1));
             (name, ip, h.role == Role::Server)
         })
         .collect();

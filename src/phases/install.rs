@@ -62,7 +62,7 @@ impl Default for Timeouts {
         Timeouts {
             server: Duration::from_secs(300),
             agent: Duration::from_secs(180),
-            poll: Duration::from_millis(500),
+            poll: Duration::from_millis(250),
         }
     }
 }

@@ -111,8 +111,14 @@ impl Faults {
                 "unhealthy-containers" => {
                     f.unhealthy_containers = v
                         .as_array()
-                        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
-                        .ok_or_else(|| format!("faults file: {k} must be a list of container names"))?
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .ok_or_else(|| {
+                            format!("faults file: {k} must be a list of container names")
+                        })?
                 }
                 other => return Err(format!("faults file: unknown key {other:?}")),
             }

@@ -593,7 +593,14 @@ impl Kubelet {
     async fn probe_ok(&self, container: &Value, probe: &Value) -> Result<(), String> {
         // A test made this container's application unhealthy (faults file).
         let name = container["name"].as_str().unwrap_or("");
-        if self.setup.faults.get().unhealthy_containers.iter().any(|c| c == name) {
+        if self
+            .setup
+            .faults
+            .get()
+            .unhealthy_containers
+            .iter()
+            .any(|c| c == name)
+        {
             return Err("HTTP probe failed with statuscode: 503".into());
         }
         if let Some(hg) = probe.get("httpGet") {
