@@ -76,7 +76,7 @@ pub async fn run(
                 &remotes,
                 &check,
                 spec.dns_timeout,
-                Duration::from_secs(1),
+                Duration::from_millis(500),
                 &reporter,
             )
             .await
