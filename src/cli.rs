@@ -83,6 +83,8 @@ pub enum Command {
     Install(InstallArgs),
     /// Run only the checks: connect to every host and report what would stop an install
     Preflight(PreflightArgs),
+    /// Show the cluster's health: hosts, nodes, workloads, endpoints, the last run
+    Status(StatusArgs),
     /// Check an answer file and print the plan, without connecting to any host
     Validate(ValidateArgs),
     /// Print the answer file's JSON Schema
@@ -139,6 +141,17 @@ pub struct InstallArgs {
 
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+/// `installer status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub answers: AnswerFileArg,
+
+    /// Trust and record host keys not yet in known_hosts nor pinned in the answer file
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
 }
 
 /// `installer validate`.

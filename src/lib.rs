@@ -5,6 +5,7 @@
 //! [`phases`] run by one runner against [`host`]s (SSH) and the cluster ([`kube`]) ->
 //! [`report`] events -> a renderer (terminal, plain, json) and the redacted log file.
 
+pub mod app;
 pub mod assets;
 pub mod cli;
 pub mod commands;

@@ -349,3 +349,31 @@ fn docs_list_the_application_values_of_the_declaration() {
         "docs/answer-file.md lists other application values than templates/app/values.yaml; run\n  UPDATE_DOCS=1 cargo test -p installer --test cli docs"
     );
 }
+
+#[test]
+fn values_the_application_templates_refuse_are_bad_input() {
+    // apiPort on the port the worker's template fixes for its health endpoint: the answer
+    // file alone is valid, the rendered application is not. Exit 2, before any host.
+    let home = tempfile::tempdir().unwrap();
+    let answers = home.path().join("clash.yaml");
+    std::fs::write(
+        &answers,
+        "apiVersion: installer.dev/v1\nkind: Cluster\nmetadata: {name: demo}\nspec:\n  ssh: {user: root}\n  hosts: [{address: 10.0.0.1}, {address: 10.0.0.2}, {address: 10.0.0.3}]\n  app:\n    values:\n      apiPort: 8090\n",
+    )
+    .unwrap();
+    let o = installer(home.path())
+        .args(["install", "-f"])
+        .arg(&answers)
+        .arg("--log-file")
+        .arg(home.path().join("log"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("port 8090/TCP is also used by Deployment appliance/api"),
+        "{e}"
+    );
+    assert!(e.contains("Deployment appliance/worker"), "{e}");
+    assert!(e.contains("hint: "), "{e}");
+}

@@ -32,13 +32,36 @@ impl Run {
         self.events.iter().filter(|e| e["event"] == kind).collect()
     }
 
-    /// `host_done` events that changed something (the cluster gate always "changes":
-    /// it rewrites the local kubeconfig).
+    /// `host_done` events that changed something.
     pub fn changes(&self) -> Vec<&serde_json::Value> {
         self.of("host_done")
             .into_iter()
-            .filter(|e| e["outcome"] == "changed" && e["phase"] != "cluster")
+            .filter(|e| e["outcome"] == "changed")
             .collect()
+    }
+
+    /// The failures as a person reads them: `host: error` and `hint: ...` lines from the
+    /// `host_failed` events, then the final error's message and hint.
+    pub fn failures(&self) -> String {
+        let mut out = String::new();
+        for e in self.of("host_failed") {
+            out.push_str(&format!(
+                "{}: {}\n",
+                e["host"].as_str().unwrap_or(""),
+                e["error"].as_str().unwrap_or("")
+            ));
+            if let Some(h) = e["hint"].as_str() {
+                out.push_str(&format!("  hint: {h}\n"));
+            }
+        }
+        for e in self.of("error") {
+            out.push_str(e["message"].as_str().unwrap_or(""));
+            out.push('\n');
+            if let Some(h) = e["hint"].as_str() {
+                out.push_str(&format!("hint: {h}\n"));
+            }
+        }
+        out
     }
 
     /// Bytes reported as uploaded.
@@ -85,10 +108,16 @@ impl Env {
 
     /// Runs `installer <args> -f answers` to the end.
     pub fn run(&self, answers: &Path, args: &[&str]) -> Result<Run> {
-        let out = self
-            .command(answers, args)?
-            .output()
-            .context("run the installer")?;
+        self.run_with_env(answers, args, &[])
+    }
+
+    /// Like [`Env::run`], with extra environment variables.
+    pub fn run_with_env(&self, answers: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Run> {
+        let mut cmd = self.command(answers, args)?;
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().context("run the installer")?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         Ok(Run {
             code: out.status.code().unwrap_or(-1),

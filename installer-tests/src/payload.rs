@@ -16,7 +16,8 @@ use crate::images::{ArchiveOptions, write_archive};
 /// other images of that archive belong to components the installer disables.
 pub const K3S_AIRGAP_IMAGES: &[&str] = &[
     "docker.io/rancher/mirrored-pause:3.6",
-    "docker.io/rancher/mirrored-coredns-coredns:1.13.1",
+    // The CoreDNS the installer deploys (templates/cluster/cluster.yaml; k3s v1.36 ships 1.14.4).
+    "docker.io/rancher/mirrored-coredns-coredns:1.14.4",
     "docker.io/rancher/local-path-provisioner:v0.0.32",
     "docker.io/rancher/mirrored-metrics-server:v0.8.0",
     "docker.io/rancher/mirrored-library-busybox:1.37.0",

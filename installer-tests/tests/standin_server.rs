@@ -1,5 +1,6 @@
 //! A single stand-in server on loopback: the files k3s writes, the supervisor endpoints, the
 //! Kubernetes API as kube-rs sees it, readiness, and node readiness gated on the CNI config.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod standin_util;
 
@@ -231,4 +232,106 @@ async fn node_is_not_ready_until_a_cni_config_exists() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_subset_and_the_staged_data_dir() {
+    let n = first_server("srv1", "");
+    let client = client(&n).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_for("node registered", Duration::from_secs(20), || {
+        let nodes = nodes.clone();
+        async move { nodes.get_opt("srv1").await.ok().flatten() }
+    })
+    .await;
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .env(installer_tests::standin::paths::ROOT_ENV, n.root.path())
+            .arg("kubectl")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = kubectl(&["get", "nodes"]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = s.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        (row[0], row[1], row[2], row[4]),
+        ("srv1", "NotReady", "control-plane,etcd", "v1.36.2+k3s1")
+    );
+    let out = kubectl(&["get", "--raw", "/readyz?verbose"]);
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("readyz check passed\n"));
+    let out = kubectl(&["get", "namespaces", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "List");
+    assert!(
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["kind"] == "Namespace")
+    );
+    let out = kubectl(&["get", "pods", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "Error from server (NotFound): pods \"nope\" not found"
+    );
+    // data/cni holds the plugin links the installer points /opt/cni/bin at.
+    for p in ["bridge", "host-local", "loopback", "portmap"] {
+        let l = n.path(&format!("/var/lib/rancher/k3s/data/cni/{p}"));
+        let target = std::fs::read_link(&l).unwrap();
+        assert!(target.ends_with("bin/cni"), "{target:?}");
+        assert!(l.exists(), "{p} resolves");
+    }
+    assert!(
+        std::fs::symlink_metadata(n.path("/var/lib/rancher/k3s/data/current"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_namespace_deletes_its_contents_first() {
+    let n = first_server("srv1", "");
+    let client = client(&n).await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}),
+    )
+    .unwrap();
+    nss.create(&PostParams::default(), &ns).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
+    // The namespace controller gives every namespace its root CA ConfigMap.
+    wait_for("kube-root-ca.crt", Duration::from_secs(10), || {
+        let cms = cms.clone();
+        async move { cms.get_opt("kube-root-ca.crt").await.ok().flatten() }
+    })
+    .await;
+    nss.delete("app", &DeleteParams::default()).await.unwrap();
+    wait_for("namespace gone", Duration::from_secs(20), || {
+        let nss = nss.clone();
+        async move {
+            nss.get_opt("app")
+                .await
+                .ok()
+                .filter(Option::is_none)
+                .map(|_| ())
+        }
+    })
+    .await;
+    let err = cms.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})).unwrap()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("namespaces \"app\" not found"),
+        "{err}"
+    );
 }

@@ -1,4 +1,5 @@
 //! Shared helpers for the stand-in's integration tests (included with `mod standin_util;`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -33,6 +34,19 @@ pub async fn client(node: &LocalNode) -> kube::Client {
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .expect("kubeconfig usable");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+/// Like [`client`], without kube-rs's default retries of 429/503/504 (to see such answers).
+pub async fn client_no_retry(node: &LocalNode) -> kube::Client {
+    let text = node
+        .read("/etc/rancher/k3s/k3s.yaml")
+        .expect("k3s.yaml written");
+    let kc = kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kubeconfig usable");
+    cfg.default_retry = false;
     kube::Client::try_from(cfg).expect("client")
 }
 

@@ -12,6 +12,7 @@ use crate::cli::{ConnectArgs, InstallArgs};
 use crate::commands::session::{self, SshConnector};
 use crate::config::Plan;
 use crate::error::Error;
+use crate::phases::appliance::{self, ApplianceSpec};
 use crate::phases::install::{self, InstallError};
 use crate::phases::{Journal, Runner};
 use crate::report::{Event, Reporter};
@@ -56,6 +57,10 @@ pub const PHASES: &[&str] = &[
     "join-servers",
     "join-agents",
     "cluster",
+    "dns",
+    "enforcer",
+    "app",
+    "verify",
 ];
 
 /// Opens the asset store (hashing `--assets` files happens later, per artifact).
@@ -119,15 +124,58 @@ pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result
     let hosts: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
     runner.start(PHASES, &hosts);
     let result = install::run(&mut runner, &spec, &connector, &store).await;
+    let result = match result {
+        Ok(installed) => match (&installed.cluster, opts.dry_run) {
+            (Some(cluster), false) => {
+                let aspec = ApplianceSpec {
+                    values: crate::app::Values::from(&plan.app),
+                    service_cidr: plan.network.service_cidr,
+                    enforcer: plan.enforcer,
+                    answer_file: plan.answer_file.clone(),
+                    timeouts: crate::app::DeployTimeouts {
+                        per_workload: plan.rollout_timeout,
+                        ..Default::default()
+                    },
+                    dns_timeout: plan.rollout_timeout,
+                };
+                appliance::run(&mut runner, &aspec, cluster, &installed.nodes)
+                    .await
+                    .map(|d| (installed, Some(d)))
+            }
+            _ => Ok((installed, None)),
+        },
+        Err(e) => Err(e),
+    };
     runner.finish(result.is_ok());
-    let installed = result.map_err(pipeline_error)?;
+    let (installed, deployed) = result.map_err(pipeline_error)?;
     if opts.dry_run {
         reporter.info(None, "dry run: nothing was changed on any host");
-    } else if let Some(k) = &installed.kubeconfig {
-        reporter.info(
-            None,
-            format!("the cluster is Ready; admin kubeconfig: {}", k.display()),
-        );
+        return Ok(());
     }
+    let mut lines = vec!["the cluster and the application are Ready".to_string()];
+    if let Some(d) = &deployed {
+        for e in &d.endpoints {
+            lines.push(format!(
+                "  {} on {}: {}",
+                e.endpoint.name, e.endpoint.node, e.endpoint.url
+            ));
+        }
+        if let Some(ca) = &d.ca_file {
+            lines.push(format!("  appliance CA certificate: {}", ca.display()));
+        }
+        for (name, _) in &d.shown_once {
+            lines.push(format!(
+                "  {name} was generated: read it with `kubectl get secret` in the application's namespace, or set it in the answer file"
+            ));
+        }
+    }
+    if let Some(k) = &installed.kubeconfig {
+        lines.push(format!("  admin kubeconfig: {}", k.display()));
+    }
+    lines.push(format!(
+        "  state and journal: {}",
+        session::state_dir(&plan).display()
+    ));
+    reporter.info(None, lines.join("\n"));
     Ok(())
 }

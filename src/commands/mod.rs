@@ -5,11 +5,13 @@
 //! happens), runs the command on a Tokio runtime with Ctrl-C mapped to exit 130, and shows
 //! the error, if any, once.
 
+pub mod appliance;
 pub mod completions;
 pub mod install;
 pub mod preflight;
 pub mod schema;
 pub mod session;
+pub mod status;
 pub mod version;
 
 use crate::cli::{Cli, Command, GlobalArgs};
@@ -50,6 +52,16 @@ pub fn dispatch(cli: Cli) -> i32 {
                 let plan = load(out, &file, None)?;
                 let opts = install::InstallOptions::from_args(&args);
                 block_on(install::run(plan, opts, out.reporter.clone()))
+            })
+        }
+        Some(Command::Status(args)) => {
+            let file = args.answers.file.clone();
+            with_output(g, settings, Some(&file), |out| {
+                let plan = load(out, &file, None)?;
+                let opts = status::StatusOptions {
+                    accept_new_host_keys: args.accept_new_host_keys,
+                };
+                block_on(status::run(plan, opts, out.reporter.clone()))
             })
         }
         Some(Command::Validate(args)) => {
@@ -190,6 +202,54 @@ fn with_output(
     }
 }
 
+/// Renders the application's templates for the plan's hosts (with stand-in addresses where
+/// the answer file gives names), so that a values combination the templates refuse (two
+/// workloads on one port, say) is bad input, reported before any host is contacted.
+fn check_app(plan: &Plan) -> Result<(), Error> {
+    use crate::config::plan::Role;
+    let nodes: Vec<(String, std::net::IpAddr, bool)> = plan
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let ip = h
+                .node_ip
+                .or_else(|| h.ssh.address.parse().ok())
+                // TEST-NET-1 (RFC 5737): only a placeholder for rendering, never contacted.
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                    192,
+                    0,
+                    2,
+                    10 + i as u8,
+                )));
+            let name = h
+                .node_name
+                .clone()
+                .unwrap_or_else(|| format!("host{}", i + 1));
+            (name, ip, h.role == Role::Server)
+        })
+        .collect();
+    crate::phases::appliance::host_ports(
+        &crate::app::Values::from(&plan.app),
+        plan.network.service_cidr,
+        &nodes,
+    )
+    .map(|_| ())
+    .map_err(|e| {
+        let hint = e.hint();
+        Error::usage(
+            format!(
+                "{}: the application cannot be rendered with these values: {e}",
+                plan.answer_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            hint,
+        )
+    })
+}
+
 /// Loads and validates the answer file; warnings are shown, problems end the run (exit 2).
 fn load(out: &Output, file: &Path, overlay: Option<&MapEnv<'_>>) -> Result<Plan, Error> {
     let decl = Declaration::embedded().map_err(|e| Error::failed(e, None))?;
@@ -207,6 +267,7 @@ fn load(out: &Output, file: &Path, overlay: Option<&MapEnv<'_>>) -> Result<Plan,
     for w in loaded.warnings.warnings() {
         out.reporter.warn(None, w.render(&loaded.warnings.file));
     }
+    check_app(&loaded.plan)?;
     Ok(loaded.plan)
 }
 

@@ -154,12 +154,17 @@ pub fn install_spec(plan: &Plan, dry_run: bool, preflight_only: bool) -> Install
             leave_firewall: plan.network.host_firewall == HostFirewall::Leave,
         },
         app_ports: plan.app_ports(),
+        app_values: Some(crate::app::Values::from(&plan.app)),
         app_cpus: 0,
         app_mem_bytes: 0,
         dry_run,
         preflight_only,
         concurrency: 5,
         kubeconfig_out: kubeconfig_path(plan),
-        timeouts: Timeouts::default(),
+        timeouts: Timeouts {
+            server: plan.node_timeout,
+            agent: plan.node_timeout,
+            ..Timeouts::default()
+        },
     }
 }

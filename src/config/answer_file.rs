@@ -59,6 +59,9 @@ pub struct Spec {
     /// k3s settings that relax what a host must pass.
     #[serde(default, skip_serializing_if = "K3s::is_empty")]
     pub k3s: K3s,
+    /// How long the install waits at its gates.
+    #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
+    pub timeouts: Timeouts,
     /// The bundled application's settings.
     #[serde(default, skip_serializing_if = "App::is_empty")]
     pub app: App,
@@ -288,6 +291,24 @@ pub struct K3s {
 impl K3s {
     pub fn is_empty(&self) -> bool {
         self == &K3s::default()
+    }
+}
+
+/// How long the install waits at its gates, as durations such as `90s`, `5m` or `1h`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Timeouts {
+    /// For each k3s node to start, join and become Ready (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// For each workload to roll out, CoreDNS included (default 5m). A rollout that cannot succeed (an image missing on a node, a pod that cannot be scheduled) stops sooner, with the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
+}
+
+impl Timeouts {
+    pub fn is_empty(&self) -> bool {
+        self == &Timeouts::default()
     }
 }
 

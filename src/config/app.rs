@@ -64,6 +64,11 @@ pub struct ValueDecl {
     pub max: Option<i64>,
     #[serde(default)]
     pub choices: Option<Vec<String>>,
+    /// An int that may not exceed the number of hosts (a replica count: on the host
+    /// network each replica holds its ports on a node of its own). A given value above it
+    /// is refused; a default above it is lowered to it.
+    #[serde(default, rename = "atMostHosts")]
+    pub at_most_hosts: bool,
     #[serde(default)]
     secret: bool,
 }

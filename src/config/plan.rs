@@ -19,6 +19,8 @@ pub use super::answer_file::{EnforcerMode, HostFirewall};
 pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
 /// k3s's default service network (`--service-cidr`).
 pub const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";
+/// The default of `spec.timeouts.node` and `spec.timeouts.rollout`.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// The default SSH port.
 pub const DEFAULT_SSH_PORT: u16 = 22;
 
@@ -35,6 +37,10 @@ pub struct Plan {
     pub enforcer: EnforcerMode,
     /// Run the kubelet on cgroup v1 hosts (`spec.k3s.allowCgroupV1`).
     pub allow_cgroup_v1: bool,
+    /// How long to wait for each node (`spec.timeouts.node`).
+    pub node_timeout: std::time::Duration,
+    /// How long to wait for each workload to roll out (`spec.timeouts.rollout`).
+    pub rollout_timeout: std::time::Duration,
     /// The application's values, every declared value with a given or default value present.
     pub app: AppValues,
 }

@@ -263,6 +263,53 @@ fn app_ports_in_the_node_port_range_or_on_k3s_ports_are_refused() {
 }
 
 #[test]
+fn timeouts_are_durations_with_a_floor() {
+    let f = Fixture::new();
+    let l = f.ok(&doc(&hosts(1)));
+    assert_eq!(l.plan.rollout_timeout, std::time::Duration::from_secs(300));
+    let l = f.ok(&doc(&format!(
+        "{}  timeouts:\n    node: 90s\n    rollout: 2m\n",
+        hosts(1)
+    )));
+    assert_eq!(l.plan.node_timeout, std::time::Duration::from_secs(90));
+    assert_eq!(l.plan.rollout_timeout, std::time::Duration::from_secs(120));
+    let e = f.errors(&doc(&format!(
+        "{}  timeouts:\n    node: soon\n    rollout: 1s\n",
+        hosts(1)
+    )));
+    assert_eq!(
+        e,
+        vec![
+            "9:11 spec.timeouts.node: `soon` is not a duration",
+            "10:14 spec.timeouts.rollout: `1s` is too short",
+        ]
+    );
+}
+
+#[test]
+fn replica_counts_are_bounded_by_the_hosts() {
+    let f = Fixture::new();
+    // The default (2) is lowered for a single host...
+    let l = f.ok(&doc(&hosts(1)));
+    assert_eq!(l.plan.app.get("apiReplicas"), Some(&AppValue::Int(1)));
+    // ...kept for three...
+    let l = f.ok(&doc(&hosts(3)));
+    assert_eq!(l.plan.app.get("apiReplicas"), Some(&AppValue::Int(2)));
+    // ...and a given value above the host count is refused where it is written.
+    let e = f.errors(&doc(&format!(
+        "{}  app:
+    values:
+      apiReplicas: 4
+",
+        hosts(3)
+    )));
+    assert_eq!(
+        e,
+        vec!["12:20 spec.app.values.apiReplicas: 4 is more than the 3 hosts of spec.hosts"]
+    );
+}
+
+#[test]
 fn unset_variables_are_errors_and_set_ones_are_used() {
     let f = Fixture::new();
     let text = doc(&format!(

@@ -894,6 +894,9 @@ impl<'a> Validator<'a> {
         }
 
         let network = self.network(a, &host_ips);
+        let tp = Path::parse("spec.timeouts");
+        let node_timeout = self.duration(&tp.key("node"), a.spec.timeouts.node.as_ref());
+        let rollout_timeout = self.duration(&tp.key("rollout"), a.spec.timeouts.rollout.as_ref());
         let enforcer = a.spec.enforcer.mode.unwrap_or_default();
         let app = self.app_values(a);
 
@@ -910,10 +913,39 @@ impl<'a> Validator<'a> {
                 network: network?,
                 enforcer,
                 allow_cgroup_v1: a.spec.k3s.allow_cgroup_v1.unwrap_or(false),
+                node_timeout: node_timeout?,
+                rollout_timeout: rollout_timeout?,
                 app: app?,
             })
         } else {
             None
+        }
+    }
+
+    /// A duration such as `90s` or `5m`, at least 10 s; the default when not given.
+    fn duration(&mut self, path: &Path, raw: Option<&String>) -> Option<std::time::Duration> {
+        let Some(raw) = raw else {
+            return Some(super::plan::DEFAULT_TIMEOUT);
+        };
+        let text = self.string(path, raw)?;
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d >= std::time::Duration::from_secs(10) => Some(d),
+            Ok(_) => {
+                self.error(
+                    path,
+                    Problem::new(format!("`{text}` is too short"))
+                        .hint("at least 10s; the default is 5m"),
+                );
+                None
+            }
+            Err(_) => {
+                self.error(
+                    path,
+                    Problem::new(format!("`{text}` is not a duration"))
+                        .hint("write it as 90s, 5m or 1h"),
+                );
+                None
+            }
         }
     }
 
@@ -1163,6 +1195,37 @@ impl<'a> Validator<'a> {
                     ok = false;
                 }
                 None => {}
+            }
+        }
+        // Replica counts bounded by the number of hosts.
+        let hosts = a.spec.hosts.len() as i64;
+        for d in decl.values.iter().filter(|d| d.at_most_hosts) {
+            let Some(AppValue::Int(n)) = out.get(&d.name).cloned() else {
+                continue;
+            };
+            if n <= hosts || hosts == 0 {
+                continue;
+            }
+            match paths.get(&d.name) {
+                Some(p) => {
+                    let p = p.clone();
+                    self.error(
+                        &p,
+                        Problem::new(format!(
+                            "{n} is more than the {hosts} host{} of spec.hosts",
+                            if hosts == 1 { "" } else { "s" }
+                        ))
+                        .hint(format!(
+                            "every pod uses the host network, so each replica needs a node of its own: set {} to {hosts} or less",
+                            d.name
+                        )),
+                    );
+                    ok = false;
+                }
+                // The default was written for a bigger cluster: use every host.
+                None => {
+                    out.insert(d.name.clone(), AppValue::Int(hosts));
+                }
             }
         }
         // Two ports on the same host port: point at the one given in the file.

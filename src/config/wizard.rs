@@ -214,7 +214,15 @@ pub fn run(
             }
             continue;
         }
-        let default = v.default_text();
+        let host_count = hosts.len() as i64;
+        let mut default = v.default_text();
+        // A replica count defaults to at most one per host.
+        if v.at_most_hosts
+            && let Some(AppValue::Int(n)) = default.as_deref().and_then(|d| v.check_text(d).ok())
+            && n > host_count
+        {
+            default = Some(host_count.to_string());
+        }
         let answer = ask.input(
             &format!("{} ({})", v.name, v.description),
             default.as_deref(),
@@ -227,6 +235,9 @@ pub fn run(
                         Some(other) => Err(format!("port {p} is already {other}")),
                         None => Ok(()),
                     },
+                    Ok(AppValue::Int(n)) if v.at_most_hosts && n > host_count => Err(format!(
+                        "at most {host_count}: each replica needs a host of its own"
+                    )),
                     Ok(_) => Ok(()),
                     Err(p) => Err(p.to_string()),
                 }
@@ -267,6 +278,7 @@ pub fn run(
             network,
             enforcer: raw::Enforcer::default(),
             k3s: raw::K3s::default(),
+            timeouts: raw::Timeouts::default(),
             app: raw::App { values },
         },
     };
@@ -551,6 +563,7 @@ mod tests {
                 network: raw::Network::default(),
                 enforcer: raw::Enforcer::default(),
                 k3s: raw::K3s::default(),
+                timeouts: raw::Timeouts::default(),
                 app: raw::App {
                     values: [("gatewayPort".to_string(), serde_json::Value::from(9443))]
                         .into_iter()

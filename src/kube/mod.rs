@@ -3,6 +3,8 @@
 //! reach the API, on any network), and waits that say what they waited for and what they
 //! saw last when they give up.
 
+pub mod apply;
+pub mod rollout;
 pub mod tunnel;
 pub mod wait;
 

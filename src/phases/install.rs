@@ -62,7 +62,7 @@ impl Default for Timeouts {
         Timeouts {
             server: Duration::from_secs(300),
             agent: Duration::from_secs(180),
-            poll: Duration::from_millis(500),
+            poll: Duration::from_millis(250),
         }
     }
 }
@@ -75,8 +75,12 @@ pub struct InstallSpec {
     /// CIDRs, kubelet args...; `tls_san` is filled in from the hosts.
     pub cluster: ClusterSettings,
     pub relax: Relaxations,
-    /// Ports the application listens on, on every node.
+    /// Ports the application listens on, on every node (from the answer file's values;
+    /// replaced after `connect` by every port the rendered templates hold when
+    /// `app_values` is set).
     pub app_ports: Vec<(String, u16)>,
+    /// The application's values, to render its templates for the exact ports.
+    pub app_values: Option<crate::app::Values>,
     pub app_cpus: u32,
     pub app_mem_bytes: u64,
     /// Connect, gather facts and report what would change; change nothing.
@@ -127,7 +131,7 @@ pub enum InstallError {
     #[error(transparent)]
     Phase(#[from] PhaseFailure),
     #[error("{0}")]
-    Assets(String),
+    Setup(String),
 }
 
 impl InstallError {
@@ -196,6 +200,18 @@ pub async fn run(
     store: &AssetStore,
 ) -> Result<Installed, InstallError> {
     let nodes = connect(runner, spec, connector).await?;
+    // Every port the application and the cluster services will hold, rendered from the
+    // templates for these nodes (the answer file's port values are only some of them).
+    let mut spec = spec.clone();
+    if let Some(values) = &spec.app_values {
+        let list: Vec<(String, IpAddr, bool)> = nodes
+            .iter()
+            .map(|n| (n.node_name.clone(), n.node_ip, n.spec.is_server))
+            .collect();
+        spec.app_ports = super::appliance::host_ports(values, spec.cluster.service_cidr, &list)
+            .map_err(|e| InstallError::Setup(format!("the application's templates: {e}")))?;
+    }
+    let spec = &spec;
     preflight(runner, spec, &nodes, store).await?;
     if spec.preflight_only {
         return Ok(Installed {
@@ -220,7 +236,7 @@ pub async fn run(
         first: servers
             .first()
             .cloned()
-            .ok_or_else(|| InstallError::Assets("the plan has no server".into()))?,
+            .ok_or_else(|| InstallError::Setup("the plan has no server".into()))?,
     };
     let boot = bootstrap(runner, &k3s).await?;
     let Some(boot) = boot else {
@@ -656,15 +672,15 @@ async fn upload(
         let mut list = vec![
             store
                 .k3s_binary(arch)
-                .map_err(|e| InstallError::Assets(e.to_string()))?,
+                .map_err(|e| InstallError::Setup(e.to_string()))?,
             store
                 .airgap_images(arch)
-                .map_err(|e| InstallError::Assets(e.to_string()))?,
+                .map_err(|e| InstallError::Setup(e.to_string()))?,
         ];
         list.extend(
             store
                 .app_image_archives(arch)
-                .map_err(|e| InstallError::Assets(e.to_string()))?,
+                .map_err(|e| InstallError::Setup(e.to_string()))?,
         );
         by_arch.insert(arch.as_str().to_owned(), list);
     }
@@ -1263,15 +1279,17 @@ async fn cluster_gate(
                 &spec.cluster_name,
             )
             .map_err(step_err)?;
+            let same = std::fs::read(&path).is_ok_and(|b| b == rewritten.expose().as_bytes());
+            let detail = format!(
+                "{} nodes Ready; kubeconfig {}",
+                expected.len(),
+                path.display()
+            );
+            if same {
+                return Ok((StepOk::unchanged(detail), ()));
+            }
             write_private_file(&path, rewritten.expose().as_bytes()).map_err(step_err)?;
-            Ok((
-                StepOk::changed(format!(
-                    "{} nodes Ready; kubeconfig {}",
-                    expected.len(),
-                    path.display()
-                )),
-                (),
-            ))
+            Ok((StepOk::changed(detail), ()))
         })
         .await?;
     Ok(path)

@@ -2,6 +2,7 @@
 //! that handles ordering, fan-out across hosts with a limit, collecting every host's
 //! failure, events, timings and the [`journal`].
 
+pub mod appliance;
 pub mod install;
 pub mod journal;
 pub mod ops;

@@ -104,6 +104,10 @@ pub enum Event {
     PlanReady {
         plan: crate::config::plan::PlanSummary,
     },
+    /// The result of `installer status`: data, printed on stdout.
+    StatusReady {
+        status: crate::report::status::StatusSummary,
+    },
     /// The command is over; `ok` says whether it succeeded.
     CommandFinished {
         command: String,

@@ -11,6 +11,7 @@ pub mod json;
 pub mod logfile;
 pub mod plain;
 pub mod prompt;
+pub mod status;
 pub mod terminal;
 pub mod text;
 

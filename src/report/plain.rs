@@ -184,7 +184,7 @@ pub fn line(event: &Event, verbosity: i8) -> Option<String> {
                 None => format!("{prefix}{text}"),
             }
         }
-        Event::PlanReady { .. } => return None,
+        Event::PlanReady { .. } | Event::StatusReady { .. } => return None,
         Event::CommandFinished {
             command,
             ok,
@@ -200,6 +200,7 @@ impl EventSink for PlainRenderer {
     fn emit(&self, event: &Event) {
         match event {
             Event::PlanReady { plan } => self.out(&text::plan(plan)),
+            Event::StatusReady { status } => self.out(&text::status(status)),
             Event::HostProgress {
                 phase,
                 host,

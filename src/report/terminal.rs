@@ -282,6 +282,10 @@ impl EventSink for TerminalRenderer {
                 let t = text::plan(plan);
                 self.mp.suspend(|| print!("{t}"));
             }
+            Event::StatusReady { status } => {
+                let t = text::status(status);
+                self.mp.suspend(|| print!("{t}"));
+            }
             Event::CommandFinished {
                 command,
                 ok,

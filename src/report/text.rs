@@ -148,6 +148,106 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `installer status`: hosts, nodes, workloads, endpoints, then the verdict.
+pub fn status(s: &crate::report::status::StatusSummary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Cluster `{}`: {}\n",
+        s.cluster,
+        if s.healthy { "healthy" } else { "NOT healthy" }
+    );
+    let hosts: Vec<Vec<String>> = s
+        .hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.host.clone(),
+                h.role.clone(),
+                if h.reachable {
+                    "yes".into()
+                } else {
+                    "NO".into()
+                },
+                h.unit.clone().unwrap_or_else(|| "-".into()),
+                h.k3s_version.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["HOST", "ROLE", "SSH", "K3S UNIT", "K3S VERSION"],
+        &hosts,
+    ));
+    if !s.nodes.is_empty() {
+        out.push('\n');
+        let nodes: Vec<Vec<String>> = s
+            .nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    n.role.clone(),
+                    n.version.clone(),
+                    if n.ready {
+                        "Ready".into()
+                    } else {
+                        "NotReady".into()
+                    },
+                    match n.etcd_member {
+                        Some(true) => "voting".into(),
+                        Some(false) => "NO".into(),
+                        None => "-".into(),
+                    },
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["NODE", "ROLE", "VERSION", "STATUS", "ETCD"],
+            &nodes,
+        ));
+    }
+    if !s.workloads.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .workloads
+            .iter()
+            .map(|w| {
+                vec![
+                    w.workload.clone(),
+                    format!("{}/{}", w.ready, w.desired),
+                    w.restarts.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["WORKLOAD", "READY", "RESTARTS"], &rows));
+    }
+    if !s.endpoints.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .endpoints
+            .iter()
+            .map(|e| {
+                vec![
+                    e.name.clone(),
+                    e.url.clone(),
+                    if e.ok { "ok".into() } else { e.detail.clone() },
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["ENDPOINT", "URL", "ANSWER"], &rows));
+    }
+    if let Some(l) = &s.last_run {
+        let _ = writeln!(out, "\nlast run: {l}");
+    }
+    if !s.problems.is_empty() {
+        out.push('\n');
+        for p in &s.problems {
+            let _ = writeln!(out, "problem: {p}");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

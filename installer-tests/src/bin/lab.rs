@@ -75,10 +75,13 @@ enum Cmd {
     LinkDown { node: String },
     /// Reconnect a node cut off with link-down.
     LinkUp { node: String },
-    /// Benchmarks against the lab (they print figures).
+    /// The README's main job: build, start a 3-host lab, install the cluster and the
+    /// application on it unattended, and print `installer status`.
+    Demo,
+    /// Benchmarks, each printing its figures (see docs/testing.md).
     Bench {
         #[command(subcommand)]
-        what: BenchCmd,
+        what: Bench,
     },
     /// Write the payload the installer takes in the lab (the k3s stand-in as k3s, small
     /// image archives, an override lock) into DIR and print the installer arguments for it.
@@ -89,7 +92,9 @@ enum Cmd {
 }
 
 #[derive(Subcommand, Debug)]
-enum BenchCmd {
+enum Bench {
+    /// A full install on 5 hosts against OpenSSH scp of the same payload, peak RSS, rerun.
+    Install,
     /// The installer's SSH upload against OpenSSH scp (one node, then all in parallel).
     Upload(installer_tests::bench::upload::Args),
 }
@@ -107,9 +112,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Bench {
-            what: BenchCmd::Upload(args),
-        } => installer_tests::bench::upload::run(&args)?,
+        Cmd::Demo => {
+            if !installer_tests::demo::demo()? {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Bench { what } => match what {
+            Bench::Install => installer_tests::demo::bench_install()?,
+            Bench::Upload(args) => installer_tests::bench::upload::run(&args)?,
+        },
         Cmd::Payload { dir } => {
             let standin = installer_tests::payload::workspace_binary("k3s-standin")?;
             let p = installer_tests::payload::build(

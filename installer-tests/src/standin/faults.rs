@@ -13,6 +13,8 @@
 //! lose-node: true                # the node goes silent: no heartbeats, no API, pods' ports closed
 //! learner-promotion-delay: 2s    # how long a joining server stays an etcd learner
 //! node-monitor-grace-period: 40s # kube-controller-manager's grace before a silent node is Unknown
+//! trace-writes: true             # (first server) log every write to the store, for debugging
+//! unhealthy-containers: [nginx]  # containers of these names answer their probes with 503
 //! ```
 
 use std::path::Path;
@@ -30,6 +32,11 @@ pub struct Faults {
     pub lose_node: bool,
     pub learner_promotion_delay: Duration,
     pub node_monitor_grace_period: Duration,
+    pub trace_writes: bool,
+    /// Containers (by name) whose application fails its probes: an application-level fault
+    /// (a bad configuration, a dependency down), so that the installer's readiness gates can
+    /// be seen to fail the way they would with a real workload.
+    pub unhealthy_containers: Vec<String>,
 }
 
 impl Default for Faults {
@@ -44,6 +51,8 @@ impl Default for Faults {
             // kube-controller-manager `--node-monitor-grace-period` default (k8s 1.32+: 50s; k3s
             // does not change it). Tests shorten it.
             node_monitor_grace_period: Duration::from_secs(50),
+            trace_writes: false,
+            unhealthy_containers: Vec::new(),
         }
     }
 }
@@ -98,6 +107,19 @@ impl Faults {
                 "lose-node" => f.lose_node = as_bool()?,
                 "learner-promotion-delay" => f.learner_promotion_delay = as_dur()?,
                 "node-monitor-grace-period" => f.node_monitor_grace_period = as_dur()?,
+                "trace-writes" => f.trace_writes = as_bool()?,
+                "unhealthy-containers" => {
+                    f.unhealthy_containers = v
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .ok_or_else(|| {
+                            format!("faults file: {k} must be a list of container names")
+                        })?
+                }
                 other => return Err(format!("faults file: unknown key {other:?}")),
             }
         }

@@ -311,9 +311,11 @@ fn parse_yaml_file(path: &Path, text: &str) -> Result<Ordered, ConfigError> {
     if text.trim().is_empty() {
         return Ok(Ordered(Vec::new()));
     }
-    // k3s uses gopkg.in/yaml.v2 (YAML 1.1): `0644` is octal and `yes`/`on` are booleans.
+    // k3s uses gopkg.in/yaml.v2 (YAML 1.1) into a MapSlice: `0644` is octal, and a repeated key
+    // is kept in order, so the later value wins.
     let opts = serde_saphyr::options! {
         legacy_octal_numbers: true,
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
     };
     serde_saphyr::from_str_with_options::<Ordered>(text, opts)
         .map_err(|e| ConfigError::Yaml(format!("{}: {e}", path.display())))
@@ -694,6 +696,19 @@ mod tests {
         std::fs::write(&cfg, "write-kubeconfig-mode: 0644\n").unwrap();
         let args = read_config_args(&cfg).unwrap().unwrap();
         assert_eq!(args, s(&["--write-kubeconfig-mode=420"]));
+    }
+
+    #[test]
+    fn a_repeated_key_takes_the_later_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(
+            &cfg,
+            "cluster-init: true\nnode-name: a\ncluster-init: false\n",
+        )
+        .unwrap();
+        let args = read_config_args(&cfg).unwrap().unwrap();
+        assert_eq!(args, s(&["--cluster-init=false", "--node-name=a"]));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! path (config, units, tokens, joins, readiness, workloads) must run end to end. The stand-in
 //! behaves like k3s wherever the installer can see it, and fails the way k3s fails, so the
 //! installer's mistakes show up in the lab rather than at a customer. Each behaviour cites the k3s
-//! source file (release-1.36) or document it is modelled on; `docs/k3s-standin.md` lists what is
+//! source file (release-1.36) or document it is modelled on; `docs/testing.md` ("The k3s stand-in") lists what is
 //! modelled and what is not. It is never embedded in a release build of the installer.
 
 pub mod agent;
@@ -14,14 +14,17 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod controllers;
+pub mod dns;
 pub mod faults;
 pub mod flags;
+pub mod kubectl;
 pub mod kubelet;
 pub mod log;
 pub mod manifests;
 pub mod notify;
 pub mod paths;
 pub mod pki;
+pub mod secret_volumes;
 pub mod server;
 pub mod snapshot;
 pub mod store;
@@ -85,6 +88,21 @@ pub fn main(args: Vec<String>) -> i32 {
     {
         return runtime.block_on(kubelet::shim::main(&rest));
     }
+    // k3s is a multicall binary: install.sh links kubectl, crictl and ctr to it, and the CNI
+    // plugins in data/cni are links to its `cni` binary (cmd/k3s/main.go).
+    let base = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    match base.as_str() {
+        "kubectl" => return runtime.block_on(kubectl::run(&root, &rest)),
+        "crictl" | "ctr" | "cni" | "bridge" | "host-local" | "loopback" | "portmap"
+        | "bandwidth" | "firewall" | "flannel" => {
+            eprintln!("k3s-standin: `{base}` is not modelled by the k3s stand-in");
+            return 1;
+        }
+        _ => {}
+    }
     match rest.first().map(String::as_str) {
         None | Some("--help") | Some("-h") | Some("help") => {
             print!("{USAGE}");
@@ -109,9 +127,9 @@ pub fn main(args: Vec<String>) -> i32 {
             runtime.block_on(snapshot::cli(root, &sub, &sub_args))
         }
         Some("check-config") => checkconfig::run(),
+        Some("kubectl") => runtime.block_on(kubectl::run(&root, &rest[1..])),
         Some(
-            other @ ("kubectl" | "crictl" | "ctr" | "token" | "certificate" | "secrets-encrypt"
-            | "completion"),
+            other @ ("crictl" | "ctr" | "token" | "certificate" | "secrets-encrypt" | "completion"),
         ) => {
             eprintln!("k3s-standin: `k3s {other}` is not modelled by the k3s stand-in");
             1

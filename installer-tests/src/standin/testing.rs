@@ -226,10 +226,9 @@ impl LocalNode {
                 {
                     if let Some(st) = super::kubelet::shim::status(&c.path())
                         && super::kubelet::shim::alive(st.pid, &c.path())
+                        && let Some(p) = rustix::process::Pid::from_raw(st.pid as i32)
                     {
-                        if let Some(p) = rustix::process::Pid::from_raw(st.pid as i32) {
-                            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-                        }
+                        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
                     }
                 }
             }

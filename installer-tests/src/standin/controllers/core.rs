@@ -3,6 +3,7 @@
 //! - Namespaces: `default`, `kube-system`, `kube-public`, `kube-node-lease` exist; a deleted
 //!   namespace is `Terminating` until its contents are gone (`namespace/deletion`); every active
 //!   namespace gets the `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap.
+//! - Events expire after an hour (`--event-ttl`).
 //! - Garbage collection (`garbagecollector`): objects whose owners are all gone are deleted;
 //!   `foregroundDeletion` owners wait for their dependents.
 //! - Node lifecycle (`nodelifecycle`): `node.kubernetes.io/not-ready` (NoSchedule and NoExecute)
@@ -132,11 +133,34 @@ pub fn namespaces(store: &Store, ca_pem: &str) {
     }
 }
 
+/// Events expire after an hour (kube-apiserver `--event-ttl`, 1h by default).
+pub fn expire_events(store: &Store) {
+    let rt = resources::core("events");
+    let now_s = jiff::Timestamp::now().as_second();
+    for e in store.all(rt) {
+        let last = e
+            .get("lastTimestamp")
+            .and_then(Value::as_str)
+            .or_else(|| {
+                e.pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str)
+            })
+            .and_then(parse_time)
+            .map(|t| t.as_second())
+            .unwrap_or(now_s);
+        if now_s - last > 3600 {
+            let (name, ns, _) = id(&e);
+            store.remove(rt, &ns, &name);
+        }
+    }
+}
+
 /// Garbage collection by owner references.
 pub fn garbage_collect(store: &Store) {
     let mut uids: BTreeSet<String> = BTreeSet::new();
     let mut all: Vec<(&'static resources::ResourceType, Value)> = Vec::new();
-    for rt in RESOURCES {
+    // Events have no owners; skipping them keeps a pass cheap as they accumulate.
+    for rt in RESOURCES.iter().filter(|r| r.plural != "events") {
         for o in store.all(rt) {
             uids.insert(meta(&o, "uid").to_string());
             all.push((rt, o));

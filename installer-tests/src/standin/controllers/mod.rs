@@ -33,8 +33,12 @@ pub fn spawn(store: Arc<Store>, srv: &Arc<Server>, faults: LiveFaults) {
         let rec = util::Recorder::default();
         let mut last_ips: Vec<String> = Vec::new();
         let mut known_nodes: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let mut next_expiry = std::time::Instant::now();
         while !shutdown.is_cancelled() {
             let f = faults.get();
+            store
+                .trace
+                .store(f.trace_writes, std::sync::atomic::Ordering::Relaxed);
             if !f.lose_node {
                 core::namespaces(&store, &ca);
                 if servicelb {
@@ -53,6 +57,10 @@ pub fn spawn(store: Arc<Store>, srv: &Arc<Server>, faults: LiveFaults) {
                     f.node_monitor_grace_period.as_secs() as i64,
                 );
                 core::garbage_collect(&store);
+                if std::time::Instant::now() >= next_expiry {
+                    core::expire_events(&store);
+                    next_expiry = std::time::Instant::now() + Duration::from_secs(60);
+                }
                 workloads::pdbs(&store);
                 // The kubernetes Endpoints follow the etcd voters; deleted nodes leave etcd.
                 let nodes: std::collections::BTreeSet<String> = store

@@ -1131,3 +1131,31 @@ pub fn pdbs(store: &Store) {
         set_status(store, rt, &pdb, status);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(taints: Value) -> Value {
+        json!({"metadata": {"name": "n1", "labels": {"kubernetes.io/os": "linux"}}, "spec": {"taints": taints}})
+    }
+
+    fn ds(tolerations: Value) -> Value {
+        json!({"spec": {"template": {"spec": {"hostNetwork": true, "tolerations": tolerations, "containers": []}}}})
+    }
+
+    #[test]
+    fn daemonset_pods_skip_not_ready_nodes_unless_tolerated() {
+        let not_ready = node(
+            json!([{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}, {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}]),
+        );
+        // The default DaemonSet tolerations cover not-ready:NoExecute, not NoSchedule.
+        assert!(!should_run(&ds(json!([])), &not_ready));
+        assert!(should_run(&ds(json!([{"operator": "Exists"}])), &not_ready));
+        assert!(should_run(&ds(json!([])), &node(json!([]))));
+        // Unschedulable (cordoned) nodes still run DaemonSet pods.
+        let cordoned =
+            node(json!([{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]));
+        assert!(should_run(&ds(json!([])), &cordoned));
+    }
+}

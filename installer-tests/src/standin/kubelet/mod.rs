@@ -591,6 +591,18 @@ impl Kubelet {
     }
 
     async fn probe_ok(&self, container: &Value, probe: &Value) -> Result<(), String> {
+        // A test made this container's application unhealthy (faults file).
+        let name = container["name"].as_str().unwrap_or("");
+        if self
+            .setup
+            .faults
+            .get()
+            .unhealthy_containers
+            .iter()
+            .any(|c| c == name)
+        {
+            return Err("HTTP probe failed with statuscode: 503".into());
+        }
         if let Some(hg) = probe.get("httpGet") {
             let Some(port) = pods::probe_port(container, &hg["port"]) else {
                 return Err("invalid probe port".into());
@@ -1058,6 +1070,15 @@ impl Kubelet {
                     ports: ports.clone(),
                 };
                 let argv0 = shim::shim_argv0(&self.setup.node.data_dir);
+                // Containers modelling CoreDNS answer DNS on their `dns-tcp` port (standin::dns).
+                // A container serving HTTPS uses the certificate of the TLS Secret it mounts (standin::secret_volumes).
+                let tls = crate::standin::secret_volumes::tls_pair(&self.kube, pod, cspec).await;
+                crate::standin::secret_volumes::write(&dir, tls.as_ref());
+                crate::standin::dns::DnsPorts::of_container(
+                    cspec,
+                    crate::standin::dns::DEFAULT_KUBERNETES_IP,
+                )
+                .write(&dir);
                 let pid = match shim::start(&spec, &dir, &argv0) {
                     Ok(p) => p,
                     Err(e) => {
@@ -1325,6 +1346,9 @@ pub async fn run_agent_notify(setup: AgentSetup) {
 }
 
 async fn run_agent_inner(setup: AgentSetup, notify: bool) {
+    if let Err(e) = runtime::stage_data_dir(&setup.root, &setup.node.data_dir) {
+        log::error(format!("failed to stage the data directory: {e}"));
+    }
     let node_password = match ensure_node_password(&setup.root) {
         Ok(p) => p,
         Err(e) => {
@@ -1467,7 +1491,23 @@ async fn run_agent_inner(setup: AgentSetup, notify: bool) {
         }
         k.lost = false;
         let dir = k.images_dir();
+        let before: BTreeSet<String> = k.present.keys().cloned().collect();
         k.present = k.images.scan(&dir);
+        let new: Vec<String> = k
+            .present
+            .keys()
+            .filter(|n| !before.contains(*n))
+            .cloned()
+            .collect();
+        runtime::log_imports(
+            &k.setup.root.path(
+                k.setup
+                    .node
+                    .data_dir
+                    .join("agent/containerd/containerd.log"),
+            ),
+            &new,
+        );
         let cni = runtime::cni_ready(&k.setup.root.path(k3s::CNI_CONF_DIR));
         if k.sync_node(cni).await.is_some() {
             k.sync_pods(cni).await;

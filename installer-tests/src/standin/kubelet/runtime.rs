@@ -125,6 +125,78 @@ impl ImageStore {
     }
 }
 
+/// The name of the stand-in's directory under `${data-dir}/data/` (k3s uses the SHA-256 of its
+/// bundled userspace; here, of the version string).
+pub fn data_hash() -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        super::super::version::current().as_bytes(),
+    ))
+}
+
+/// Stage `${data-dir}/data` as k3s does on every start (`cmd/k3s/main.go` `extract`):
+/// `data/<hash>/bin` holding its binaries (here links to this executable), `data/current`
+/// pointing at it, and `data/cni/<plugin>` links to the multicall `cni` binary, which the
+/// installer links into `/opt/cni/bin`.
+pub fn stage_data_dir(root: &crate::standin::paths::Root, data_dir: &Path) -> std::io::Result<()> {
+    let exe = std::env::current_exe()?;
+    let hash = data_hash();
+    let data = root.path(data_dir.join("data"));
+    let bin = data.join(&hash).join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let link = |target: &Path, at: &Path| -> std::io::Result<()> {
+        if std::fs::symlink_metadata(at).is_ok() {
+            std::fs::remove_file(at)?;
+        }
+        std::os::unix::fs::symlink(target, at)
+    };
+    for b in ["cni", "containerd-shim-runc-v2", "kubectl", "crictl", "ctr"] {
+        link(&exe, &bin.join(b))?;
+    }
+    link(Path::new(&hash), &data.join("current"))?;
+    let cni = data.join("cni");
+    std::fs::create_dir_all(&cni)?;
+    for p in [
+        "bandwidth",
+        "bridge",
+        "firewall",
+        "flannel",
+        "host-local",
+        "loopback",
+        "portmap",
+    ] {
+        link(&Path::new("..").join(&hash).join("bin/cni"), &cni.join(p))?;
+    }
+    Ok(())
+}
+
+/// Append containerd's import lines for newly imported images to
+/// `${data-dir}/agent/containerd/containerd.log` (collected by support bundles).
+pub fn log_imports(log: &Path, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    if let Some(d) = log.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let mut text = String::new();
+    for n in names {
+        text.push_str(&crate::standin::log::format_line(
+            crate::standin::log::Level::Info,
+            &format!("ImageCreate event name:\"{n}\" labels:{{key:\"io.cri-containerd.image\" value:\"managed\"}}"),
+        ));
+        text.push('\n');
+    }
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = f.write_all(text.as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

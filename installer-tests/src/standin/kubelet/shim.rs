@@ -62,7 +62,10 @@ pub fn shim_dir(run_dir: &Path, uid: &str, container: &str) -> PathBuf {
 
 /// The argv[0] the shim runs under (what k3s-killall.sh looks for).
 pub fn shim_argv0(data_dir: &Path) -> PathBuf {
-    data_dir.join("data/standin/bin/containerd-shim-runc-v2")
+    data_dir
+        .join("data")
+        .join(super::runtime::data_hash())
+        .join("bin/containerd-shim-runc-v2")
 }
 
 /// Read a shim's status.
@@ -187,7 +190,22 @@ pub async fn main(args: &[String]) -> i32 {
     let cert =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string(), spec.bind_ip.clone()])
             .ok();
+    // The pod's own TLS Secret when it mounts one (standin::secret_volumes), else self-signed.
+    let pems = crate::standin::secret_volumes::read(&dir).or_else(|| {
+        cert.as_ref()
+            .map(|c| (c.cert.pem(), c.signing_key.serialize_pem()))
+    });
+    let dns = crate::standin::dns::DnsPorts::read(&dir);
+    let udp = crate::standin::dns::serve_udp_ports(udp, &dns, &shutdown);
     for (listener, port) in tcp {
+        if let Some(ip) = dns.answers_on(port.port) {
+            tokio::spawn(crate::standin::dns::serve_tcp(
+                listener,
+                ip,
+                shutdown.clone(),
+            ));
+            continue;
+        }
         let paths = Arc::new(port.paths.clone());
         let name = spec.pod.clone();
         let router = Router::new().fallback(move |req: Request| {
@@ -212,13 +230,9 @@ pub async fn main(args: &[String]) -> i32 {
             }
         });
         let sd = shutdown.clone();
-        match (&cert, port.tls) {
-            (Some(c), true) => {
-                let cfg = crate::standin::api::tls_config(
-                    &c.cert.pem(),
-                    &c.signing_key.serialize_pem(),
-                    None,
-                );
+        match (&pems, port.tls) {
+            (Some((cert_pem, key_pem)), true) => {
+                let cfg = crate::standin::api::tls_config(cert_pem, key_pem, None);
                 match cfg {
                     Ok(cfg) => {
                         tokio::spawn(crate::standin::api::serve_tls(listener, cfg, router, sd));

@@ -481,6 +481,18 @@ pub fn admit(
                     format!("Invalid value: \"{name}\": {LABEL_MSG}"),
                 ));
             }
+        } else if matches!(
+            rt.plural,
+            "roles" | "rolebindings" | "clusterroles" | "clusterrolebindings"
+        ) {
+            // RBAC names are path segments, so `system:coredns` is valid
+            // (kubernetes pkg/apis/rbac/validation ValidateRBACName = path.IsValidPathSegmentName).
+            if name == "." || name == ".." || name.contains('/') || name.contains('%') {
+                causes.push((
+                    "metadata.name".into(),
+                    format!("Invalid value: \"{name}\": may not be '.' or '..' and may not contain '/' or '%'"),
+                ));
+            }
         } else if !is_dns1123_subdomain(&name) && !matches!(rt.plural, "events") {
             causes.push((
                 "metadata.name".into(),

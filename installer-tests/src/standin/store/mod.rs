@@ -9,7 +9,7 @@
 //! change through a broadcast channel; a bounded history lets a watch resume from a recent
 //! resourceVersion, and an older one gets `410 Expired`, as from etcd after compaction.
 //!
-//! What differs from etcd is listed in `docs/k3s-standin.md`: a single copy (no quorum, no
+//! What differs from etcd is listed in `docs/testing.md` ("The k3s stand-in"): a single copy (no quorum, no
 //! replication: if the first server is down, the API is down), resourceVersions are one counter
 //! for all types, no compaction other than the bounded watch history.
 
@@ -191,6 +191,8 @@ pub struct Store {
     path: Option<PathBuf>,
     /// Parameters for admission (service CIDR, ...).
     pub params: admission::ClusterParams,
+    /// Log every write (the `trace-writes` knob), to debug what a controller or client changed.
+    pub trace: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -217,6 +219,7 @@ impl Store {
             dirty: tokio::sync::Notify::new(),
             path,
             params,
+            trace: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -467,6 +470,48 @@ impl Store {
         Ok((decoded, Vec::new()))
     }
 
+    /// Check an applied configuration: the merged object must decode, and every field the
+    /// configuration sets must exist in the schema (`failed to create typed patch object`).
+    fn decode_applied(
+        rt: &ResourceType,
+        applied: &Value,
+        merged: &Value,
+        name: &str,
+        ns: &str,
+    ) -> Result<Value, ApiError> {
+        let decoded = admission::typed_roundtrip(rt, merged).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                rt.kind, rt.version, rt.kind
+            ))
+        })?;
+        let unknown = admission::unknown_fields(applied, &decoded);
+        if !unknown.is_empty() {
+            let gv = if rt.group.is_empty() {
+                format!("/{}", rt.version)
+            } else {
+                rt.api_version()
+            };
+            let msg = if unknown.len() == 1 {
+                format!("{}: field not declared in schema", unknown[0])
+            } else {
+                format!(
+                    "errors:\n{}",
+                    unknown
+                        .iter()
+                        .map(|u| format!("  {u}: field not declared in schema"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            };
+            return Err(ApiError::internal(format!(
+                "failed to create typed patch object ({ns}/{name}; {gv}, Kind={}): {msg}",
+                rt.kind
+            )));
+        }
+        Ok(decoded)
+    }
+
     fn record_manager(
         st: &mut State,
         uid: &str,
@@ -553,6 +598,41 @@ impl Store {
         obj: &Value,
         prev: Option<&Value>,
     ) {
+        if self.trace.load(std::sync::atomic::Ordering::Relaxed) {
+            let manager = obj
+                .pointer("/metadata/managedFields")
+                .and_then(Value::as_array)
+                .and_then(|m| {
+                    m.iter()
+                        .max_by_key(|e| e["time"].as_str().unwrap_or_default().to_string())
+                })
+                .and_then(|e| e["manager"].as_str())
+                .unwrap_or("-")
+                .to_string();
+            let changed: Vec<String> = match prev {
+                Some(p) => patch::changed_fields(p, obj)
+                    .into_iter()
+                    .chain(patch::changed_fields(obj, p))
+                    .map(|f| patch::path_string(&f))
+                    .filter(|f| {
+                        f != ".metadata.resourceVersion"
+                            && !f.starts_with(".metadata.managedFields")
+                    })
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .take(8)
+                    .collect(),
+                None => Vec::new(),
+            };
+            super::log::info(format!(
+                "k3s-standin trace: {kind} {} {}/{} rv={} manager={manager} {}",
+                rt.key(),
+                meta_str(obj, "namespace").unwrap_or_default(),
+                meta_str(obj, "name").unwrap_or_default(),
+                st.p.rv,
+                changed.join(" ")
+            ));
+        }
         let ev = Arc::new(WatchEvent {
             rv: st.p.rv,
             kind,
@@ -949,7 +1029,6 @@ impl Store {
                         "the name of the object ({bn}) does not match the name on the URL ({name})"
                     )));
                 }
-                let (decoded_body, _) = Self::decode(rt, body, true, false, name, ns)?;
                 let st = self.lock();
                 let uid = meta_str(&old, "uid").unwrap_or_default().to_string();
                 let entries = st.p.managers.get(&uid).cloned().unwrap_or_default();
@@ -964,7 +1043,12 @@ impl Store {
                     })
                     .flat_map(|e| e.fields.iter().cloned())
                     .collect();
-                let mut applied = decoded_body.clone();
+                // The applied configuration may be partial (SSA allows that), so it is checked
+                // against the schema only after merging into the live object.
+                let mut applied = body.clone();
+                if !applied.is_object() {
+                    return Err(ApiError::bad_request("the apply patch must be an object"));
+                }
                 if let Some(m) = applied.get_mut("metadata").and_then(Value::as_object_mut) {
                     for f in [
                         "uid",
@@ -988,9 +1072,11 @@ impl Store {
                     }
                 }
                 let merged = patch::apply(&old, &applied, &prev);
+                let merged = Self::decode_applied(rt, &applied, &merged, name, ns)?;
                 let owned: BTreeSet<FieldPath> = patch::field_set(&applied)
                     .into_iter()
                     .filter(|p| !matches!(p.first(), Some(patch::Seg::Field(f)) if f == "apiVersion" || f == "kind"))
+                    .filter(|p| sub == Sub::Status || !matches!(p.first(), Some(patch::Seg::Field(f)) if f == "status"))
                     .filter(|p| !matches!(p.as_slice(), [patch::Seg::Field(a), patch::Seg::Field(b), ..] if a == "metadata" && (b == "name" || b == "namespace")))
                     .collect();
                 if opts.force {
@@ -1439,6 +1525,53 @@ mod tests {
         assert_eq!(
             e.message,
             "failed to create typed patch object (default/c; /v1, Kind=ConfigMap): .dat: field not declared in schema"
+        );
+    }
+
+    #[test]
+    fn a_partial_apply_updates_only_its_fields() {
+        let s = store();
+        let d = resources::apps("deployments");
+        let body = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}});
+        s.patch(
+            d,
+            "default",
+            "web",
+            PatchKind::Apply,
+            &body,
+            Sub::Main,
+            &opts("installer"),
+        )
+        .unwrap();
+        let partial = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "annotations": {"note": "x"}}});
+        let w = s
+            .patch(
+                d,
+                "default",
+                "web",
+                PatchKind::Apply,
+                &partial,
+                Sub::Main,
+                &opts("annotator"),
+            )
+            .unwrap();
+        assert_eq!(w.object["metadata"]["annotations"]["note"], "x");
+        assert_eq!(w.object["spec"]["replicas"], 2);
+        let bad = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicaz": 3}});
+        let e = s
+            .patch(
+                d,
+                "default",
+                "web",
+                PatchKind::Apply,
+                &bad,
+                Sub::Main,
+                &opts("annotator"),
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.message,
+            "failed to create typed patch object (default/web; apps/v1, Kind=Deployment): .spec.replicaz: field not declared in schema"
         );
     }
 

@@ -38,13 +38,21 @@ pub fn path_string(p: &[Seg]) -> String {
                 s.push('.');
                 s.push_str(f);
             }
-            Seg::Item(k, v) => s.push_str(&format!("[{k}={v}]")),
+            Seg::Item(k, v) => {
+                let pairs: Vec<String> = k
+                    .split(',')
+                    .zip(v.split(','))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                s.push_str(&format!("[{}]", pairs.join(",")));
+            }
         }
     }
     s
 }
 
-/// The merge key of a list field, if Kubernetes merges it by key.
+/// The merge key(s) of a list field, if Kubernetes merges it by key: one field name, or
+/// several joined by `,` (ports are keyed by port and protocol, `x-kubernetes-list-map-keys`).
 fn list_key(field: &str, items: &[Value]) -> Option<&'static str> {
     let all_have = |k: &str| !items.is_empty() && items.iter().all(|i| i.get(k).is_some());
     match field {
@@ -60,15 +68,28 @@ fn list_key(field: &str, items: &[Value]) -> Option<&'static str> {
         "conditions" => Some("type"),
         "ports" => {
             if all_have("containerPort") {
-                Some("containerPort")
+                Some("containerPort,protocol")
             } else if all_have("port") {
-                Some("port")
+                Some("port,protocol")
             } else {
                 None
             }
         }
         _ => None,
     }
+}
+
+/// The key of a list item under `keys` (see [`list_key`]): the JSON of each key field's value,
+/// `protocol` defaulting to `TCP` as the schema defaults it.
+fn item_key_value(item: &Value, keys: &str) -> String {
+    keys.split(',')
+        .map(|k| match item.get(k) {
+            Some(v) => v.to_string(),
+            None if k == "protocol" => "\"TCP\"".to_string(),
+            None => "null".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// RFC 7386 merge patch.
@@ -108,8 +129,8 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
                     (Some(Value::Array(cur)), Value::Array(new)) => {
                         if let Some(key) = list_key(k, new) {
                             for item in new {
-                                let kv = item.get(key).cloned();
-                                match cur.iter_mut().find(|c| c.get(key).cloned() == kv) {
+                                let kv = item_key_value(item, key);
+                                match cur.iter_mut().find(|c| item_key_value(c, key) == kv) {
                                     Some(existing) => strategic_merge_patch(existing, item),
                                     None => cur.push(item.clone()),
                                 }
@@ -282,7 +303,7 @@ fn collect(v: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
                     Value::Array(items) => match list_key(k, items) {
                         Some(key) => {
                             for item in items {
-                                let kv = item.get(key).map(|x| x.to_string()).unwrap_or_default();
+                                let kv = item_key_value(item, key);
                                 path.push(Seg::Item(key.to_string(), kv));
                                 out.insert(path.clone());
                                 collect(item, path, out);
@@ -313,7 +334,7 @@ pub fn get_path<'a>(v: &'a Value, p: &[Seg]) -> Option<&'a Value> {
             Seg::Item(k, kv) => cur
                 .as_array()?
                 .iter()
-                .find(|i| i.get(k).map(|x| x.to_string()).as_deref() == Some(kv.as_str()))?,
+                .find(|i| item_key_value(i, k) == *kv)?,
         };
     }
     Some(cur)
@@ -327,10 +348,9 @@ fn remove_path(v: &mut Value, p: &[Seg]) {
     for seg in parent {
         let next = match seg {
             Seg::Field(f) => cur.get_mut(f),
-            Seg::Item(k, kv) => cur.as_array_mut().and_then(|a| {
-                a.iter_mut()
-                    .find(|i| i.get(k).map(|x| x.to_string()).as_deref() == Some(kv.as_str()))
-            }),
+            Seg::Item(k, kv) => cur
+                .as_array_mut()
+                .and_then(|a| a.iter_mut().find(|i| item_key_value(i, k) == *kv)),
         };
         match next {
             Some(n) => cur = n,
@@ -345,7 +365,7 @@ fn remove_path(v: &mut Value, p: &[Seg]) {
         }
         Seg::Item(k, kv) => {
             if let Some(a) = cur.as_array_mut() {
-                a.retain(|i| i.get(k).map(|x| x.to_string()).as_deref() != Some(kv.as_str()));
+                a.retain(|i| item_key_value(i, k) != *kv);
             }
         }
     }
@@ -374,8 +394,8 @@ pub fn apply_merge(target: &mut Value, applied: &Value) {
                     (Some(Value::Array(cur)), Value::Array(new)) => match list_key(k, new) {
                         Some(key) => {
                             for item in new {
-                                let kv = item.get(key).cloned();
-                                match cur.iter_mut().find(|c| c.get(key).cloned() == kv) {
+                                let kv = item_key_value(item, key);
+                                match cur.iter_mut().find(|c| item_key_value(c, key) == kv) {
                                     Some(existing) => apply_merge(existing, item),
                                     None => cur.push(item.clone()),
                                 }
@@ -470,7 +490,14 @@ pub fn fields_v1(set: &BTreeSet<FieldPath>) -> Value {
         for seg in p {
             let key = match seg {
                 Seg::Field(f) => format!("f:{f}"),
-                Seg::Item(k, v) => format!("k:{{\"{k}\":{v}}}"),
+                Seg::Item(k, v) => {
+                    let pairs: Vec<String> = k
+                        .split(',')
+                        .zip(v.split(','))
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect();
+                    format!("k:{{{}}}", pairs.join(","))
+                }
             };
             let entry = cur.entry(key).or_insert_with(|| Value::Object(Map::new()));
             if matches!(seg, Seg::Item(..))
@@ -568,6 +595,57 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn ports_are_keyed_by_port_and_protocol() {
+        // kube-dns has 53/UDP and 53/TCP: re-applying the same ports must change nothing.
+        let svc = json!({"spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}});
+        let live = apply(&json!({}), &svc, &BTreeSet::new());
+        assert_eq!(live, svc);
+        let again = apply(&live, &svc, &field_set(&svc));
+        assert_eq!(again, svc);
+        let f = fields_v1(&field_set(&svc));
+        assert!(
+            f["f:spec"]["f:ports"]
+                .get("k:{\"port\":53,\"protocol\":\"UDP\"}")
+                .is_some(),
+            "{f}"
+        );
+        // A port without protocol is the TCP one.
+        let implicit = json!({"spec": {"ports": [{"port": 53, "name": "renamed"}]}});
+        let merged = apply(&live, &implicit, &BTreeSet::new());
+        assert_eq!(merged["spec"]["ports"][1]["name"], "renamed");
+        assert_eq!(merged["spec"]["ports"][0]["name"], "dns");
+        let mut live2 = live.clone();
+        strategic_merge_patch(
+            &mut live2,
+            &json!({"spec": {"ports": [{"port": 53, "protocol": "UDP", "name": "u"}]}}),
+        );
+        assert_eq!(live2["spec"]["ports"][0]["name"], "u");
+        assert_eq!(live2["spec"]["ports"][1]["name"], "dns-tcp");
+    }
+
+    #[test]
+    fn ports_are_keyed_by_number_and_protocol() {
+        // From main (the same fix made independently): 53/UDP and 53/TCP are two ports.
+        let svc = json!({"spec": {"ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"}
+        ]}});
+        let live = apply(&json!({}), &svc, &BTreeSet::new());
+        assert_eq!(
+            live["spec"]["ports"].as_array().map(Vec::len),
+            Some(2),
+            "{live}"
+        );
+        let owned = field_set(&svc);
+        let again = apply(&live, &svc, &owned);
+        assert_eq!(again, live);
+        // Without a protocol, TCP is meant.
+        let a = json!({"ports": [{"containerPort": 80}, {"containerPort": 80, "protocol": "UDP"}]});
+        let merged = apply(&json!({}), &a, &BTreeSet::new());
+        assert_eq!(merged["ports"].as_array().map(Vec::len), Some(2));
     }
 
     #[test]

@@ -1,0 +1,187 @@
+//! End to end (issue 7): the application on the cluster, its gates, and `installer status`.
+//! A 3-host lab with the k3s stand-in; needs root (fails instead of skipping under
+//! LAB_REQUIRED=1).
+
+use installer_tests::e2e::{self, Env, Run};
+use installer_tests::lab::Lab;
+use installer_tests::lab_or_skip;
+
+fn messages(run: &Run) -> Vec<String> {
+    run.of("message")
+        .iter()
+        .filter_map(|m| m["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn status(env: &Env, lab: &Lab) -> (i32, serde_json::Value) {
+    let run = env.run(&lab.answer_file_path(), &["status"]).unwrap();
+    let st = run
+        .of("status_ready")
+        .first()
+        .map(|e| e["status"].clone())
+        .unwrap_or_default();
+    (run.code, st)
+}
+
+#[test]
+fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_only_its_workload() {
+    let Some(lab) = lab_or_skip!(3) else { return };
+    let env = Env::new().unwrap();
+    let answers = lab.answer_file_path();
+    let run = env.run(&answers, &["install"]).unwrap();
+    assert!(run.ok(), "{}", run.all());
+    let verify = run
+        .of("host_done")
+        .into_iter()
+        .find(|e| e["phase"] == "verify")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(verify["detail"], "3 endpoints answering", "{}", run.all());
+    // The appliance CA is beside the answer file, for the admin.
+    let ca = answers.parent().unwrap().join("appliance-ca.crt");
+    assert!(
+        std::fs::read_to_string(&ca)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+
+    // `installer status`: healthy, every workload ready, every endpoint answering.
+    let (code, st) = status(&env, &lab);
+    assert_eq!(code, 0, "{st:#}");
+    assert_eq!(st["healthy"], true, "{st:#}");
+    let workloads = st["workloads"].as_array().unwrap();
+    assert_eq!(workloads.len(), 5, "{st:#}");
+    for w in workloads {
+        assert_eq!(w["ready"], w["desired"], "{w}");
+    }
+    assert!(
+        st["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["ok"] == true),
+        "{st:#}"
+    );
+    assert_eq!(st["nodes"].as_array().unwrap().len(), 3);
+
+    // A changed value in the answer file rolls out only the workload that uses it.
+    let more = env
+        .answers_variant(&lab, "more-api", |t| {
+            format!("{t}  app:\n    values:\n      apiReplicas: 3\n")
+        })
+        .unwrap();
+    let run = env.run(&more, &["install"]).unwrap();
+    assert!(run.ok(), "{}", run.all());
+    let updated: Vec<String> = messages(&run)
+        .into_iter()
+        .filter(|m| m.ends_with(": updated") || m.ends_with(": created"))
+        .collect();
+    assert_eq!(
+        updated,
+        vec!["Deployment appliance/api: updated".to_string()],
+        "{}",
+        run.all()
+    );
+    let changed: Vec<String> = run
+        .changes()
+        .iter()
+        .map(|e| e["phase"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(changed, vec!["app"], "{}", run.all());
+
+    // Status reads the same answer file: 3 API replicas now.
+    let run = env.run(&more, &["status"]).unwrap();
+    let st = run.of("status_ready")[0]["status"].clone();
+    let api = st["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["workload"] == "Deployment appliance/api")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (api["ready"].as_u64(), api["desired"].as_u64()),
+        (Some(3), Some(3)),
+        "{st:#}"
+    );
+
+    // A stopped node makes status unhealthy, exit 1, with the node named.
+    lab.stop_node(&lab.nodes()[2]).unwrap();
+    let (code, st) = status(&env, &lab);
+    assert_eq!(code, 1, "{st:#}");
+    assert_eq!(st["healthy"], false);
+    let problems = st["problems"].to_string();
+    assert!(
+        problems.contains(&lab.nodes()[2].addr.to_string()),
+        "{problems}"
+    );
+}
+
+#[test]
+fn a_missing_image_archive_stops_the_install_at_the_workloads_gate_naming_node_and_image() {
+    let Some(lab) = lab_or_skip!(3) else { return };
+    // The gateway's (nginx) archive is not in the payload.
+    let env = Env::with_sizes(Default::default(), &["app-gateway-amd64"]).unwrap();
+    let run = env.run(&lab.answer_file_path(), &["install"]).unwrap();
+    assert_eq!(run.code, 1, "{}", run.all());
+    let failed = run.of("host_failed");
+    assert_eq!(failed.len(), 1, "{}", run.all());
+    assert_eq!(failed[0]["phase"], "app");
+    let f = run.failures();
+    for want in [
+        "DaemonSet appliance/gateway is not ready",
+        "on node node1: container nginx waiting: ErrImageNeverPull",
+        "docker.io/library/nginx:1.28.0-alpine",
+        "what to do:",
+    ] {
+        assert!(f.contains(want), "no {want:?} in\n{f}");
+    }
+    // It stopped early: the image cannot appear by waiting.
+    let app_time = run
+        .of("phase_finished")
+        .into_iter()
+        .find(|p| p["phase"] == "app")
+        .unwrap()["elapsed"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        app_time < 120.0,
+        "the gate waited {app_time} s for a hopeless rollout"
+    );
+}
+
+#[test]
+fn a_probe_that_never_succeeds_stops_the_install_at_its_workloads_gate() {
+    let Some(lab) = lab_or_skip!(3) else { return };
+    let env = Env::new().unwrap();
+    e2e::standin_knobs(&lab, "unhealthy-containers: [api]\n").unwrap();
+    let short = env
+        .answers_variant(&lab, "short", |t| {
+            format!("{t}  timeouts:\n    rollout: 30s\n")
+        })
+        .unwrap();
+    let run = env.run(&short, &["install"]).unwrap();
+    assert_eq!(run.code, 1, "{}", run.all());
+    let f = run.failures();
+    for want in [
+        "Deployment appliance/api is not ready after 30s",
+        "container api running but not ready",
+        "HTTP probe failed with statuscode: 503",
+        "on node node",
+    ] {
+        assert!(f.contains(want), "no {want:?} in\n{f}");
+    }
+    // The store, before the API in the order, was deployed; the gateway, after it, was not.
+    let msgs = messages(&run);
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("StatefulSet appliance/store is rolled out")),
+        "{msgs:#?}"
+    );
+    assert!(
+        !msgs
+            .iter()
+            .any(|m| m.starts_with("DaemonSet appliance/gateway")),
+        "{msgs:#?}"
+    );
+}

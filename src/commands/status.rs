@@ -1,0 +1,197 @@
+//! `installer status`: reads the answer file, connects, and shows the hosts (reachable, k3s
+//! unit and version), the nodes (role, version, Ready, etcd membership), the application's
+//! workloads and endpoints, and where the last install stopped if it did not finish.
+//! Changes nothing. Exit 0 when everything is healthy, 1 otherwise.
+
+use std::sync::Arc;
+
+use crate::commands::session::{self, SshConnector};
+use crate::config::Plan;
+use crate::config::plan::Role;
+use crate::error::Error;
+use crate::host::facts;
+use crate::host::{Remote, RemoteExt};
+use crate::k3s::paths;
+use crate::kube::Cluster;
+use crate::kube::wait::node_readiness;
+use crate::phases::Journal;
+use crate::phases::install::{Connector, HostSpec};
+use crate::report::status::{HostStatus, NodeStatus, StatusSummary};
+use crate::report::{Event, Reporter};
+use crate::secret::Secret;
+
+/// How to run status, from the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusOptions {
+    pub accept_new_host_keys: bool,
+}
+
+/// Builds the status of the cluster of `plan`.
+pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> StatusSummary {
+    let mut s = StatusSummary {
+        cluster: plan.cluster_name.clone(),
+        ..Default::default()
+    };
+    let connector = SshConnector::new(plan, opts.accept_new_host_keys, reporter.clone());
+    let tries = plan.hosts.iter().map(|h| {
+        let spec = HostSpec {
+            name: h.name.clone(),
+            address: h.ssh.address.clone(),
+            is_server: h.role == Role::Server,
+            node_name: h.node_name.clone(),
+            node_ip: h.node_ip,
+        };
+        let connector = &connector;
+        async move {
+            let remote = connector.connect(&spec).await?;
+            let f = facts::gather(remote.as_ref()).await?;
+            Ok::<_, crate::host::HostError>((remote, f))
+        }
+    });
+    let results = futures::future::join_all(tries).await;
+    let mut api_host: Option<Arc<dyn Remote>> = None;
+    for (h, r) in plan.hosts.iter().zip(results) {
+        let mut hs = HostStatus {
+            host: h.name.clone(),
+            role: h.role.as_str().into(),
+            ..Default::default()
+        };
+        match r {
+            Ok((remote, f)) => {
+                hs.reachable = true;
+                hs.unit = if h.role == Role::Server {
+                    f.k3s_unit.clone()
+                } else {
+                    f.k3s_agent_unit.clone()
+                };
+                hs.k3s_version = f
+                    .k3s_version
+                    .as_deref()
+                    .map(|v| v.trim_start_matches("k3s version ").to_owned());
+                if hs.unit.as_deref() != Some("active") {
+                    s.problems.push(format!(
+                        "{}: k3s is {}",
+                        h.name,
+                        hs.unit.as_deref().unwrap_or("not installed")
+                    ));
+                }
+                if api_host.is_none() && h.role == Role::Server && f.kubeconfig && f.k3s_running() {
+                    api_host = Some(remote);
+                }
+            }
+            Err(e) => {
+                s.problems.push(e.to_string());
+                hs.error = Some(e.to_string());
+            }
+        }
+        s.hosts.push(hs);
+    }
+    match api_host {
+        Some(remote) => match connect(remote).await {
+            Ok(cluster) => {
+                nodes(&cluster, plan, &mut s).await;
+                super::appliance::status(&cluster, plan, &mut s).await;
+            }
+            Err(e) => s.problems.push(format!("the Kubernetes API: {e}")),
+        },
+        None => s
+            .problems
+            .push("no server with a running k3s could be reached: the cluster is not installed or is down".into()),
+    }
+    let journal = session::state_dir(plan).join("journal.jsonl");
+    match Journal::last_run(&journal) {
+        Ok(Some(last)) => {
+            if let Some(stopped) = last.stopped_at() {
+                s.problems.push(stopped.clone());
+                s.last_run = Some(stopped);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => s
+            .problems
+            .push(format!("cannot read {}: {e}", journal.display())),
+    }
+    s.healthy = s.problems.is_empty();
+    s
+}
+
+async fn connect(remote: Arc<dyn Remote>) -> Result<Cluster, String> {
+    let k = remote
+        .read_file(paths::KUBECONFIG, true)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} is missing", paths::KUBECONFIG))?;
+    let k = Secret::new(String::from_utf8_lossy(&k).into_owned());
+    Cluster::connect(remote, k.expose())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn nodes(cluster: &Cluster, plan: &Plan, s: &mut StatusSummary) {
+    let list = match cluster.nodes().await {
+        Ok(l) => l,
+        Err(e) => {
+            s.problems.push(format!("listing nodes: {e}"));
+            return;
+        }
+    };
+    let members = cluster.etcd_members().await.ok();
+    for n in &list {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let labels = n.metadata.labels.clone().unwrap_or_default();
+        let server = labels.contains_key("node-role.kubernetes.io/control-plane");
+        let (ready, why) = node_readiness(n);
+        let etcd_member = server.then(|| {
+            members
+                .as_ref()
+                .is_some_and(|m| m.iter().any(|m| m.is_node(&name) && !m.is_learner))
+        });
+        if !ready {
+            s.problems.push(format!("node {name}: {why}"));
+        }
+        if etcd_member == Some(false) {
+            s.problems
+                .push(format!("node {name}: not a voting etcd member"));
+        }
+        s.nodes.push(NodeStatus {
+            name,
+            role: if server {
+                "server".into()
+            } else {
+                "agent".into()
+            },
+            version: n
+                .status
+                .as_ref()
+                .and_then(|st| st.node_info.as_ref())
+                .map(|i| i.kubelet_version.clone())
+                .unwrap_or_default(),
+            ready,
+            reason: (!ready).then_some(why),
+            etcd_member,
+        });
+    }
+    if list.len() < plan.hosts.len() {
+        s.problems.push(format!(
+            "{} of {} hosts are registered as nodes",
+            list.len(),
+            plan.hosts.len()
+        ));
+    }
+}
+
+/// Runs `installer status`.
+pub async fn run(plan: Plan, opts: StatusOptions, reporter: Reporter) -> Result<(), Error> {
+    let status = collect(&plan, &opts, &reporter).await;
+    let healthy = status.healthy;
+    let problems = status.problems.len();
+    reporter.emit(Event::StatusReady { status });
+    if healthy {
+        Ok(())
+    } else {
+        Err(Error::failed(
+            anyhow::anyhow!("the cluster is not healthy ({problems} problem{})", if problems == 1 { "" } else { "s" }),
+            Some("`installer install -f FILE` again converges what it can; the log file has the details".to_string()),
+        ))
+    }
+}
