@@ -590,3 +590,51 @@ fn forwarded_tcp_connection_to_a_port_only_the_host_can_reach() {
     });
     lab.exec(n, "systemctl stop ssh-test-echo").unwrap();
 }
+
+#[test]
+fn a_silently_dead_link_is_found_by_keepalives_and_the_next_command_reconnects() {
+    let Some(lab) = installer_tests::lab_or_skip!(1) else {
+        return;
+    };
+    let n = lab.nodes()[0].clone();
+    std::thread::scope(|scope| {
+        let (lab_ref, n_ref) = (&lab, &n);
+        // Cut the link 1 s into the command, restore it 8 s later: no FIN, no RST, just
+        // silence, as when a switch or a VPN dies.
+        let cutter = scope.spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            lab_ref.link_down(n_ref).unwrap();
+            std::thread::sleep(Duration::from_secs(8));
+            lab_ref.link_up(n_ref).unwrap();
+        });
+        rt().block_on(async {
+            let mut s = spec(&lab, &n, lab::ROOT_USER);
+            s.keepalive = Duration::from_secs(1);
+            s.connect_timeout = Duration::from_secs(3);
+            s.retry = RetryPolicy {
+                attempts: 6,
+                backoff: Duration::from_millis(500),
+            };
+            let h = host(s);
+            h.connect().await.unwrap();
+            let t = std::time::Instant::now();
+            let e = h
+                .exec(
+                    RemoteCommand::new("sleep 30; echo done")
+                        .not_idempotent()
+                        .timeout(Duration::from_secs(120)),
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(e, HostError::Disconnected { .. }), "{e}");
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "the dead link took {:?} to notice",
+                t.elapsed()
+            );
+            // An idempotent command retries (with backoff) until the link is back.
+            assert_eq!(whoami(&h, false).await.unwrap(), "root");
+        });
+        cutter.join().unwrap();
+    });
+}
