@@ -273,6 +273,11 @@ async fn bench(lab: &Lab, args: &Args) -> Result<()> {
         nodes.len(),
         args.runs
     );
+    if cfg!(debug_assertions) {
+        println!(
+            "note: this is a debug build, where russh's ciphers run several times slower; measure with `cargo build --release -p installer-tests --bin lab`"
+        );
+    }
     println!(
         "russh prefers aes256-gcm@openssh.com when the CPU has AES instructions; scp uses OpenSSH's default (chacha20-poly1305@openssh.com)"
     );
