@@ -101,8 +101,11 @@ impl Env {
             .arg("-f")
             .arg(answers)
             .args(["--output", "json"])
-            .args(self.payload.args())
             .env("NO_COLOR", "1");
+        // Only the commands that upload take the payload.
+        if matches!(args.first(), Some(&"install") | Some(&"preflight")) {
+            c.args(self.payload.args());
+        }
         Ok(c)
     }
 

@@ -887,7 +887,9 @@ pub async fn pods_and_events(
 pub const HOPELESS_GRACE: Duration = Duration::from_secs(20);
 
 /// Whether a pod is stuck on something that waiting cannot fix: an image that is not on
-/// the node and may not be pulled (`ErrImageNeverPull`), an invalid image name, a container
+/// the node (`ErrImageNeverPull`; or `ErrImagePull`/`ImagePullBackOff`, since an airgapped
+/// install carries every image it needs and pulls nothing: an image that did not arrive in
+/// an archive will not arrive from a registry either), an invalid image name, a container
 /// that cannot be configured, or a pod the scheduler cannot place (`Unschedulable`).
 pub fn hopeless(pod: &Pod) -> bool {
     let Some(status) = pod.status.as_ref() else {
@@ -912,7 +914,11 @@ pub fn hopeless(pod: &Pod) -> bool {
         && waiting.iter().all(|r| {
             matches!(
                 *r,
-                "ErrImageNeverPull" | "InvalidImageName" | "CreateContainerConfigError"
+                "ErrImageNeverPull"
+                    | "ErrImagePull"
+                    | "ImagePullBackOff"
+                    | "InvalidImageName"
+                    | "CreateContainerConfigError"
             )
         })
 }

@@ -571,9 +571,10 @@ fn hopeless_pods_are_those_waiting_cannot_fix() {
     };
     assert!(hopeless(&waiting("ErrImageNeverPull")));
     assert!(hopeless(&waiting("InvalidImageName")));
-    // A pull back-off may end when a registry comes back; a crash loop may end when a
-    // dependency starts: both are waited for until the timeout.
-    assert!(!hopeless(&waiting("ImagePullBackOff")));
+    // Airgapped: an image that is not on the node will not come from a registry.
+    assert!(hopeless(&waiting("ImagePullBackOff")));
+    assert!(hopeless(&waiting("ErrImagePull")));
+    // A crash loop may end when a dependency starts: waited for until the timeout.
     assert!(!hopeless(&waiting("CrashLoopBackOff")));
     assert!(!hopeless(&waiting("ContainerCreating")));
     let unschedulable = pod_json(serde_json::json!({
