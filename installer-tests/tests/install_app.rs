@@ -2,6 +2,8 @@
 //! A 3-host lab with the k3s stand-in; needs root (fails instead of skipping under
 //! LAB_REQUIRED=1).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use installer_tests::e2e::{self, Env, Run};
 use installer_tests::lab::Lab;
 use installer_tests::lab_or_skip;

@@ -2,6 +2,8 @@
 //! against real hosts (the lab: systemd, OpenSSH) with the k3s stand-in as k3s.
 //! Needs root; skips with the reason otherwise (fails instead under LAB_REQUIRED=1).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 
 use installer_tests::e2e::{self, Env};

@@ -3,6 +3,8 @@
 //! `installer install`, checks the error names the host, what is wrong and what to do,
 //! checks that every host is untouched, and undoes the fault.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use installer_tests::e2e::{self, Env, Run};
 use installer_tests::lab::Lab;
 use installer_tests::lab_or_skip;
