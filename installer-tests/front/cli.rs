@@ -132,7 +132,7 @@ fn every_example_validates_and_dry_runs_to_a_plan() {
 fn a_malformed_file_gets_every_problem_with_its_line_in_one_run() {
     let home = tempfile::tempdir().unwrap();
     let o = installer(home.path())
-        .current_dir(root().join("tests/fixtures"))
+        .current_dir(root().join("installer-tests/front/fixtures"))
         .args(["install", "--dry-run", "-f", "malformed.yaml", "--log-file"])
         .arg(home.path().join("log"))
         .output()
@@ -143,7 +143,7 @@ fn a_malformed_file_gets_every_problem_with_its_line_in_one_run() {
     insta::assert_snapshot!("malformed_report", report);
     // The same problems as JSON.
     let o = installer(home.path())
-        .current_dir(root().join("tests/fixtures"))
+        .current_dir(root().join("installer-tests/front/fixtures"))
         .args([
             "install",
             "--dry-run",
