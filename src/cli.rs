@@ -120,11 +120,11 @@ pub struct ConnectArgs {
     pub accept_new_host_keys: bool,
 
     /// Take the artifacts (k3s, images) from this directory instead of the embedded ones
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "INSTALLER_ASSETS")]
     pub assets: Option<PathBuf>,
 
     /// The lock file listing the artifacts and their SHA-256 (with --assets)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "INSTALLER_ASSETS_LOCK")]
     pub assets_lock: Option<PathBuf>,
 }
 

@@ -19,7 +19,7 @@ use crate::report::{Event, Reporter};
 use std::path::PathBuf;
 
 /// How to run an install, from the command line.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct InstallOptions {
     /// Connect and gather facts, report what would change, change nothing.
     pub dry_run: bool,
@@ -29,6 +29,9 @@ pub struct InstallOptions {
     pub assets_dir: Option<PathBuf>,
     /// The lock file for `assets_dir`.
     pub assets_lock: Option<PathBuf>,
+    /// Ask a person about unknown host keys (the wizard); pins chosen are written into
+    /// the answer file.
+    pub ask_host_keys: Option<std::sync::Arc<super::hostkeys::AskHostKeys>>,
 }
 
 impl InstallOptions {
@@ -43,6 +46,7 @@ impl InstallOptions {
             accept_new_host_keys,
             assets_dir: assets,
             assets_lock,
+            ask_host_keys: None,
         }
     }
 }
@@ -109,7 +113,10 @@ pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result
     });
     let store = asset_store(opts.assets_dir.as_ref(), opts.assets_lock.as_ref())?;
     let spec = session::install_spec(&plan, opts.dry_run, false);
-    let connector = SshConnector::new(&plan, opts.accept_new_host_keys, reporter.clone());
+    let mut connector = SshConnector::new(&plan, opts.accept_new_host_keys, reporter.clone());
+    if let Some(ask) = &opts.ask_host_keys {
+        connector = connector.with_prompt(ask.clone());
+    }
     let journal = if opts.dry_run {
         None
     } else {
@@ -147,6 +154,32 @@ pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result
         Err(e) => Err(e),
     };
     runner.finish(result.is_ok());
+    // Host keys the person chose to pin go into the answer file, whatever happened after.
+    if let (Some(ask), Some(file)) = (&opts.ask_host_keys, &plan.answer_file) {
+        let pins = ask.pins();
+        match super::hostkeys::write_pins(file, &pins) {
+            Ok(missed) if missed.is_empty() => {
+                if !pins.is_empty() {
+                    reporter.info(
+                        None,
+                        format!("pinned {} host key(s) in {}", pins.len(), file.display()),
+                    );
+                }
+            }
+            Ok(missed) => reporter.warn(
+                None,
+                format!(
+                    "add these host keys to {} by hand (hosts[].hostKey): {}",
+                    file.display(),
+                    missed.join(", ")
+                ),
+            ),
+            Err(e) => reporter.warn(
+                None,
+                format!("cannot pin the host keys in {}: {e}", file.display()),
+            ),
+        }
+    }
     let (installed, deployed) = result.map_err(pipeline_error)?;
     if opts.dry_run {
         reporter.info(None, "dry run: nothing was changed on any host");

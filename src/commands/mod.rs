@@ -7,6 +7,7 @@
 
 pub mod appliance;
 pub mod completions;
+pub mod hostkeys;
 pub mod install;
 pub mod preflight;
 pub mod schema;
@@ -326,7 +327,13 @@ fn wizard(out: &Output) -> Result<(), Error> {
         fallback: Some(&ProcessEnv),
     };
     let plan = load(out, &outcome.path, Some(&overlay))?;
-    let opts = install::InstallOptions::default();
+    let opts = install::InstallOptions {
+        ask_host_keys: Some(hostkeys::AskHostKeys::new(out.prompts())),
+        // As `install --assets/--assets-lock` read them (the wizard takes no flags).
+        assets_dir: std::env::var_os("INSTALLER_ASSETS").map(Into::into),
+        assets_lock: std::env::var_os("INSTALLER_ASSETS_LOCK").map(Into::into),
+        ..Default::default()
+    };
     block_on(install::run(plan, opts, out.reporter.clone()))
 }
 

@@ -76,6 +76,17 @@ pub struct SshConnector {
 }
 
 impl SshConnector {
+    /// Asks `prompt` about host keys nothing vouches for (instead of refusing them).
+    pub fn with_prompt(mut self, prompt: Arc<dyn ssh::SshPrompt>) -> SshConnector {
+        for (_, spec) in self.specs.iter_mut() {
+            *spec = spec
+                .clone()
+                .host_key_policy(HostKeyPolicy::Ask)
+                .prompt(prompt.clone());
+        }
+        self
+    }
+
     pub fn new(plan: &Plan, accept_new_host_keys: bool, reporter: Reporter) -> SshConnector {
         SshConnector {
             specs: plan

@@ -266,7 +266,11 @@ fn check_host(input: &Input, h: &HostInput, out: &mut Vec<Finding>) {
             "the install may still work; report the outcome to the vendor",
         ));
     }
-    if !input.arches.contains(&f.arch) {
+    if input.arches.is_empty() {
+        out.push(finding("arch", h, Blocking, "this installer carries no k3s binary (a development build)",
+            "an installer built with its artifacts, or --assets DIR",
+            "use the release build (it embeds k3s and the images), or pass --assets DIR with the artifacts of assets/assets.lock"));
+    } else if !input.arches.contains(&f.arch) {
         out.push(finding(
             "arch",
             h,
