@@ -6,4 +6,5 @@ pub mod e2e;
 pub mod images;
 pub mod lab;
 pub mod payload;
+pub mod pty;
 pub mod standin;

@@ -5,81 +5,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
 
-use expectrl::{Eof, Expect, Session};
-use std::path::Path;
+use installer_tests::pty::{DOWN, ENTER, Pty};
 use std::process::Command;
-use std::time::Duration;
 
-const DOWN: &str = "\x1b[B";
-const ENTER: &str = "\r";
-
-struct Pty {
-    s: expectrl::session::OsSession,
-    /// Everything the wizard printed so far.
-    seen: String,
-}
-
-impl Pty {
-    fn spawn(home: &Path, extra_env: &[(&str, &str)]) -> Pty {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_installer"));
-        cmd.current_dir(home)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", home)
-            .env("TERM", "xterm-256color");
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut s = Session::spawn(cmd).expect("spawn the installer in a pty");
-        let _ = s.get_process_mut().set_window_size(120, 40);
-        s.set_expect_timeout(Some(Duration::from_secs(30)));
-        Pty {
-            s,
-            seen: String::new(),
-        }
-    }
-
-    /// Waits for `text`, keeping what came before it.
-    fn expect(&mut self, text: &str) {
-        match self.s.expect(text) {
-            Ok(c) => {
-                self.seen.push_str(&String::from_utf8_lossy(c.before()));
-                self.seen.push_str(text);
-            }
-            Err(e) => panic!(
-                "waiting for {text:?}: {e}\n--- output so far ---\n{}",
-                self.seen
-            ),
-        }
-    }
-
-    fn send(&mut self, keys: &str) {
-        self.s.send(keys).expect("send keys");
-    }
-
-    /// Types a hidden answer. A password prompt turns echo off with TCSAFLUSH, which drops
-    /// input that arrived before it: wait until the terminal's echo is off, then type.
-    fn send_secret(&mut self, text: &str) {
-        for _ in 0..1000 {
-            if matches!(self.s.get_process().get_echo(), Ok(false)) {
-                self.send(text);
-                self.send(ENTER);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("the password prompt never turned echo off\n{}", self.seen);
-    }
-
-    fn finish(&mut self) -> i32 {
-        if let Ok(c) = self.s.expect(Eof) {
-            self.seen.push_str(&String::from_utf8_lossy(c.before()));
-        }
-        match self.s.get_process().wait() {
-            Ok(expectrl::process::unix::WaitStatus::Exited(_, code)) => code,
-            other => panic!("the installer did not exit normally: {other:?}"),
-        }
-    }
+fn installer() -> std::path::PathBuf {
+    installer_tests::payload::workspace_binary("installer").unwrap()
 }
 
 /// Whether `s` holds an SGR colour sequence (ESC [ 3x / 9x / 38 ... m).
@@ -100,7 +30,11 @@ fn has_colour(s: &str) -> bool {
 #[test]
 fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
     let home = tempfile::tempdir().unwrap();
-    let mut p = Pty::spawn(home.path(), &[("USER", "admin"), ("NO_COLOR", "1")]);
+    let mut p = Pty::spawn(
+        &installer(),
+        home.path(),
+        &[("USER", "admin"), ("NO_COLOR", "1")],
+    );
 
     p.expect("Host addresses");
     // Two hosts are refused as typed, with the reason; then three.
@@ -184,7 +118,7 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
     );
 
     // And it runs unattended.
-    let o = Command::new(env!("CARGO_BIN_EXE_installer"))
+    let o = Command::new(installer())
         .current_dir(home.path())
         .env("HOME", home.path())
         .env("SSH_PASSWORD", "wizard-ssh-password")
@@ -231,7 +165,7 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
         "{app:?}"
     );
     // Without the variables it names, the saved file is refused (exit 2), not run half-set.
-    let o = Command::new(env!("CARGO_BIN_EXE_installer"))
+    let o = Command::new(installer())
         .current_dir(home.path())
         .env_remove("SSH_PASSWORD")
         .env_remove("APP_ADMIN_PASSWORD")
@@ -245,7 +179,7 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
 #[test]
 fn ctrl_c_at_a_prompt_exits_130_and_saves_nothing() {
     let home = tempfile::tempdir().unwrap();
-    let mut p = Pty::spawn(home.path(), &[("USER", "root")]);
+    let mut p = Pty::spawn(&installer(), home.path(), &[("USER", "root")]);
     p.expect("Host addresses");
     p.send("10.0.0.5");
     p.send("\x03");
@@ -258,6 +192,7 @@ fn ctrl_c_at_a_prompt_exits_130_and_saves_nothing() {
 fn a_single_root_host_with_the_agent_needs_few_questions() {
     let home = tempfile::tempdir().unwrap();
     let mut p = Pty::spawn(
+        &installer(),
         home.path(),
         &[
             ("USER", "root"),

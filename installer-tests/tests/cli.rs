@@ -3,16 +3,20 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
 
-use assert_cmd::Command;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn root() -> PathBuf {
+    // The workspace root (this package is installer-tests/).
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The installer with a clean, predictable environment.
 fn installer(home: &Path) -> Command {
-    let mut c = Command::cargo_bin("installer").unwrap();
+    let mut c = Command::new(installer_tests::payload::workspace_binary("installer").unwrap());
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", home)
@@ -132,7 +136,7 @@ fn every_example_validates_and_dry_runs_to_a_plan() {
 fn a_malformed_file_gets_every_problem_with_its_line_in_one_run() {
     let home = tempfile::tempdir().unwrap();
     let o = installer(home.path())
-        .current_dir(root().join("installer-tests/front/fixtures"))
+        .current_dir(root().join("installer-tests/tests/fixtures"))
         .args(["install", "--dry-run", "-f", "malformed.yaml", "--log-file"])
         .arg(home.path().join("log"))
         .output()
@@ -143,7 +147,7 @@ fn a_malformed_file_gets_every_problem_with_its_line_in_one_run() {
     insta::assert_snapshot!("malformed_report", report);
     // The same problems as JSON.
     let o = installer(home.path())
-        .current_dir(root().join("installer-tests/front/fixtures"))
+        .current_dir(root().join("installer-tests/tests/fixtures"))
         .args([
             "install",
             "--dry-run",
