@@ -55,6 +55,46 @@ fn install_and_rerun(lab: &Lab, servers: usize) {
         "a rerun uploaded bytes\n{}",
         again.all()
     );
+
+    // No secret reached the log file or the events, on the first run (secrets generated)
+    // or the rerun (secrets read back from the first server).
+    let log_path = answers.parent().unwrap().join("installer.log");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let n1 = &lab.nodes()[0];
+    let mut secrets: Vec<String> = Vec::new();
+    for f in [
+        "/etc/rancher/k3s/server-token",
+        "/etc/rancher/k3s/agent-token",
+        "/var/lib/rancher/k3s/server/token",
+    ] {
+        let v = lab
+            .exec_ok(n1, &format!("cat {f}"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        assert!(v.len() >= 32, "{f}: {v}");
+        secrets.push(v);
+    }
+    // The admin client key of the kubeconfig.
+    let key = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client-key-data:"))
+        .map(|k| k.trim().trim_matches('"').to_owned())
+        .unwrap();
+    secrets.push(key);
+    for s in &secrets {
+        for (what, out) in [
+            ("the log file", log.clone()),
+            ("the first run's output", run.all()),
+            ("the rerun's output", again.all()),
+        ] {
+            assert!(
+                !out.contains(s.as_str()),
+                "a secret ({}...) is in {what}",
+                &s[..8]
+            );
+        }
+    }
 }
 
 #[test]

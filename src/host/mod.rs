@@ -39,6 +39,9 @@ pub struct RemoteCommand {
     /// Safe to run again if the connection drops mid-way. Non-idempotent commands that
     /// lose their connection are reported as [`HostError::Disconnected`], never retried.
     pub idempotent: bool,
+    /// The output may hold a secret (a token file, a kubeconfig): it is returned to the
+    /// caller but never streamed to events or the log.
+    pub quiet_output: bool,
 }
 
 /// Standard input for a remote command.
@@ -58,6 +61,7 @@ impl RemoteCommand {
             stdin: None,
             timeout: Duration::from_secs(60),
             idempotent: true,
+            quiet_output: false,
         }
     }
 
@@ -73,6 +77,12 @@ impl RemoteCommand {
 
     pub fn stdin(mut self, stdin: Stdin) -> Self {
         self.stdin = Some(stdin);
+        self
+    }
+
+    /// Keeps the output out of events and the log (it may hold a secret).
+    pub fn quiet_output(mut self) -> Self {
+        self.quiet_output = true;
         self
     }
 
@@ -238,7 +248,8 @@ pub trait RemoteExt: Remote {
 
     /// Reads a file, or `None` if it does not exist.
     async fn read_file(&self, path: &str, sudo: bool) -> Result<Option<Vec<u8>>, HostError> {
-        let mut cmd = RemoteCommand::new(read_file_script(path));
+        // Files read back are tokens, kubeconfigs, certificates: never stream them.
+        let mut cmd = RemoteCommand::new(read_file_script(path)).quiet_output();
         cmd.sudo = sudo;
         let out = self.exec(cmd).await?;
         match out.status {

@@ -291,7 +291,12 @@ impl Remote for SshHost {
 
     async fn exec(&self, cmd: RemoteCommand) -> Result<CommandOutput, HostError> {
         let sudo = self.sudo_use(cmd.sudo)?;
-        let opts = self.opts(sudo, Some(cmd.timeout), cmd.script.clone(), true)?;
+        let opts = self.opts(
+            sudo,
+            Some(cmd.timeout),
+            cmd.script.clone(),
+            !cmd.quiet_output,
+        )?;
         self.inner.reporter.message(
             Level::Debug,
             Some(self.name()),
