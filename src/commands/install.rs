@@ -32,6 +32,8 @@ pub struct InstallOptions {
     /// Ask a person about unknown host keys (the wizard); pins chosen are written into
     /// the answer file.
     pub ask_host_keys: Option<std::sync::Arc<super::hostkeys::AskHostKeys>>,
+    /// The debug log file of this run (named in the final summary).
+    pub log_file: Option<PathBuf>,
 }
 
 impl InstallOptions {
@@ -47,6 +49,7 @@ impl InstallOptions {
             assets_dir: assets,
             assets_lock,
             ask_host_keys: None,
+            log_file: None,
         }
     }
 }

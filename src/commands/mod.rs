@@ -51,7 +51,8 @@ pub fn dispatch(cli: Cli) -> i32 {
             let file = args.answers.file.clone();
             with_output(g, settings, Some(&file), |out| {
                 let plan = load(out, &file, None)?;
-                let opts = install::InstallOptions::from_args(&args);
+                let mut opts = install::InstallOptions::from_args(&args);
+                opts.log_file = out.log.as_ref().map(|l| l.path().to_owned());
                 block_on(install::run(plan, opts, out.reporter.clone()))
             })
         }
@@ -332,6 +333,7 @@ fn wizard(out: &Output) -> Result<(), Error> {
         // As `install --assets/--assets-lock` read them (the wizard takes no flags).
         assets_dir: std::env::var_os("INSTALLER_ASSETS").map(Into::into),
         assets_lock: std::env::var_os("INSTALLER_ASSETS_LOCK").map(Into::into),
+        log_file: out.log.as_ref().map(|l| l.path().to_owned()),
         ..Default::default()
     };
     block_on(install::run(plan, opts, out.reporter.clone()))
