@@ -248,8 +248,8 @@ pub async fn run(
             kubeconfig: None,
         });
     };
-    join_servers(runner, &k3s, &boot, &servers[1..]).await?;
-    join_agents(runner, &k3s, &boot, &agents).await?;
+    join(runner, &k3s, &boot, &servers[1..], true).await?;
+    join(runner, &k3s, &boot, &agents, false).await?;
     let kubeconfig = cluster_gate(runner, &k3s, &boot, &nodes).await?;
     Ok(Installed {
         nodes,
@@ -1116,114 +1116,103 @@ async fn describe_joins(
     Ok(())
 }
 
-async fn join_servers(
+/// Joins servers (strictly one at a time: etcd admits one learner at a time,
+/// k3s-host-network.md §2; each gated on Ready and a voting etcd membership) or agents (in
+/// parallel; each gated on Ready).
+async fn join(
     runner: &mut Runner,
     k3s: &K3sContext<'_>,
     boot: &Booted,
-    servers: &[Arc<Node>],
+    nodes: &[Arc<Node>],
+    servers: bool,
 ) -> Result<(), InstallError> {
-    if servers.is_empty() {
+    if nodes.is_empty() {
         return Ok(());
     }
     let reporter = runner.reporter().clone();
     let t = k3s.spec.timeouts;
-    // Strictly one at a time: etcd admits one learner at a time (k3s-host-network.md §2).
-    runner
-        .phase(
+    let (id, title, limit, unit, timeout) = if servers {
+        (
             "join-servers",
             "Join the other servers, one at a time",
-            servers,
             1,
-            |n| {
-                let ops = Ops::new(n.remote.clone(), "join-servers", &reporter, false);
-                async move {
-                    let role = NodeRole::JoiningServer {
-                        server_url: boot.server_url.clone(),
-                    };
-                    converge_node(
-                        &ops,
-                        k3s,
-                        &n,
-                        &role,
-                        Some(&boot.secrets),
-                        Some(&boot.ca_pem),
-                    )
-                    .await?;
-                    wait_unit_active(&n, paths::SERVER_UNIT, t.server, t.poll).await?;
-                    node_gate(&ops, &boot.cluster, &n, t.server, t.poll).await?;
-                    let name = n.node_name.clone();
-                    wait::until(
-                        &format!("{name} to be a voting etcd member"),
-                        t.server,
-                        t.poll,
-                        || async {
-                            match boot.cluster.etcd_members().await {
-                                Ok(m) => match m.iter().find(|m| m.is_node(&name)) {
-                                    Some(m) if !m.is_learner => Probe::Done(()),
-                                    Some(_) => Probe::NotYet(format!("{name} is still a learner")),
-                                    None => Probe::NotYet(format!(
-                                        "members are {}",
-                                        m.iter()
-                                            .map(|m| m.name.as_str())
-                                            .collect::<Vec<_>>()
-                                            .join(", ")
-                                    )),
-                                },
-                                Err(e) => Probe::NotYet(e.to_string()),
-                            }
-                        },
-                    )
-                    .await?;
-                    Ok((
-                        outcome(&ops, "joined, Ready, etcd member", "already joined"),
-                        (),
-                    ))
-                }
-            },
+            paths::SERVER_UNIT,
+            t.server,
         )
+    } else {
+        (
+            "join-agents",
+            "Join the agents",
+            k3s.spec.concurrency,
+            paths::AGENT_UNIT,
+            t.agent,
+        )
+    };
+    runner
+        .phase(id, title, nodes, limit, |n| {
+            let ops = Ops::new(n.remote.clone(), id, &reporter, false);
+            async move {
+                let server_url = boot.server_url.clone();
+                let role = if servers {
+                    NodeRole::JoiningServer { server_url }
+                } else {
+                    NodeRole::Agent { server_url }
+                };
+                converge_node(
+                    &ops,
+                    k3s,
+                    &n,
+                    &role,
+                    Some(&boot.secrets),
+                    Some(&boot.ca_pem),
+                )
+                .await?;
+                wait_unit_active(&n, unit, timeout, t.poll).await?;
+                node_gate(&ops, &boot.cluster, &n, timeout, t.poll).await?;
+                if servers {
+                    etcd_member_gate(&boot.cluster, &n.node_name, timeout, t.poll).await?;
+                }
+                let done = if servers {
+                    "joined, Ready, etcd member"
+                } else {
+                    "joined, Ready"
+                };
+                Ok((outcome(&ops, done, "already joined"), ()))
+            }
+        })
         .await?;
     Ok(())
 }
 
-async fn join_agents(
-    runner: &mut Runner,
-    k3s: &K3sContext<'_>,
-    boot: &Booted,
-    agents: &[Arc<Node>],
-) -> Result<(), InstallError> {
-    if agents.is_empty() {
-        return Ok(());
-    }
-    let reporter = runner.reporter().clone();
-    let t = k3s.spec.timeouts;
-    runner
-        .phase(
-            "join-agents",
-            "Join the agents",
-            agents,
-            k3s.spec.concurrency,
-            |n| {
-                let ops = Ops::new(n.remote.clone(), "join-agents", &reporter, false);
-                async move {
-                    let role = NodeRole::Agent {
-                        server_url: boot.server_url.clone(),
-                    };
-                    converge_node(
-                        &ops,
-                        k3s,
-                        &n,
-                        &role,
-                        Some(&boot.secrets),
-                        Some(&boot.ca_pem),
-                    )
-                    .await?;
-                    wait_unit_active(&n, paths::AGENT_UNIT, t.agent, t.poll).await?;
-                    node_gate(&ops, &boot.cluster, &n, t.agent, t.poll).await?;
-                    Ok((outcome(&ops, "joined, Ready", "already joined"), ()))
-                }
-            },
-        )
-        .await?;
+/// Waits until `name` is a voting (no longer learner) member of the embedded etcd.
+async fn etcd_member_gate(
+    cluster: &Cluster,
+    name: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<(), StepError> {
+    wait::until(
+        &format!("{name} to be a voting etcd member"),
+        timeout,
+        poll,
+        || async {
+            match cluster.etcd_members().await {
+                Ok(m) => match m.iter().find(|m| m.is_node(name)) {
+                    Some(m) if !m.is_learner => Probe::Done(()),
+                    Some(_) => Probe::NotYet(format!("{name} is still a learner")),
+                    None => Probe::NotYet(format!(
+                        "members are {}",
+                        m.iter()
+                            .map(|m| m.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                },
+                Err(e) => Probe::NotYet(e.to_string()),
+            }
+        },
+    )
+    .await?;
     Ok(())
 }
 
