@@ -423,26 +423,34 @@ impl<'a> Validator<'a> {
             raw::Auth::Password {
                 password,
                 password_file,
-            } => match (password, password_file) {
-                (Some(_), Some(_)) => {
-                    self.error(
-                        &path.key("passwordFile"),
-                        Problem::new("give either `password` or `passwordFile`, not both"),
-                    );
-                    None
-                }
-                (Some(p), None) => self
-                    .secret(&path.key("password"), p)
-                    .map(AuthMethod::Password),
-                (None, Some(f)) => self
-                    .secret_file(&path.key("passwordFile"), f)
-                    .map(AuthMethod::Password),
-                (None, None) => {
-                    let what = format!("SSH password ({})", Self::scope(path));
-                    self.prompt(path.key("password"), what)
-                        .map(AuthMethod::Password)
-                }
-            },
+            } => {
+                let what = format!("SSH password ({})", Self::scope(path));
+                self.password(path, password.as_ref(), password_file.as_ref(), what)
+                    .map(AuthMethod::Password)
+            }
+        }
+    }
+
+    /// A password given in the file (`password`, `${VAR}` allowed), read from a file
+    /// (`passwordFile`), or asked for when neither is given; never both.
+    fn password(
+        &mut self,
+        path: &Path,
+        password: Option<&String>,
+        password_file: Option<&String>,
+        what: String,
+    ) -> Option<Secret> {
+        match (password, password_file) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    &path.key("passwordFile"),
+                    Problem::new("give either `password` or `passwordFile`, not both"),
+                );
+                None
+            }
+            (Some(p), None) => self.secret(&path.key("password"), p),
+            (None, Some(f)) => self.secret_file(&path.key("passwordFile"), f),
+            (None, None) => self.prompt(path.key("password"), what),
         }
     }
 
@@ -468,26 +476,16 @@ impl<'a> Validator<'a> {
                     SudoPlan::Passwordless
                 })
             }
-            raw::SudoMode::Password => match (&sudo.password, &sudo.password_file) {
-                (Some(_), Some(_)) => {
-                    self.error(
-                        &path.key("passwordFile"),
-                        Problem::new("give either `password` or `passwordFile`, not both"),
-                    );
-                    None
-                }
-                (Some(p), None) => self
-                    .secret(&path.key("password"), p)
-                    .map(SudoPlan::Password),
-                (None, Some(f)) => self
-                    .secret_file(&path.key("passwordFile"), f)
-                    .map(SudoPlan::Password),
-                (None, None) => {
-                    let what = format!("sudo password ({})", Self::scope(path));
-                    self.prompt(path.key("password"), what)
-                        .map(SudoPlan::Password)
-                }
-            },
+            raw::SudoMode::Password => {
+                let what = format!("sudo password ({})", Self::scope(path));
+                self.password(
+                    path,
+                    sudo.password.as_ref(),
+                    sudo.password_file.as_ref(),
+                    what,
+                )
+                .map(SudoPlan::Password)
+            }
         };
         SudoAt {
             plan,
