@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::ops::{Ops, sha256_hex};
+use super::ops::Ops;
 use super::preflight::{self, Finding, Relaxations, Severity};
 use super::reachability;
 use super::runner::{Named, PhaseFailure, Runner, StepError, StepOk};
@@ -1312,15 +1312,9 @@ pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Resu
     Ok(())
 }
 
-/// The SHA-256 of a rendered file, as facts report it.
-pub fn rendered_sha(content: &str) -> String {
-    sha256_hex(content.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::facts::InterfaceAddr;
 
     fn facts_with(addrs: &[(&str, &str)], route: Option<&str>) -> Facts {
         let mut text = String::from(
@@ -1372,10 +1366,6 @@ mod tests {
         assert!(why.contains("eth1"), "{why}");
         let none = facts_with(&[("lo", "127.0.0.1/8")], None);
         assert!(resolve_node_ip(&h, &none).is_err());
-        let _ = InterfaceAddr {
-            interface: String::new(),
-            addr: "10.0.0.1/32".parse().unwrap(),
-        };
     }
 
     #[test]
