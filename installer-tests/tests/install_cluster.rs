@@ -242,3 +242,34 @@ fn dry_run_connects_reports_actions_and_changes_nothing() {
         );
     }
 }
+
+#[test]
+fn a_wiped_first_server_is_never_bootstrapped_into_a_second_cluster() {
+    let Some(lab) = lab_or_skip!(3) else { return };
+    let env = Env::new().unwrap();
+    let answers = lab.answer_file_path();
+    let run = env.run(&answers, &["install"]).unwrap();
+    assert!(run.ok(), "{}", run.all());
+    // node1 is reinstalled: k3s, its data and its configuration are gone.
+    let n1 = &lab.nodes()[0];
+    lab.exec_ok(
+        n1,
+        "systemctl stop k3s; rm -rf /var/lib/rancher/k3s /etc/rancher/k3s /usr/local/bin/k3s /etc/systemd/system/k3s.service; systemctl daemon-reload",
+    )
+    .unwrap();
+    let run = env.run(&answers, &["install"]).unwrap();
+    assert_eq!(run.code, 1, "{}", run.all());
+    let f = run.failures();
+    assert!(f.contains("would create a second, separate cluster"), "{f}");
+    assert!(f.contains(&lab.nodes()[1].addr.to_string()), "{f}");
+    // Nothing was started on node1.
+    assert_ne!(e2e::unit_state(&lab, n1, "k3s").unwrap(), "active");
+    assert!(
+        lab.exec_ok(
+            n1,
+            "test -e /var/lib/rancher/k3s/server/db && echo yes || echo no"
+        )
+        .unwrap()
+        .contains("no")
+    );
+}

@@ -237,6 +237,12 @@ pub async fn run(
             .first()
             .cloned()
             .ok_or_else(|| InstallError::Setup("the plan has no server".into()))?,
+        members_elsewhere: servers
+            .iter()
+            .skip(1)
+            .filter(|n| n.facts.etcd_data)
+            .map(|n| n.spec.name.clone())
+            .collect(),
     };
     let boot = bootstrap(runner, &k3s).await?;
     let Some(boot) = boot else {
@@ -755,6 +761,8 @@ struct K3sContext<'a> {
     settings: ClusterSettings,
     binary_changed: BTreeMap<String, bool>,
     first: Arc<Node>,
+    /// Other servers that already hold the cluster's data (etcd).
+    members_elsewhere: Vec<String>,
 }
 
 /// Every name and address of every server goes into `tls-san` (k3s-host-network.md §2).
@@ -1026,6 +1034,17 @@ async fn bootstrap(
             let ops = Ops::new(n.remote.clone(), "bootstrap", &reporter, spec.dry_run);
             async move {
                 let f = &n.facts;
+                // Never start a second cluster: a first server without the cluster's data,
+                // while other servers hold it, was wiped or replaced.
+                if !f.etcd_data && !k3s.members_elsewhere.is_empty() {
+                    return Err(StepError::new(format!(
+                        "{} has no cluster data, but {} {} it: starting k3s with cluster-init here would create a second, separate cluster",
+                        n.spec.name,
+                        k3s.members_elsewhere.join(", "),
+                        if k3s.members_elsewhere.len() == 1 { "holds" } else { "hold" }
+                    ))
+                    .with_hint("if the host was reinstalled, rejoin it by hand (`server:` pointing at a live server, its token from that server) or restore it from an etcd snapshot; the installer does not recover a lost first server in this version"));
+                }
                 // The token files on the first server are the source of truth for the
                 // cluster's join secrets: reused on every rerun, generated only once.
                 let secrets = if f.server_token_file && f.agent_token_file {
