@@ -308,7 +308,11 @@ async fn connect(
                         facts.arch.as_str(),
                         facts.cpus,
                         facts.mem_bytes / (1024 * 1024),
-                        facts.k3s_version.as_deref().unwrap_or("not installed")
+                        facts
+                            .k3s_version
+                            .as_deref()
+                            .map(|v| v.trim_start_matches("k3s version "))
+                            .unwrap_or("not installed")
                     );
                     Ok((
                         StepOk::unchanged(detail),
