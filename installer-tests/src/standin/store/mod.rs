@@ -429,27 +429,7 @@ impl Store {
         let unknown = admission::unknown_fields(v, &decoded);
         if !unknown.is_empty() {
             if apply {
-                let gv = if rt.group.is_empty() {
-                    format!("/{}", rt.version)
-                } else {
-                    rt.api_version()
-                };
-                let msg = if unknown.len() == 1 {
-                    format!("{}: field not declared in schema", unknown[0])
-                } else {
-                    format!(
-                        "errors:\n{}",
-                        unknown
-                            .iter()
-                            .map(|u| format!("  {u}: field not declared in schema"))
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    )
-                };
-                return Err(ApiError::internal(format!(
-                    "failed to create typed patch object ({ns}/{name}; {gv}, Kind={}): {msg}",
-                    rt.kind
-                )));
+                return Err(typed_patch_error(rt, ns, name, &unknown));
             }
             if strict {
                 return Err(ApiError::bad_request(format!(
@@ -487,27 +467,7 @@ impl Store {
         })?;
         let unknown = admission::unknown_fields(applied, &decoded);
         if !unknown.is_empty() {
-            let gv = if rt.group.is_empty() {
-                format!("/{}", rt.version)
-            } else {
-                rt.api_version()
-            };
-            let msg = if unknown.len() == 1 {
-                format!("{}: field not declared in schema", unknown[0])
-            } else {
-                format!(
-                    "errors:\n{}",
-                    unknown
-                        .iter()
-                        .map(|u| format!("  {u}: field not declared in schema"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-            };
-            return Err(ApiError::internal(format!(
-                "failed to create typed patch object ({ns}/{name}; {gv}, Kind={}): {msg}",
-                rt.kind
-            )));
+            return Err(typed_patch_error(rt, ns, name, &unknown));
         }
         Ok(decoded)
     }
@@ -1339,6 +1299,32 @@ impl Store {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The apiserver's answer to an applied or submitted object with fields its schema does not
+/// declare (structured-merge-diff's "failed to create typed patch object").
+fn typed_patch_error(rt: &ResourceType, ns: &str, name: &str, unknown: &[String]) -> ApiError {
+    let gv = if rt.group.is_empty() {
+        format!("/{}", rt.version)
+    } else {
+        rt.api_version()
+    };
+    let msg = if unknown.len() == 1 {
+        format!("{}: field not declared in schema", unknown[0])
+    } else {
+        format!(
+            "errors:\n{}",
+            unknown
+                .iter()
+                .map(|u| format!("  {u}: field not declared in schema"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
+    ApiError::internal(format!(
+        "failed to create typed patch object ({ns}/{name}; {gv}, Kind={}): {msg}",
+        rt.kind
+    ))
 }
 
 #[cfg(test)]
