@@ -215,18 +215,41 @@ fn dry_run_connects_reports_actions_and_changes_nothing() {
         .run(&lab.answer_file_path(), &["install", "--dry-run"])
         .unwrap();
     assert!(run.ok(), "{}", run.all());
-    let steps: Vec<String> = run
-        .of("host_step")
+    // Every change is a typed event: (action, target, summary).
+    let changes: Vec<(String, String, String)> = run
+        .of("planned_change")
         .iter()
-        .filter_map(|s| s["message"].as_str().map(str::to_owned))
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (s("action"), s("target"), s("summary"))
+        })
         .collect();
-    for want in [
-        "would upload k3s-amd64 to /usr/local/bin/k3s",
-        "would write /etc/rancher/k3s/config.yaml",
-        "would start k3s.service",
+    for (action, target, summary) in [
+        (
+            "upload",
+            "/usr/local/bin/k3s",
+            "upload k3s-amd64 to /usr/local/bin/k3s",
+        ),
+        (
+            "write",
+            "/etc/rancher/k3s/config.yaml",
+            "write /etc/rancher/k3s/config.yaml",
+        ),
+        ("run", "start k3s.service", "start k3s.service"),
     ] {
-        assert!(steps.iter().any(|s| s == want), "no {want:?} in {steps:#?}");
+        let want = (action.to_owned(), target.to_owned(), summary.to_owned());
+        assert!(changes.contains(&want), "no {want:?} in {changes:#?}");
     }
+    // The reachability check's listeners are probes, reported and not run.
+    assert!(changes.iter().any(|(a, _, _)| a == "probe"), "{changes:#?}");
+    // A dry run says "would" only through typed events.
+    assert!(
+        !run.of("host_step").iter().any(|s| s["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("would "))),
+        "{}",
+        run.all()
+    );
     // Every host's plan is reported, servers joining included.
     let joins = run
         .of("host_done")

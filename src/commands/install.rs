@@ -1,22 +1,28 @@
-//! `installer install`: the install pipeline, from a validated plan.
+//! `installer install`: the list of phases, from a validated plan.
 //!
 //! The answer file has been parsed and validated before this is called (bad input never
-//! gets here: it exits 2 with every problem listed). Part 1 (`phases::install`) brings up
-//! the k3s cluster; part 2 (`phases::appliance`) deploys the application on it. A dry run
-//! connects and gathers facts, then reports per host what would change.
+//! gets here: it exits 2 with every problem listed). [`cluster_phases`] brings up the k3s
+//! cluster (connect, preflight, prepare, upload, bootstrap, joins, cluster gate; `preflight`
+//! stops after its second phase); [`appliance_phases`] deploys the cluster services and the
+//! application on it. A dry run connects and gathers facts, then reports per host what
+//! would change, as typed change events.
 
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::app::{self, Values};
 use crate::assets::AssetStore;
 use crate::cli::{ConnectArgs, InstallArgs};
 use crate::commands::session::{self, SshConnector};
 use crate::config::Plan;
 use crate::error::Error;
-use crate::phases::appliance::{self, ApplianceSpec};
-use crate::phases::install::{self, InstallError};
-use crate::phases::{Journal, Runner};
+use crate::kube::Cluster;
+use crate::phases::join::JoinRole;
+use crate::phases::k3s_node::K3sPlan;
+use crate::phases::{self, ConnectedHost, Connector, Context, Goal, PipelineError, ids};
+use crate::phases::{Journal, Runner, preflight};
 use crate::report::{Event, Reporter};
-use std::path::PathBuf;
 
 /// How to run an install, from the command line.
 #[derive(Debug, Clone, Default)]
@@ -54,21 +60,126 @@ impl InstallOptions {
     }
 }
 
-/// The phases of an install, in order (for the progress header and `status`).
-pub const PHASES: &[&str] = &[
-    "connect",
-    "preflight",
-    "prepare",
-    "upload",
-    "bootstrap",
-    "join-servers",
-    "join-agents",
-    "cluster",
-    "dns",
-    "enforcer",
-    "app",
-    "verify",
-];
+/// What the cluster phases hand to the application's.
+pub struct Installed {
+    pub hosts: Vec<Arc<ConnectedHost>>,
+    /// The API connection (None unless the goal was to apply).
+    pub cluster: Option<Cluster>,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// connect, preflight, then (when the goal goes further) prepare, upload, bootstrap, the
+/// joins and the cluster gate. `app_values` renders the application's templates for the
+/// connected nodes, so preflight and the firewall know every port they hold.
+pub async fn cluster_phases(
+    runner: &mut Runner,
+    ctx: &Context,
+    connector: &dyn Connector,
+    store: &AssetStore,
+    app_values: Option<&Values>,
+    kubeconfig_out: &Path,
+) -> Result<Installed, PipelineError> {
+    let hosts = phases::connect::run(runner, ctx, connector).await?;
+    let mut ctx = ctx.clone();
+    if let Some(values) = app_values {
+        let list: Vec<(String, IpAddr, bool)> = hosts
+            .iter()
+            .map(|n| (n.node_name.clone(), n.node_ip, n.spec.is_server))
+            .collect();
+        ctx.app_ports =
+            phases::app::host_ports(values, ctx.cluster.service_cidr, &list).map_err(|e| {
+                PipelineError::Setup {
+                    message: format!("the application's templates: {e}"),
+                    hint: e.hint(),
+                }
+            })?;
+    }
+    let ctx = &ctx;
+    let needs = preflight::Needs {
+        store,
+        app_cpus: 0,
+        app_mem_bytes: 0,
+    };
+    preflight::run(runner, ctx, &hosts, &needs).await?;
+    let nothing = |hosts| Installed {
+        hosts,
+        cluster: None,
+        kubeconfig: None,
+    };
+    if ctx.goal == Goal::Preflight {
+        return Ok(nothing(hosts));
+    }
+    phases::prepare::run(runner, ctx, &hosts).await?;
+    let binary_changed = phases::upload::run(runner, ctx, &hosts, store).await?;
+    let plan = K3sPlan::new(ctx, &hosts, binary_changed).ok_or(PipelineError::Setup {
+        message: "the plan has no server".into(),
+        hint: Some("give at least one host `role: server` in the answer file".into()),
+    })?;
+    let servers = phases::context::servers(&hosts);
+    let agents = phases::context::agents(&hosts);
+    let boot = phases::bootstrap::run(runner, &plan).await?;
+    phases::join::run(
+        runner,
+        &plan,
+        boot.as_ref(),
+        &servers[1..],
+        JoinRole::Server,
+    )
+    .await?;
+    phases::join::run(runner, &plan, boot.as_ref(), &agents, JoinRole::Agent).await?;
+    let Some(boot) = boot else {
+        return Ok(nothing(hosts));
+    };
+    let kubeconfig =
+        phases::cluster_gate::run(runner, &plan, &boot, &hosts, kubeconfig_out).await?;
+    Ok(Installed {
+        hosts,
+        cluster: Some(boot.cluster),
+        kubeconfig: Some(kubeconfig),
+    })
+}
+
+/// What the application's phases report back for the final summary.
+pub struct Deployed {
+    pub endpoints: Vec<app::endpoints::EndpointResult>,
+    pub ca_file: Option<PathBuf>,
+    /// Values generated in this run that the admin must learn once (name, value).
+    pub shown_once: Vec<(String, crate::secret::Secret)>,
+}
+
+/// dns, enforcer, app and verify, on the Ready cluster.
+pub async fn appliance_phases(
+    runner: &mut Runner,
+    plan: &Plan,
+    cluster: &Cluster,
+    hosts: &[Arc<ConnectedHost>],
+) -> Result<Deployed, PipelineError> {
+    let service_cidr = plan.network.service_cidr;
+    phases::dns::run(runner, cluster, hosts, service_cidr, plan.rollout_timeout).await?;
+    phases::enforcer::run(runner, plan.enforcer).await?;
+    let timeouts = app::DeployTimeouts {
+        per_workload: plan.rollout_timeout,
+        ..Default::default()
+    };
+    let values = Values::from(&plan.app);
+    let (app, generated) =
+        phases::app::run(runner, cluster, &values, service_cidr, timeouts).await?;
+    let ca_file = match &plan.answer_file {
+        Some(f) => app::generated::write_ca_file(&generated, f).unwrap_or_else(|e| {
+            runner
+                .reporter()
+                .warn(None, format!("cannot write the CA certificate: {e}"));
+            None
+        }),
+        None => None,
+    };
+    let endpoints = phases::verify::run(runner, &app, &generated).await?;
+    Ok(Deployed {
+        endpoints,
+        ca_file,
+        shown_once: generated.shown_once.clone(),
+    })
+}
 
 /// Opens the asset store (hashing `--assets` files happens later, per artifact).
 pub fn asset_store(
@@ -84,12 +195,16 @@ pub fn asset_store(
 }
 
 /// Maps a failed pipeline to the command's error (interrupted: exit 130).
-pub fn pipeline_error(e: InstallError) -> Error {
+pub fn pipeline_error(e: PipelineError) -> Error {
+    use crate::hint::Hint;
     if e.interrupted() {
-        Error::Interrupted
-    } else {
-        Error::failed(anyhow::Error::new(e), Some("fix what is reported above and rerun the same command: finished steps are not repeated".to_string()))
+        return Error::Interrupted;
     }
+    let hint = e.hint().unwrap_or_else(|| {
+        "fix what is reported above and rerun the same command: finished steps are not repeated"
+            .to_string()
+    });
+    Error::failed(anyhow::Error::new(e), Some(hint))
 }
 
 /// Opens the journal and tells the user where a previous run stopped, if it did.
@@ -115,7 +230,12 @@ pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result
         plan: plan.summary(),
     });
     let store = asset_store(opts.assets_dir.as_ref(), opts.assets_lock.as_ref())?;
-    let spec = session::install_spec(&plan, opts.dry_run, false);
+    let goal = if opts.dry_run {
+        Goal::DryRun
+    } else {
+        Goal::Apply
+    };
+    let ctx = session::context(&plan, goal);
     let mut connector = SshConnector::new(&plan, opts.accept_new_host_keys, reporter.clone());
     if let Some(ask) = &opts.ask_host_keys {
         connector = connector.with_prompt(ask.clone());
@@ -132,27 +252,23 @@ pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result
     };
     let mut runner = Runner::new(command, reporter.clone(), journal, session::cancel_token());
     let hosts: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
-    runner.start(PHASES, &hosts);
-    let result = install::run(&mut runner, &spec, &connector, &store).await;
+    runner.start(&ids::PhaseId::ids(ids::INSTALL), &hosts);
+    let values = Values::from(&plan.app);
+    let result = cluster_phases(
+        &mut runner,
+        &ctx,
+        &connector,
+        &store,
+        Some(&values),
+        &session::kubeconfig_path(&plan),
+    )
+    .await;
     let result = match result {
-        Ok(installed) => match (&installed.cluster, opts.dry_run) {
-            (Some(cluster), false) => {
-                let aspec = ApplianceSpec {
-                    values: crate::app::Values::from(&plan.app),
-                    service_cidr: plan.network.service_cidr,
-                    enforcer: plan.enforcer,
-                    answer_file: plan.answer_file.clone(),
-                    timeouts: crate::app::DeployTimeouts {
-                        per_workload: plan.rollout_timeout,
-                        ..Default::default()
-                    },
-                    dns_timeout: plan.rollout_timeout,
-                };
-                appliance::run(&mut runner, &aspec, cluster, &installed.nodes)
-                    .await
-                    .map(|d| (installed, Some(d)))
-            }
-            _ => Ok((installed, None)),
+        Ok(installed) => match &installed.cluster {
+            Some(cluster) => appliance_phases(&mut runner, &plan, cluster, &installed.hosts)
+                .await
+                .map(|d| (installed, Some(d))),
+            None => Ok((installed, None)),
         },
         Err(e) => Err(e),
     };

@@ -231,7 +231,7 @@ fn check_app(plan: &Plan) -> Result<(), Error> {
             (name, ip, h.role == Role::Server)
         })
         .collect();
-    crate::phases::appliance::host_ports(
+    crate::phases::app::host_ports(
         &crate::app::Values::from(&plan.app),
         plan.network.service_cidr,
         &nodes,

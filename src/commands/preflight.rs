@@ -2,12 +2,11 @@
 //! exit non-zero on a blocking finding.
 
 use crate::cli::PreflightArgs;
-use crate::commands::install::{PHASES, asset_store, pipeline_error};
+use crate::commands::install::{asset_store, cluster_phases, pipeline_error};
 use crate::commands::session::{self, SshConnector};
 use crate::config::Plan;
 use crate::error::Error;
-use crate::phases::Runner;
-use crate::phases::install;
+use crate::phases::{Goal, Runner, ids};
 use crate::report::Reporter;
 use std::path::PathBuf;
 
@@ -32,12 +31,21 @@ impl PreflightOptions {
 /// Runs the checks against the hosts of `plan`.
 pub async fn run(plan: Plan, opts: PreflightOptions, reporter: Reporter) -> Result<(), Error> {
     let store = asset_store(opts.assets_dir.as_ref(), opts.assets_lock.as_ref())?;
-    let spec = session::install_spec(&plan, false, true);
+    let ctx = session::context(&plan, Goal::Preflight);
     let connector = SshConnector::new(&plan, opts.accept_new_host_keys, reporter.clone());
     let mut runner = Runner::new("preflight", reporter.clone(), None, session::cancel_token());
     let hosts: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
-    runner.start(&PHASES[..2], &hosts);
-    let result = install::run(&mut runner, &spec, &connector, &store).await;
+    runner.start(&ids::PhaseId::ids(ids::PREFLIGHT), &hosts);
+    let values = crate::app::Values::from(&plan.app);
+    let result = cluster_phases(
+        &mut runner,
+        &ctx,
+        &connector,
+        &store,
+        Some(&values),
+        &session::kubeconfig_path(&plan),
+    )
+    .await;
     runner.finish(result.is_ok());
     result.map_err(pipeline_error)?;
     reporter.info(None, "every host passed preflight; nothing was changed");

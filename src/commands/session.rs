@@ -1,5 +1,5 @@
 //! What `install`, `preflight` and `status` share: the plan turned into SSH connection
-//! specs and the install spec, the local state directory, and Ctrl-C as a cancellation
+//! specs and the phases' context, the local state directory, and Ctrl-C as a cancellation
 //! token that phases observe (so an interrupted run records where it stopped).
 
 use std::path::{Path, PathBuf};
@@ -13,8 +13,8 @@ use crate::config::plan::{AuthMethod, HostFirewall, HostPlan, Role, SshTarget, S
 use crate::host::ssh::{self, ConnectionSpec, HostKeyPolicy, SshHost, SudoMode};
 use crate::host::{HostError, Remote};
 use crate::k3s::config::ClusterSettings;
-use crate::phases::install::{Connector, HostSpec, InstallSpec, Timeouts};
 use crate::phases::preflight::Relaxations;
+use crate::phases::{Connector, Context, Goal, HostSpec, Timeouts};
 use crate::report::Reporter;
 
 /// The process-wide cancellation token, fired by the first Ctrl-C.
@@ -139,39 +139,38 @@ pub fn kubeconfig_path(plan: &Plan) -> PathBuf {
     base_dir(plan).join(format!("{}-kubeconfig.yaml", plan.cluster_name))
 }
 
-/// The install spec for part 1, from the plan.
-pub fn install_spec(plan: &Plan, dry_run: bool, preflight_only: bool) -> InstallSpec {
+/// The plan's hosts as the phases see them.
+pub fn host_specs(plan: &Plan) -> Vec<HostSpec> {
+    plan.hosts
+        .iter()
+        .map(|h| HostSpec {
+            name: h.name.clone(),
+            address: h.ssh.address.clone(),
+            is_server: h.role == Role::Server,
+            node_name: h.node_name.clone(),
+            node_ip: h.node_ip,
+        })
+        .collect()
+}
+
+/// The phases' context for a run of `plan` towards `goal`.
+pub fn context(plan: &Plan, goal: Goal) -> Context {
     let cluster = ClusterSettings {
         cluster_cidr: plan.network.cluster_cidr,
         service_cidr: plan.network.service_cidr,
         ..ClusterSettings::default()
     };
-    InstallSpec {
+    Context {
+        goal,
         cluster_name: plan.cluster_name.clone(),
-        hosts: plan
-            .hosts
-            .iter()
-            .map(|h| HostSpec {
-                name: h.name.clone(),
-                address: h.ssh.address.clone(),
-                is_server: h.role == Role::Server,
-                node_name: h.node_name.clone(),
-                node_ip: h.node_ip,
-            })
-            .collect(),
+        hosts: host_specs(plan),
         cluster,
         relax: Relaxations {
             allow_cgroup_v1: plan.allow_cgroup_v1,
             leave_firewall: plan.network.host_firewall == HostFirewall::Leave,
         },
         app_ports: plan.app_ports(),
-        app_values: Some(crate::app::Values::from(&plan.app)),
-        app_cpus: 0,
-        app_mem_bytes: 0,
-        dry_run,
-        preflight_only,
         concurrency: 5,
-        kubeconfig_out: kubeconfig_path(plan),
         timeouts: Timeouts {
             server: plan.node_timeout,
             agent: plan.node_timeout,

@@ -9,16 +9,14 @@ use crate::commands::session::{self, SshConnector};
 use crate::config::Plan;
 use crate::config::plan::Role;
 use crate::error::Error;
-use crate::host::facts;
-use crate::host::{Remote, RemoteExt};
-use crate::k3s::paths;
+use crate::host::Remote;
 use crate::kube::Cluster;
 use crate::kube::wait::node_readiness;
 use crate::phases::Journal;
-use crate::phases::install::{Connector, HostSpec};
+use crate::phases::connect::connect_host;
+use crate::phases::k3s_node::cluster_client;
 use crate::report::status::{HostStatus, NodeStatus, StatusSummary};
 use crate::report::{Event, Reporter};
-use crate::secret::Secret;
 
 /// How to run status, from the command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,22 +31,9 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
         ..Default::default()
     };
     let connector = SshConnector::new(plan, opts.accept_new_host_keys, reporter.clone());
-    let tries = plan.hosts.iter().map(|h| {
-        let spec = HostSpec {
-            name: h.name.clone(),
-            address: h.ssh.address.clone(),
-            is_server: h.role == Role::Server,
-            node_name: h.node_name.clone(),
-            node_ip: h.node_ip,
-        };
-        let connector = &connector;
-        async move {
-            let remote = connector.connect(&spec).await?;
-            let f = facts::gather(remote.as_ref()).await?;
-            Ok::<_, crate::host::HostError>((remote, f))
-        }
-    });
-    let results = futures::future::join_all(tries).await;
+    let specs = session::host_specs(plan);
+    let results =
+        futures::future::join_all(specs.iter().map(|spec| connect_host(&connector, spec))).await;
     let mut api_host: Option<Arc<dyn Remote>> = None;
     for (h, r) in plan.hosts.iter().zip(results) {
         let mut hs = HostStatus {
@@ -57,7 +42,8 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
             ..Default::default()
         };
         match r {
-            Ok((remote, f)) => {
+            Ok(host) => {
+                let f = &host.facts;
                 hs.reachable = true;
                 hs.unit = if h.role == Role::Server {
                     f.k3s_unit.clone()
@@ -76,23 +62,23 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
                     ));
                 }
                 if api_host.is_none() && h.role == Role::Server && f.kubeconfig && f.k3s_running() {
-                    api_host = Some(remote);
+                    api_host = Some(host.remote.clone());
                 }
             }
             Err(e) => {
-                s.problems.push(e.to_string());
-                hs.error = Some(e.to_string());
+                s.problems.push(e.message.clone());
+                hs.error = Some(e.message);
             }
         }
         s.hosts.push(hs);
     }
     match api_host {
-        Some(remote) => match connect(remote).await {
+        Some(remote) => match cluster_client(remote).await {
             Ok(cluster) => {
                 nodes(&cluster, plan, &mut s).await;
                 super::appliance::status(&cluster, plan, &mut s).await;
             }
-            Err(e) => s.problems.push(format!("the Kubernetes API: {e}")),
+            Err(e) => s.problems.push(format!("the Kubernetes API: {}", e.message)),
         },
         None => s
             .problems
@@ -113,18 +99,6 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
     }
     s.healthy = s.problems.is_empty();
     s
-}
-
-async fn connect(remote: Arc<dyn Remote>) -> Result<Cluster, String> {
-    let k = remote
-        .read_file(paths::KUBECONFIG, true)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{} is missing", paths::KUBECONFIG))?;
-    let k = Secret::new(String::from_utf8_lossy(&k).into_owned());
-    Cluster::connect(remote, k.expose())
-        .await
-        .map_err(|e| e.to_string())
 }
 
 async fn nodes(cluster: &Cluster, plan: &Plan, s: &mut StatusSummary) {

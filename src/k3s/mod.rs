@@ -18,6 +18,7 @@ pub mod config;
 pub mod flags;
 pub mod kubeconfig;
 pub mod paths;
+pub mod ports;
 pub mod token;
 pub mod units;
 

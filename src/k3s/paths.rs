@@ -68,8 +68,8 @@ pub const SERVER_UNIT: &str = "k3s.service";
 /// Unit name on agents (install.sh: `SYSTEM_NAME=k3s-agent`).
 pub const AGENT_UNIT: &str = "k3s-agent.service";
 
-/// The supervisor and Kubernetes API port on servers.
-pub const API_PORT: u16 = 6443;
+/// The supervisor and Kubernetes API port on servers (from the port table).
+pub use super::ports::API_PORT;
 
 /// `(link, target)` for every CNI plugin symlink to create in [`CNI_BIN_DIR`]
 /// (k3s-host-network.md §1): `ln -sf <target> <link>`.

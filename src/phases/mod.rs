@@ -1,14 +1,74 @@
-//! Phases: the ordered steps of a command (install, upgrade, ...), run by one [`runner`]
-//! that handles ordering, fan-out across hosts with a limit, collecting every host's
-//! failure, events, timings and the [`journal`].
+//! Phases: the ordered steps of a command (install, preflight, and the coming upgrade,
+//! support bundle and node operations), one module per phase, each a public function over
+//! the shared [`context::Context`] and the hosts [`connect`] hands on. One [`runner`]
+//! handles ordering, fan-out across hosts with a limit, collecting every host's failure,
+//! events, timings, clean-ups and the [`journal`]; every host change goes through the door
+//! in [`ops`]. A command is a list of calls to these functions.
 
-pub mod appliance;
-pub mod install;
+pub mod app;
+pub mod bootstrap;
+pub mod cluster_gate;
+pub mod connect;
+pub mod context;
+pub mod dns;
+pub mod enforcer;
+pub mod ids;
+pub mod join;
 pub mod journal;
+pub mod k3s_node;
 pub mod ops;
 pub mod preflight;
-pub mod reachability;
+pub mod prepare;
 pub mod runner;
+pub mod upload;
+pub mod verify;
 
+pub use context::{ConnectedHost, Connector, Context, Goal, HostSpec, Timeouts};
+pub use ids::PhaseId;
 pub use journal::Journal;
 pub use runner::{Named, PhaseFailure, Runner, StepError, StepOk};
+
+use crate::hint::Hint;
+
+/// Why a list of phases stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Phase(#[from] PhaseFailure),
+    /// Something the phases need could not be set up (an artifact, the templates), with
+    /// what to do about it.
+    #[error("{message}")]
+    Setup {
+        message: String,
+        hint: Option<String>,
+    },
+}
+
+impl PipelineError {
+    /// A set-up error from any layer's error, its hint kept.
+    pub fn setup(e: impl Hint + std::fmt::Display) -> PipelineError {
+        PipelineError::Setup {
+            message: e.to_string(),
+            hint: e.hint(),
+        }
+    }
+
+    pub fn interrupted(&self) -> bool {
+        matches!(self, PipelineError::Phase(p) if p.interrupted())
+    }
+}
+
+impl Hint for PipelineError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            PipelineError::Phase(_) => None,
+            PipelineError::Setup { hint, .. } => hint.clone(),
+        }
+    }
+    fn interrupted(&self) -> bool {
+        PipelineError::interrupted(self)
+    }
+}
+
+#[cfg(test)]
+mod tests;

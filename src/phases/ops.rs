@@ -1,7 +1,8 @@
 //! The one door every change to a host goes through. Each mutation is named ("write
-//! /etc/rancher/k3s/config.yaml") and reported as a step; in a dry run it is reported as
-//! what would happen and nothing is sent to the host. Phases never call
-//! [`Remote::exec`] for a change directly.
+//! /etc/rancher/k3s/config.yaml") and reported as a step; unless the run's [`Goal`] is to
+//! apply, it is reported as a typed [`Event::PlannedChange`] and nothing is sent to the
+//! host. Temporary probes (preflight's test listeners) go through here too
+//! ([`Ops::probe`]). Phases never call [`Remote::exec`] for a change directly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,12 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use super::context::Goal;
 use crate::host::{
     CommandOutput, HostError, Progress, Remote, RemoteCommand, RemoteExt, UploadOutcome,
     UploadSource, UploadTarget,
 };
 use crate::k3s::{RenderedFile, SecretFile};
-use crate::report::{Event, Reporter};
+use crate::report::{ChangeAction, Event, Reporter};
 
 /// Changes to one host within one phase.
 pub struct Ops {
@@ -22,7 +24,7 @@ pub struct Ops {
     host: String,
     phase: String,
     reporter: Reporter,
-    dry_run: bool,
+    goal: Goal,
     changed: AtomicBool,
 }
 
@@ -32,13 +34,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Ops {
-    pub fn new(remote: Arc<dyn Remote>, phase: &str, reporter: &Reporter, dry_run: bool) -> Ops {
+    pub fn new(remote: Arc<dyn Remote>, phase: &str, reporter: &Reporter, goal: Goal) -> Ops {
         Ops {
             host: remote.name().to_owned(),
             remote,
             phase: phase.to_owned(),
             reporter: reporter.clone(),
-            dry_run,
+            goal,
             changed: AtomicBool::new(false),
         }
     }
@@ -47,8 +49,13 @@ impl Ops {
         &self.remote
     }
 
+    /// Whether changes are only reported (the goal is not to apply).
     pub fn dry_run(&self) -> bool {
-        self.dry_run
+        !self.goal.applies()
+    }
+
+    pub fn goal(&self) -> Goal {
+        self.goal
     }
 
     /// Whether anything was (or, in a dry run, would be) changed through this door.
@@ -65,13 +72,44 @@ impl Ops {
         });
     }
 
-    fn change(&self, what: &str) {
+    fn change(&self, action: ChangeAction, target: &str, what: &str) {
         self.changed.store(true, Ordering::SeqCst);
-        if self.dry_run {
-            self.step(format!("would {what}"));
-        } else {
+        if self.goal.applies() {
             self.step(what.to_owned());
+        } else {
+            self.plan(action, target, what);
         }
+    }
+
+    fn plan(&self, action: ChangeAction, target: &str, what: &str) {
+        self.reporter.emit(Event::PlannedChange {
+            phase: self.phase.clone(),
+            host: self.host.clone(),
+            action,
+            target: target.to_owned(),
+            summary: what.to_owned(),
+        });
+    }
+
+    /// Reports a change that cannot be rendered yet (a dry run before the cluster exists:
+    /// the token files depend on its secrets). Only valid when the goal is not to apply.
+    pub fn planned(&self, action: ChangeAction, target: &str, what: &str) {
+        self.changed.store(true, Ordering::SeqCst);
+        self.plan(action, target, what);
+    }
+
+    /// Runs a temporary probe (a test listener that exits on its own): run unless the goal
+    /// is a dry run, which reports it instead. Probes do not count as changes.
+    pub async fn probe(
+        &self,
+        what: &str,
+        cmd: RemoteCommand,
+    ) -> Result<Option<CommandOutput>, HostError> {
+        if !self.goal.allows_probes() {
+            self.plan(ChangeAction::Probe, what, what);
+            return Ok(None);
+        }
+        self.remote.run(cmd).await.map(Some)
     }
 
     /// Runs a command that changes the host. In a dry run, only reports it.
@@ -80,8 +118,8 @@ impl Ops {
         what: &str,
         cmd: RemoteCommand,
     ) -> Result<Option<CommandOutput>, HostError> {
-        self.change(what);
-        if self.dry_run {
+        self.change(ChangeAction::Run, what, what);
+        if !self.goal.applies() {
             return Ok(None);
         }
         self.remote.run(cmd).await.map(Some)
@@ -98,13 +136,13 @@ impl Ops {
         if current_sha256 == Some(want.as_str()) {
             return Ok(false);
         }
-        let verb = if current_sha256.is_some() {
-            "update"
+        let (verb, action) = if current_sha256.is_some() {
+            ("update", ChangeAction::Update)
         } else {
-            "write"
+            ("write", ChangeAction::Write)
         };
-        if self.dry_run {
-            self.change(&format!("{verb} {}", file.path));
+        if !self.goal.applies() {
+            self.change(action, &file.path, &format!("{verb} {}", file.path));
             return Ok(true);
         }
         let outcome = self
@@ -116,7 +154,7 @@ impl Ops {
             )
             .await?;
         if matches!(outcome, UploadOutcome::Uploaded { .. }) {
-            self.change(&format!("{verb} {}", file.path));
+            self.change(action, &file.path, &format!("{verb} {}", file.path));
             Ok(true)
         } else {
             Ok(false)
@@ -132,11 +170,14 @@ impl Ops {
         if exists {
             return Ok(false);
         }
-        self.run(
+        self.change(
+            ChangeAction::WriteSecret,
+            &file.path,
             &format!("write {} (mode 0600)", file.path),
-            file.write_command(),
-        )
-        .await?;
+        );
+        if self.goal.applies() {
+            self.remote.run(file.write_command()).await?;
+        }
         Ok(true)
     }
 
@@ -149,7 +190,7 @@ impl Ops {
         target: &UploadTarget,
         already_present: bool,
     ) -> Result<bool, HostError> {
-        if self.dry_run {
+        if !self.goal.applies() {
             if already_present {
                 self.step(format!(
                     "{} is present (checksum verified at install)",
@@ -157,7 +198,11 @@ impl Ops {
                 ));
                 return Ok(false);
             }
-            self.change(&format!("upload {what} to {}", target.path));
+            self.change(
+                ChangeAction::Upload,
+                &target.path,
+                &format!("upload {what} to {}", target.path),
+            );
             return Ok(true);
         }
         let reporter = self.reporter.clone();
@@ -173,11 +218,15 @@ impl Ops {
         });
         match self.remote.upload(src, target, Some(progress)).await? {
             UploadOutcome::Uploaded { bytes } => {
-                self.change(&format!(
-                    "uploaded {what} to {} ({} MB, verified)",
-                    target.path,
-                    bytes / 1_000_000
-                ));
+                self.change(
+                    ChangeAction::Upload,
+                    &target.path,
+                    &format!(
+                        "uploaded {what} to {} ({} MB, verified)",
+                        target.path,
+                        bytes / 1_000_000
+                    ),
+                );
                 Ok(true)
             }
             UploadOutcome::AlreadyPresent => Ok(false),

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::journal::Journal;
-use crate::host::HostError;
+use crate::hint::Hint;
 use crate::report::{Event, HostOutcome, Reporter};
 
 /// Something with a display name: a host in a phase.
@@ -86,13 +86,12 @@ impl std::fmt::Display for StepError {
     }
 }
 
-impl From<HostError> for StepError {
-    fn from(e: HostError) -> Self {
-        let interrupted = matches!(e, HostError::Cancelled { .. });
+impl<E: Hint + std::fmt::Display> From<E> for StepError {
+    fn from(e: E) -> Self {
         StepError {
             message: e.to_string(),
             hint: e.hint(),
-            interrupted,
+            interrupted: e.interrupted(),
         }
     }
 }
@@ -153,7 +152,13 @@ pub struct Runner {
     cancel: CancellationToken,
     started: Instant,
     timings: Vec<(String, f64)>,
+    clean_ups: Vec<(String, CleanUp)>,
 }
+
+/// A clean-up registered with [`Runner::on_failure`].
+pub type CleanUp = Box<
+    dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<(), StepError>> + Send>> + Send,
+>;
 
 impl Runner {
     pub fn new(
@@ -169,6 +174,7 @@ impl Runner {
             cancel,
             started: Instant::now(),
             timings: Vec::new(),
+            clean_ups: Vec::new(),
         }
     }
 
@@ -231,6 +237,91 @@ impl Runner {
         F: Fn(Arc<H>) -> Fut,
         Fut: Future<Output = Result<(StepOk, T), StepError>>,
     {
+        let results = self.run_phase(id, title, hosts, limit, step).await;
+        let mut values = Vec::with_capacity(hosts.len());
+        let mut failures = Vec::new();
+        for (h, r) in hosts.iter().zip(results) {
+            match r {
+                Ok(v) => values.push(v),
+                Err(e) => failures.push((h.name().to_owned(), e)),
+            }
+        }
+        if failures.is_empty() {
+            Ok(values)
+        } else {
+            Err(PhaseFailure {
+                phase: id.to_owned(),
+                title: title.to_owned(),
+                total: hosts.len(),
+                failures,
+            })
+        }
+    }
+
+    /// Like [`Runner::phase`], but a host that fails does not fail the phase: every host's
+    /// result comes back, in host order (a support bundle goes on without a dead node;
+    /// `status` reports the hosts it could not reach). Failures are still reported and
+    /// journaled as such.
+    pub async fn phase_tolerant<H, T, F, Fut>(
+        &mut self,
+        id: &str,
+        title: &str,
+        hosts: &[Arc<H>],
+        limit: usize,
+        step: F,
+    ) -> Vec<Result<T, StepError>>
+    where
+        H: Named + Send + Sync + 'static,
+        F: Fn(Arc<H>) -> Fut,
+        Fut: Future<Output = Result<(StepOk, T), StepError>>,
+    {
+        self.run_phase(id, title, hosts, limit, step).await
+    }
+
+    /// Registers a clean-up that undoes a temporary change if the command fails later (an
+    /// upgrade uncordons what it cordoned). Clean-ups run, newest first, in
+    /// [`Runner::clean_up`]; [`Runner::forget_clean_ups`] drops them once the change was
+    /// made permanent or undone by the command itself.
+    pub fn on_failure(&mut self, what: impl Into<String>, undo: CleanUp) {
+        self.clean_ups.push((what.into(), undo));
+    }
+
+    /// Drops every registered clean-up (the guarded section succeeded).
+    pub fn forget_clean_ups(&mut self) {
+        self.clean_ups.clear();
+    }
+
+    /// Runs every registered clean-up, newest first, reporting each; a failing clean-up
+    /// is reported and does not stop the others. Runs even after Ctrl-C.
+    pub async fn clean_up(&mut self) {
+        while let Some((what, undo)) = self.clean_ups.pop() {
+            match undo().await {
+                Ok(()) => self.reporter.info(None, format!("undone: {what}")),
+                Err(e) => self.reporter.warn(
+                    None,
+                    format!(
+                        "could not undo {what}: {}{}",
+                        e.message,
+                        e.hint.map(|h| format!(" (hint: {h})")).unwrap_or_default()
+                    ),
+                ),
+            }
+        }
+    }
+
+    async fn run_phase<H, T, F, Fut>(
+        &mut self,
+        id: &str,
+        title: &str,
+        hosts: &[Arc<H>],
+        limit: usize,
+        step: F,
+    ) -> Vec<Result<T, StepError>>
+    where
+        H: Named + Send + Sync + 'static,
+        F: Fn(Arc<H>) -> Fut,
+        Fut: Future<Output = Result<(StepOk, T), StepError>>,
+    {
         let started = Instant::now();
         let names: Vec<String> = hosts.iter().map(|h| h.name().to_owned()).collect();
         self.reporter.emit(Event::PhaseStarted {
@@ -264,23 +355,24 @@ impl Runner {
         for (i, r) in results {
             ordered[i] = Some(r);
         }
-        let mut values = Vec::with_capacity(hosts.len());
-        let mut failures = Vec::new();
+        let mut out = Vec::with_capacity(hosts.len());
+        let mut ok = true;
         for (name, r) in names.iter().zip(ordered) {
-            match r {
-                Some(Ok((ok, value))) => {
+            match r.unwrap_or_else(|| Err(StepError::new("the step did not run"))) {
+                Ok((done, value)) => {
                     if let Some(j) = &self.journal {
-                        j.step_done(id, name, ok.outcome);
+                        j.step_done(id, name, done.outcome);
                     }
                     self.reporter.emit(Event::HostDone {
                         phase: id.to_owned(),
                         host: name.clone(),
-                        outcome: ok.outcome,
-                        detail: ok.detail,
+                        outcome: done.outcome,
+                        detail: done.detail,
                     });
-                    values.push(value);
+                    out.push(Ok(value));
                 }
-                Some(Err(e)) => {
+                Err(e) => {
+                    ok = false;
                     if let Some(j) = &self.journal {
                         j.step_failed(id, name, &e.message);
                     }
@@ -290,9 +382,8 @@ impl Runner {
                         error: e.message.clone(),
                         hint: e.hint.clone(),
                     });
-                    failures.push((name.clone(), e));
+                    out.push(Err(e));
                 }
-                None => failures.push((name.clone(), StepError::new("the step did not run"))),
             }
         }
         let elapsed = started.elapsed();
@@ -300,18 +391,9 @@ impl Runner {
         self.reporter.emit(Event::PhaseFinished {
             phase: id.to_owned(),
             elapsed,
-            ok: failures.is_empty(),
+            ok,
         });
-        if failures.is_empty() {
-            Ok(values)
-        } else {
-            Err(PhaseFailure {
-                phase: id.to_owned(),
-                title: title.to_owned(),
-                total: hosts.len(),
-                failures,
-            })
-        }
+        out
     }
 
     /// Runs a step that concerns the cluster as a whole (reported under the name `cluster`).
@@ -472,6 +554,83 @@ mod tests {
             .unwrap_err();
         assert!(err.interrupted());
         assert_eq!(err.to_string(), "Slow: interrupted");
+    }
+
+    #[tokio::test]
+    async fn a_tolerant_phase_returns_every_host_and_goes_on() {
+        let (mut r, c) = runner();
+        let out = r
+            .phase_tolerant("collect", "Collect", &hosts(3), 3, |h| async move {
+                if h.0 == "node2" {
+                    Err(StepError::new("unreachable"))
+                } else {
+                    Ok((StepOk::changed("collected"), h.0.clone()))
+                }
+            })
+            .await;
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].as_deref().ok(), Some("node1"));
+        assert_eq!(
+            out[1].as_ref().err().map(|e| e.message.as_str()),
+            Some("unreachable")
+        );
+        assert_eq!(out[2].as_deref().ok(), Some("node3"));
+        assert!(c.events().iter().any(
+            |e| matches!(e, Event::PhaseFinished { ok: false, phase, .. } if phase == "collect")
+        ));
+    }
+
+    #[tokio::test]
+    async fn clean_ups_run_newest_first_and_a_failing_one_does_not_stop_the_rest() {
+        let (mut r, c) = runner();
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        for (name, fails) in [("uncordon node1", false), ("uncordon node2", true)] {
+            let order = order.clone();
+            r.on_failure(
+                name,
+                Box::new(move || {
+                    Box::pin(async move {
+                        order.lock().unwrap().push(name);
+                        if fails {
+                            Err(StepError::new("API down"))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                }),
+            );
+        }
+        r.clean_up().await;
+        assert_eq!(
+            *order.lock().unwrap(),
+            vec!["uncordon node2", "uncordon node1"]
+        );
+        let texts: Vec<String> = c
+            .events()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains("could not undo uncordon node2: API down"))
+        );
+        assert!(texts.iter().any(|t| t == "undone: uncordon node1"));
+        // Nothing runs twice; forgotten clean-ups never run.
+        r.on_failure(
+            "never",
+            Box::new(|| Box::pin(async { Err(StepError::new("ran")) })),
+        );
+        r.forget_clean_ups();
+        r.clean_up().await;
+        assert!(
+            !c.events()
+                .iter()
+                .any(|e| matches!(e, Event::Message { text, .. } if text.contains("ran")))
+        );
     }
 
     #[tokio::test]

@@ -39,6 +39,26 @@ pub enum HostOutcome {
     Skipped,
 }
 
+/// What kind of change a [`Event::PlannedChange`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeAction {
+    /// A command that changes the host (start a unit, create directories, ...).
+    Run,
+    /// A new file.
+    Write,
+    /// A file whose content changes.
+    Update,
+    /// A secret file (a token), written through stdin.
+    WriteSecret,
+    /// An artifact uploaded and verified.
+    Upload,
+    /// A temporary probe (preflight's test listeners), gone within a minute.
+    Probe,
+    /// An object applied to the cluster.
+    Apply,
+}
+
 /// Everything a renderer can be told. `phase` is a stable id (`"preflight"`), `host` the
 /// host's display name as the user wrote it in the answer file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,6 +80,16 @@ pub enum Event {
         phase: String,
         host: String,
         message: String,
+    },
+    /// A change a dry run would make on a host (or, with `host: "cluster"`, in the
+    /// cluster): typed, so the plain, JSON and terminal renderers and a plan table show
+    /// the same data. `summary` is the sentence (`upload k3s-amd64 to /usr/local/bin/k3s`).
+    PlannedChange {
+        phase: String,
+        host: String,
+        action: ChangeAction,
+        target: String,
+        summary: String,
     },
     /// Byte progress of a transfer on one host.
     HostProgress {
@@ -133,6 +163,12 @@ impl Event {
         use crate::secret::redact;
         match &mut self {
             Event::HostStep { message, .. } => *message = redact(message),
+            Event::PlannedChange {
+                target, summary, ..
+            } => {
+                *target = redact(target);
+                *summary = redact(summary);
+            }
             Event::HostOutput { line, .. } => *line = redact(line),
             Event::HostDone {
                 detail: Some(d), ..

@@ -15,7 +15,7 @@ pub mod status;
 pub mod terminal;
 pub mod text;
 
-pub use events::{Event, EventSink, HostOutcome, Level, Reporter, StreamKind};
+pub use events::{ChangeAction, Event, EventSink, HostOutcome, Level, Reporter, StreamKind};
 pub use logfile::LogFile;
 pub use prompt::Prompts;
 

@@ -100,6 +100,17 @@ pub fn line(event: &Event, verbosity: i8) -> Option<String> {
             }
             format!("{phase} {host}: {message}")
         }
+        Event::PlannedChange {
+            phase,
+            host,
+            summary,
+            ..
+        } => {
+            if verbosity < 0 {
+                return None;
+            }
+            format!("{phase} {host}: would {summary}")
+        }
         Event::HostProgress {
             phase,
             host,

@@ -151,6 +151,16 @@ impl EventSink for TerminalRenderer {
                 pb.set_style(spinner_style());
                 pb.set_message(message.clone());
             }
+            Event::PlannedChange {
+                phase,
+                host,
+                summary,
+                ..
+            } => {
+                let pb = self.host_bar(&mut st, phase, host);
+                pb.set_style(spinner_style());
+                pb.set_message(format!("would {summary}"));
+            }
             Event::HostProgress {
                 phase,
                 host,

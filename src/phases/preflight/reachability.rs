@@ -15,6 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::host::{Remote, RemoteCommand, RemoteExt, shell_quote};
+use crate::phases::context::Goal;
+use crate::phases::ids::PhaseId;
+use crate::phases::ops::Ops;
+use crate::report::Reporter;
 
 /// A node taking part in the check.
 #[derive(Clone)]
@@ -133,9 +137,14 @@ fn connect_script(targets: &[(IpAddr, u16)]) -> String {
 
 /// Runs the check across `nodes` and returns every connection that failed.
 /// Errors (a host that cannot run the check at all) come back as `Err` with the host named.
-pub async fn check(nodes: &[Node]) -> Result<Vec<Unreachable>, crate::host::HostError> {
-    // Start listeners on the free ports of every node.
-    let mut started: Vec<&Node> = Vec::new();
+/// Runs the check. The temporary listeners go through the door for host changes: in a
+/// dry run they are reported as probes that would run, and the check returns `None`.
+pub async fn check(
+    nodes: &[Node],
+    goal: Goal,
+    reporter: &Reporter,
+) -> Result<Option<Vec<Unreachable>>, crate::host::HostError> {
+    let mut started: Vec<(&Node, Ops)> = Vec::new();
     let mut result = Ok(Vec::new());
     for node in nodes {
         let free: Vec<u16> = node
@@ -154,19 +163,35 @@ pub async fn check(nodes: &[Node]) -> Result<Vec<Unreachable>, crate::host::Host
             });
             break;
         };
-        started.push(node);
-        if let Err(e) = node
-            .remote
-            .run(
+        let ops = Ops::new(node.remote.clone(), PhaseId::Preflight.id(), reporter, goal);
+        let what = format!(
+            "open temporary test listeners on TCP {} (gone within {LISTENER_DEADLINE_S} s)",
+            free.iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        match ops
+            .probe(
+                &what,
                 RemoteCommand::new(script)
                     .sudo()
                     .timeout(Duration::from_secs(30)),
             )
             .await
         {
-            result = Err(e);
-            break;
+            Ok(Some(_)) => started.push((node, ops)),
+            Ok(None) => {}
+            Err(e) => {
+                // It may have started before failing: stop it too.
+                started.push((node, ops));
+                result = Err(e);
+                break;
+            }
         }
+    }
+    if !goal.allows_probes() {
+        return result.map(|_| None);
     }
     if result.is_ok() {
         let checks = nodes.iter().map(|from| {
@@ -197,17 +222,17 @@ pub async fn check(nodes: &[Node]) -> Result<Vec<Unreachable>, crate::host::Host
             .map(|v| v.into_iter().flatten().collect());
     }
     // Always stop every listener that was started, even after a failure.
-    for node in started {
-        let _ = node
-            .remote
-            .exec(
+    for (_, ops) in started {
+        let _ = ops
+            .probe(
+                "stop the temporary test listeners",
                 RemoteCommand::new(STOP_SCRIPT)
                     .sudo()
                     .timeout(Duration::from_secs(15)),
             )
             .await;
     }
-    result
+    result.map(Some)
 }
 
 fn parse_connect_output(from: &str, out: &str, nodes: &[Node]) -> Vec<Unreachable> {

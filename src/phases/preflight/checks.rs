@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::host::facts::{Arch, Facts, Firewall};
+use crate::k3s::ports;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -171,31 +172,6 @@ pub struct Input<'a> {
 
 const GIB: u64 = 1024 * 1024 * 1024;
 const MIB: u64 = 1024 * 1024;
-
-/// Ports k3s listens on, on every node (docs/installation/requirements.md "Local ports"
-/// and pkg/agent: kubelet 10250/10248, kube-proxy 10249/10256, containerd stream 10010,
-/// the agent's apiserver load balancer 6444).
-pub const K3S_NODE_PORTS: &[(u16, &str)] = &[
-    (6444, "k3s supervisor load balancer"),
-    (10010, "containerd stream server"),
-    (10248, "kubelet healthz"),
-    (10249, "kube-proxy metrics"),
-    (10250, "kubelet API"),
-    (10256, "kube-proxy healthz"),
-];
-
-/// Ports k3s listens on, on servers only (apiserver, etcd client/peer/metrics,
-/// controller-manager, cloud-controller, scheduler).
-pub const K3S_SERVER_PORTS: &[(u16, &str)] = &[
-    (6443, "Kubernetes API"),
-    (2379, "etcd client"),
-    (2380, "etcd peer"),
-    (2381, "etcd metrics"),
-    (2382, "etcd client (learner)"),
-    (10257, "kube-controller-manager"),
-    (10258, "cloud-controller-manager"),
-    (10259, "kube-scheduler"),
-];
 
 /// Process names that mean "this port is held by k3s itself" (a rerun on an installed node).
 fn is_k3s_process(p: Option<&str>) -> bool {
@@ -474,13 +450,10 @@ fn list_ips(ips: &[IpAddr]) -> String {
 
 /// The ports a host must have free, with what needs them.
 pub fn required_ports(is_server: bool, app_ports: &[(String, u16)]) -> Vec<(u16, String)> {
-    let mut ports: Vec<(u16, String)> = K3S_NODE_PORTS
-        .iter()
-        .map(|(p, w)| (*p, w.to_string()))
+    let mut ports: Vec<(u16, String)> = ports::held(is_server)
+        .into_iter()
+        .map(|(p, w)| (p, w.to_string()))
         .collect();
-    if is_server {
-        ports.extend(K3S_SERVER_PORTS.iter().map(|(p, w)| (*p, w.to_string())));
-    }
     ports.extend(
         app_ports
             .iter()
@@ -560,12 +533,7 @@ fn check_unique(input: &Input, out: &mut Vec<Finding>) {
 
 /// The commands that open the cluster's ports in a host firewall.
 pub fn firewall_commands(fw: Firewall, is_server: bool, app_ports: &[(String, u16)]) -> String {
-    let mut tcp: Vec<String> = vec!["10250".into()];
-    if is_server {
-        tcp.push("6443".into());
-        tcp.push("2379-2380".into());
-    }
-    tcp.extend(app_ports.iter().map(|(_, p)| p.to_string()));
+    let tcp = ports::firewall_openings(is_server, app_ports);
     match fw {
         Firewall::Firewalld => {
             let mut s: Vec<String> = tcp

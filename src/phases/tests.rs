@@ -1,0 +1,237 @@
+//! Unit tests of the decisions the coming commands rely on, against the scripted fake host
+//! (no root, no lab): a dry run sends nothing that changes a host; k3s restarts only when
+//! its config, unit or binary changed; a first server without data is never bootstrapped
+//! while other servers hold the cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::context::{ConnectedHost, Context, Goal, HostSpec, Timeouts};
+use super::k3s_node::{self, K3sPlan};
+use super::ops::{Ops, sha256_hex};
+use super::preflight::Relaxations;
+use super::runner::Runner;
+use crate::host::facts::{self, Facts};
+use crate::host::fake::{Call, FakeRemote, Reply};
+use crate::k3s::config::{ClusterSettings, NodeRole, NodeSettings, render_config};
+use crate::k3s::{K3sCommand, paths, units};
+use crate::report::events::Collector;
+use crate::report::{Event, Reporter};
+
+fn ctx(goal: Goal, hosts: usize) -> Context {
+    Context {
+        goal,
+        cluster_name: "test".into(),
+        hosts: (1..=hosts)
+            .map(|i| HostSpec {
+                name: format!("node{i}"),
+                address: format!("10.0.0.{i}"),
+                is_server: true,
+                node_name: None,
+                node_ip: None,
+            })
+            .collect(),
+        cluster: ClusterSettings::default(),
+        relax: Relaxations::default(),
+        app_ports: vec![],
+        concurrency: 5,
+        timeouts: Timeouts::default(),
+    }
+}
+
+fn facts(extra: &str) -> Facts {
+    facts::parse(&format!(
+        "os_id=debian\nos_version=12\ncpus=2\nmem_kb=4000000\ndisk_free_kb=1\ndisk_total_kb=1\nhostname=node1\n{extra}gather=done\n"
+    ))
+    .unwrap()
+}
+
+fn host(i: usize, remote: Arc<FakeRemote>, facts: Facts) -> Arc<ConnectedHost> {
+    Arc::new(ConnectedHost {
+        spec: HostSpec {
+            name: format!("node{i}"),
+            address: format!("10.0.0.{i}"),
+            is_server: true,
+            node_name: None,
+            node_ip: None,
+        },
+        remote,
+        facts,
+        node_name: format!("node{i}"),
+        node_ip: format!("10.0.0.{i}").parse().unwrap(),
+        node_ip_reason: "test".into(),
+    })
+}
+
+/// A command that changes a host: anything but the read-only scripts phases use to look.
+fn mutating(call: &Call) -> bool {
+    match call {
+        Call::Upload { .. } => true,
+        Call::Exec { script, .. } => {
+            !(script.starts_with("ok=1\n") || script.starts_with("systemctl is-active"))
+        }
+        Call::Tunnel { .. } => false,
+    }
+}
+
+fn runner(goal_events: &Arc<Collector>) -> Runner {
+    Runner::new(
+        "test",
+        Reporter::new(vec![goal_events.clone()]),
+        None,
+        CancellationToken::new(),
+    )
+}
+
+#[tokio::test]
+async fn a_dry_run_sends_no_mutating_command() {
+    let c = ctx(Goal::DryRun, 1);
+    // A fresh host: nothing prepared, no k3s.
+    let remote = Arc::new(FakeRemote::new("node1").on_contains("ok=1", Reply::ok("missing\n")));
+    let h = host(1, remote.clone(), facts(""));
+    let hosts = vec![h.clone()];
+    let events = Arc::new(Collector::default());
+    let mut r = runner(&events);
+    super::prepare::run(&mut r, &c, &hosts).await.unwrap();
+    let plan = K3sPlan::new(&c, &hosts, BTreeMap::new()).unwrap();
+    let booted = super::bootstrap::run(&mut r, &plan).await.unwrap();
+    assert!(booted.is_none(), "a dry run boots nothing");
+    let calls = remote.calls();
+    assert!(
+        !calls.iter().any(mutating),
+        "a dry run changed the host: {calls:#?}"
+    );
+    // ...and said what it would do, as typed changes.
+    let planned: Vec<String> = events
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::PlannedChange { target, .. } => Some(target.clone()),
+            _ => None,
+        })
+        .collect();
+    for want in [paths::CONFIG_FILE, paths::SERVER_TOKEN_FILE] {
+        assert!(planned.iter().any(|t| t == want), "{want}: {planned:?}");
+    }
+}
+
+/// A host where k3s runs with exactly the config and unit this plan renders.
+fn converged_host(c: &Context) -> (Arc<FakeRemote>, Arc<ConnectedHost>) {
+    let settings = K3sPlan::new(
+        c,
+        &[host(1, Arc::new(FakeRemote::new("x")), facts(""))],
+        BTreeMap::new(),
+    )
+    .unwrap()
+    .settings;
+    let config = render_config(
+        &NodeRole::FirstServer,
+        &settings,
+        &NodeSettings {
+            node_name: "node1".into(),
+            node_ip: "10.0.0.1".parse().unwrap(),
+        },
+    )
+    .unwrap();
+    let unit = units::render_unit(K3sCommand::Server).unwrap();
+    let f = facts(&format!(
+        "unit_k3s=active\nserver_token_file=yes\nagent_token_file=yes\nfile_sha256={} {}\nfile_sha256={} {}\n",
+        sha256_hex(config.content.as_bytes()),
+        paths::CONFIG_FILE,
+        sha256_hex(unit.content.as_bytes()),
+        unit.path
+    ));
+    let remote = Arc::new(
+        FakeRemote::new("node1")
+            .with_file(&config.path, config.content.clone())
+            .with_file(&unit.path, unit.content.clone())
+            .on_contains("systemctl", Reply::ok("")),
+    );
+    (remote.clone(), host(1, remote, f))
+}
+
+async fn converge_once(c: &Context, h: &ConnectedHost, binary_changed: bool) {
+    let hosts = vec![Arc::new(ConnectedHost {
+        spec: h.spec.clone(),
+        remote: h.remote.clone(),
+        facts: h.facts.clone(),
+        node_name: h.node_name.clone(),
+        node_ip: h.node_ip,
+        node_ip_reason: String::new(),
+    })];
+    let changed = BTreeMap::from([("node1".to_string(), binary_changed)]);
+    let plan = K3sPlan::new(c, &hosts, changed).unwrap();
+    let ops = Ops::new(h.remote.clone(), "bootstrap", &Reporter::silent(), c.goal);
+    let secrets = crate::k3s::ClusterSecrets::generate();
+    k3s_node::converge(&ops, &plan, h, &NodeRole::FirstServer, Some(&secrets), None)
+        .await
+        .unwrap();
+}
+
+fn restarts(remote: &FakeRemote) -> usize {
+    remote
+        .scripts()
+        .iter()
+        .filter(|s| s.contains("systemctl restart"))
+        .count()
+}
+
+#[tokio::test]
+async fn k3s_restarts_only_when_its_config_unit_or_binary_changed() {
+    let c = ctx(Goal::Apply, 1);
+    // Unchanged: nothing is written, nothing restarts.
+    let (remote, h) = converged_host(&c);
+    converge_once(&c, &h, false).await;
+    assert_eq!(restarts(&remote), 0, "{:#?}", remote.calls());
+    assert!(remote.uploads().is_empty(), "{:#?}", remote.uploads());
+    // The binary changed: restart.
+    let (remote, h) = converged_host(&c);
+    converge_once(&c, &h, true).await;
+    assert_eq!(restarts(&remote), 1, "{:#?}", remote.calls());
+    // The config changed (another CIDR): it is written and k3s restarts.
+    let mut c2 = ctx(Goal::Apply, 1);
+    c2.cluster.cluster_cidr = "10.99.0.0/16".parse().unwrap();
+    let (remote, h) = converged_host(&c);
+    converge_once(&c2, &h, false).await;
+    assert_eq!(restarts(&remote), 1, "{:#?}", remote.calls());
+    assert!(
+        remote
+            .uploads()
+            .iter()
+            .any(|u| u.target.path == paths::CONFIG_FILE)
+    );
+}
+
+#[tokio::test]
+async fn a_first_server_without_data_is_never_bootstrapped_while_others_hold_the_cluster() {
+    let c = ctx(Goal::Apply, 2);
+    let first = Arc::new(FakeRemote::new("node1"));
+    let hosts = vec![
+        host(1, first.clone(), facts("")),
+        host(
+            2,
+            Arc::new(FakeRemote::new("node2")),
+            facts("etcd_data=yes\n"),
+        ),
+    ];
+    let plan = K3sPlan::new(&c, &hosts, BTreeMap::new()).unwrap();
+    assert_eq!(plan.members_elsewhere, vec!["node2"]);
+    let events = Arc::new(Collector::default());
+    let mut r = runner(&events);
+    let err = match super::bootstrap::run(&mut r, &plan).await {
+        Err(super::PipelineError::Phase(p)) => p,
+        _ => panic!("bootstrapped a second cluster"),
+    };
+    assert!(
+        err.to_string()
+            .contains("would create a second, separate cluster"),
+        "{err}"
+    );
+    assert!(
+        first.calls().is_empty(),
+        "the first server was touched: {:#?}",
+        first.calls()
+    );
+}
