@@ -5,6 +5,8 @@
 //! [`phases`] run by one runner against [`host`]s (SSH) and the cluster ([`kube`]) ->
 //! [`report`] events -> a renderer (terminal, plain, json) and the redacted log file.
 
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod app;
 pub mod assets;
 pub mod cli;

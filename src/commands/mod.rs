@@ -35,9 +35,12 @@ pub fn dispatch(cli: Cli) -> i32 {
                 with_output(g, settings, None, wizard)
             } else {
                 let help = Cli::command().render_help();
-                eprintln!(
-                    "error: no command given, and no terminal to run the wizard on\n\n{help}"
-                );
+                #[allow(clippy::print_stderr, reason = "usage, before any renderer exists")]
+                {
+                    eprintln!(
+                        "error: no command given, and no terminal to run the wizard on\n\n{help}"
+                    );
+                }
                 EXIT_USAGE
             }
         }
@@ -170,6 +173,9 @@ fn with_output(
             return e.exit_code();
         }
     };
+    if let Some(l) = &log {
+        crate::report::trace::install(l.clone());
+    }
     let out = Output::new(settings, log);
     let args: Vec<String> = std::env::args().collect();
     out.log(&format!(
@@ -197,7 +203,10 @@ fn with_output(
                 && settings.verbosity >= 0
                 && settings.mode != crate::report::Mode::Json
             {
-                eprintln!("The debug log is in {}", l.path().display());
+                #[allow(clippy::print_stderr, reason = "after the renderer finished")]
+                {
+                    eprintln!("The debug log is in {}", l.path().display());
+                }
             }
             e.exit_code()
         }
@@ -361,7 +370,10 @@ fn guard_interrupt<R>(f: impl FnOnce() -> R) -> R {
             tokio::select! {
                 Some(()) = sig.recv() => {
                     let _ = console::Term::stderr().show_cursor();
-                    eprintln!();
+                    #[allow(clippy::print_stderr, reason = "ends the line a prompt left open")]
+                    {
+                        eprintln!();
+                    }
                     std::process::exit(EXIT_INTERRUPTED);
                 }
                 _ = stop_rx => {}

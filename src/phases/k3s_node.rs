@@ -146,7 +146,7 @@ pub async fn converge(
             };
             ops.write_secret_file(&file, exists).await?;
         }
-    } else if !(f.server_token_file || f.agent_token_file) && !ops.goal().applies() {
+    } else if !(f.server_token_file || f.agent_token_file || ops.goal().applies()) {
         ops.planned(
             ChangeAction::WriteSecret,
             role.token_file(),

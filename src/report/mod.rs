@@ -14,6 +14,7 @@ pub mod prompt;
 pub mod status;
 pub mod terminal;
 pub mod text;
+pub mod trace;
 
 pub use events::{ChangeAction, Event, EventSink, HostOutcome, Level, Reporter, StreamKind};
 pub use logfile::LogFile;
@@ -154,7 +155,10 @@ impl Output {
         } else {
             text
         };
-        eprintln!("{colored}");
+        #[allow(clippy::print_stderr, reason = "the one place an error is shown")]
+        {
+            eprintln!("{colored}");
+        }
     }
 
     /// Ends the output (clears bars).

@@ -3,6 +3,12 @@
 //! for passwords an answer file leaves out. A Ctrl-C at a prompt becomes
 //! [`std::io::ErrorKind::Interrupted`], which the caller turns into exit code 130.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a renderer: presenting to the terminal is its job"
+)]
+
 use super::terminal::TerminalRenderer;
 use crate::config::validate::Prompter;
 use crate::secret::Secret;

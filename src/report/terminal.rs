@@ -10,6 +10,12 @@
 //! Prompts must go through [`TerminalRenderer::suspend`] (see [`super::prompt`]) so they do
 //! not fight the bars for the cursor.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a renderer: presenting to the terminal is its job"
+)]
+
 use super::events::{Event, EventSink, HostOutcome, Level};
 use super::{plain, text};
 use console::style;
