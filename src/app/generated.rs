@@ -14,7 +14,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret as KubeSecret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use rand::Rng;
+use rand::RngExt;
 use rand::distr::Alphanumeric;
 use serde_json::json;
 

@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use rand::Rng;
+use rand::RngExt;
 use sha2::Digest;
 use thiserror::Error;
 
