@@ -11,85 +11,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::AppError;
-use super::validate::is_workload;
 
 /// The annotation that makes a workload roll when its configuration changes.
 pub const CONFIG_HASH_ANNOTATION: &str = "installer/config-hash";
 
-/// One rendered object.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Manifest {
-    /// The template it came from, e.g. `templates/app/manifests/30-api.yaml.tera`.
-    pub file: String,
-    /// The object as JSON (`apiVersion`, `kind`, `metadata`, ...).
-    pub object: Value,
-}
-
-impl Manifest {
-    pub fn kind(&self) -> &str {
-        self.object
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    }
-
-    pub fn api_version(&self) -> &str {
-        self.object
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    }
-
-    pub fn name(&self) -> &str {
-        self.object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    }
-
-    pub fn namespace(&self) -> Option<&str> {
-        self.object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-    }
-
-    /// `Kind namespace/name` or `Kind name`.
-    pub fn describe(&self) -> String {
-        match self.namespace() {
-            Some(ns) => format!("{} {ns}/{}", self.kind(), self.name()),
-            None => format!("{} {}", self.kind(), self.name()),
-        }
-    }
-}
-
-/// A rendered, ordered set of objects.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Manifests {
-    pub items: Vec<Manifest>,
-}
-
-impl Manifests {
-    /// The object of that kind, namespace and name.
-    pub fn find(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<&Manifest> {
-        self.items
-            .iter()
-            .find(|m| m.kind() == kind && m.name() == name && m.namespace() == namespace)
-    }
-
-    /// Every object as one multi-document YAML text (for `--dry-run` and snapshots).
-    pub fn to_yaml(&self) -> String {
-        let mut out = String::new();
-        for m in &self.items {
-            out.push_str(&format!("# Source: {}\n", m.file));
-            match serde_saphyr::to_string(&m.object) {
-                Ok(y) => out.push_str(&y),
-                Err(e) => out.push_str(&format!("# (cannot show: {e})\n")),
-            }
-            out.push_str("---\n");
-        }
-        out
-    }
-}
+pub use crate::kube::manifest::{Manifest, Manifests, is_workload};
 
 /// A tera engine over the `.tera` files of a bundle, strict about undefined variables (tera
 /// refuses `{{ x }}` when `x` is missing).

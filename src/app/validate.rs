@@ -23,6 +23,7 @@ use std::fmt;
 use serde_json::Value;
 
 use super::render::{Manifest, Manifests};
+pub use crate::kube::manifest::is_workload;
 
 /// The NodePort range k3s gives kube-proxy (`service-node-port-range` default).
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> =
@@ -98,14 +99,6 @@ pub fn pod_spec_of(obj: &Value) -> Option<&Value> {
         "CronJob" => obj.pointer("/spec/jobTemplate/spec/template/spec"),
         _ => None,
     }
-}
-
-/// Whether the object runs pods.
-pub fn is_workload(obj: &Value) -> bool {
-    matches!(
-        obj.get("kind").and_then(Value::as_str),
-        Some("Pod" | "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" | "CronJob")
-    )
 }
 
 /// `docker.io/library/nginx:1.28` for `nginx:1.28`, `docker.io/traefik/whoami:v1` for

@@ -301,7 +301,7 @@ impl Declaration {
     pub fn parse(text: &str) -> Result<Declaration, DeclarationError> {
         let tree = yaml::parse(text)
             .map_err(|e| DeclarationError(vec![format!("{}: {}", e.loc, e.message)]))?;
-        let json = super::schema::core_json(&tree);
+        let json = super::core_json::core_json(&tree);
         let file: DeclarationFile =
             serde_json::from_value(json).map_err(|e| DeclarationError(vec![e.to_string()]))?;
         let decl = Declaration {

@@ -10,6 +10,7 @@
 pub mod answer_file;
 pub mod app;
 pub mod check;
+pub mod core_json;
 pub mod diagnostics;
 pub mod interpolate;
 pub mod plan;

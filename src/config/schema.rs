@@ -10,6 +10,7 @@
 
 use super::answer_file::{API_VERSION, AnswerFile, KIND};
 use super::app::Declaration;
+use super::core_json::{core_json, parse_int};
 use super::diagnostics::{Diagnostic, closest};
 use super::yaml::{Node, NodeKind, Path, Seg, Style};
 use serde_json::{Map, Value};
@@ -39,70 +40,6 @@ fn fix_ports(v: &mut Value) {
         Value::Array(a) => a.iter_mut().for_each(fix_ports),
         _ => {}
     }
-}
-
-/// Converts a YAML tree to JSON with the YAML 1.2 core schema (plain `true`, `12`, `null`
-/// are typed; quoted scalars are strings). Used where no schema says what to expect.
-pub fn core_json(node: &Node) -> Value {
-    match &node.kind {
-        NodeKind::Map(entries) => Value::Object(
-            entries
-                .iter()
-                .map(|(k, v)| (k.text.clone(), core_json(v)))
-                .collect(),
-        ),
-        NodeKind::Seq(items) => Value::Array(items.iter().map(core_json).collect()),
-        NodeKind::Scalar { text, style, tag } => {
-            if *style != Style::Plain || tag.as_deref() == Some("str") {
-                return Value::String(text.clone());
-            }
-            if node.is_null() {
-                return Value::Null;
-            }
-            match text.as_str() {
-                "true" | "True" | "TRUE" => return Value::Bool(true),
-                "false" | "False" | "FALSE" => return Value::Bool(false),
-                _ => {}
-            }
-            if let Some(n) = parse_int(text) {
-                return Value::from(n);
-            }
-            if looks_like_float(text)
-                && let Some(n) = text
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(serde_json::Number::from_f64)
-            {
-                return Value::Number(n);
-            }
-            Value::String(text.clone())
-        }
-    }
-}
-
-fn parse_int(text: &str) -> Option<i64> {
-    let t = text.strip_prefix('+').unwrap_or(text);
-    if let Some(h) = t.strip_prefix("0x") {
-        return i64::from_str_radix(h, 16).ok();
-    }
-    if let Some(o) = t.strip_prefix("0o") {
-        return i64::from_str_radix(o, 8).ok();
-    }
-    let digits = t.strip_prefix('-').unwrap_or(t);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        t.parse().ok()
-    } else {
-        None
-    }
-}
-
-fn looks_like_float(text: &str) -> bool {
-    let t = text.trim_start_matches(['+', '-']);
-    !t.is_empty()
-        && t.bytes().any(|b| b.is_ascii_digit())
-        && t.bytes().all(|b| {
-            b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || b == b'-' || b == b'+'
-        })
 }
 
 /// The path whose values the application declaration checks (not the schema walker), so

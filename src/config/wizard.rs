@@ -38,6 +38,8 @@ pub trait Ask {
     fn confirm(&self, prompt: &str, default: bool) -> std::io::Result<bool>;
     fn select(&self, prompt: &str, items: &[&str], default: usize) -> std::io::Result<usize>;
     fn say(&self, text: &str);
+    /// Shows the plan the answers make (the presentation layer renders it).
+    fn show_plan(&self, plan: &super::plan::PlanSummary);
 }
 
 /// What the wizard produced.
@@ -301,10 +303,7 @@ pub fn run(
     };
     match validate_text("(wizard answers)", None, &text, &ctx) {
         Ok(loaded) => {
-            ask.say(&format!(
-                "\n{}",
-                crate::report::text::plan(&loaded.plan.summary())
-            ));
+            ask.show_plan(&loaded.plan.summary());
         }
         Err(d) => {
             // The answers were checked one by one; a problem here is across answers.

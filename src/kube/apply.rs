@@ -16,8 +16,8 @@ use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use serde::Serialize;
 
 use super::Cluster;
+use super::manifest::{Manifest, Manifests};
 use super::rollout::WorkloadId;
-use crate::app::render::{Manifest, Manifests};
 use crate::report::events::{Level, Reporter};
 
 /// The field manager of every object the installer applies.

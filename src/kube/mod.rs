@@ -4,6 +4,7 @@
 //! saw last when they give up.
 
 pub mod apply;
+pub mod manifest;
 pub mod rollout;
 pub mod tunnel;
 pub mod wait;

@@ -160,6 +160,10 @@ impl crate::config::wizard::Ask for Prompts {
         Prompts::select(self, prompt, items, default)
     }
 
+    fn show_plan(&self, plan: &crate::config::plan::PlanSummary) {
+        self.say(&format!("\n{}", super::text::plan(plan)));
+    }
+
     fn say(&self, text: &str) {
         Prompts::say(self, text)
     }
