@@ -8,7 +8,7 @@
 //! would change, as typed change events.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::app::{self, Values};
@@ -69,25 +69,25 @@ pub struct Installed {
 }
 
 /// connect, preflight, then (when the goal goes further) prepare, upload, bootstrap, the
-/// joins and the cluster gate. `app_values` renders the application's templates for the
-/// connected nodes, so preflight and the firewall know every port they hold.
+/// joins and the cluster gate. The application's templates are rendered for the connected
+/// nodes, so preflight and the firewall know every port they hold.
 pub async fn cluster_phases(
     runner: &mut Runner,
+    plan: &Plan,
     ctx: &Context,
     connector: &dyn Connector,
     store: &AssetStore,
-    app_values: Option<&Values>,
-    kubeconfig_out: &Path,
 ) -> Result<Installed, PipelineError> {
     let hosts = phases::connect::run(runner, ctx, connector).await?;
     let mut ctx = ctx.clone();
-    if let Some(values) = app_values {
+    {
+        let values = Values::from(&plan.app);
         let list: Vec<(String, IpAddr, bool)> = hosts
             .iter()
             .map(|n| (n.node_name.clone(), n.node_ip, n.spec.is_server))
             .collect();
         ctx.app_ports =
-            phases::app::host_ports(values, ctx.cluster.service_cidr, &list).map_err(|e| {
+            phases::app::host_ports(&values, ctx.cluster.service_cidr, &list).map_err(|e| {
                 PipelineError::Setup {
                     message: format!("the application's templates: {e}"),
                     hint: e.hint(),
@@ -111,27 +111,21 @@ pub async fn cluster_phases(
     }
     phases::prepare::run(runner, ctx, &hosts).await?;
     let binary_changed = phases::upload::run(runner, ctx, &hosts, store).await?;
-    let plan = K3sPlan::new(ctx, &hosts, binary_changed).ok_or(PipelineError::Setup {
+    let k3s = K3sPlan::new(ctx, &hosts, binary_changed).ok_or(PipelineError::Setup {
         message: "the plan has no server".into(),
         hint: Some("give at least one host `role: server` in the answer file".into()),
     })?;
     let servers = phases::context::servers(&hosts);
     let agents = phases::context::agents(&hosts);
-    let boot = phases::bootstrap::run(runner, &plan).await?;
-    phases::join::run(
-        runner,
-        &plan,
-        boot.as_ref(),
-        &servers[1..],
-        JoinRole::Server,
-    )
-    .await?;
-    phases::join::run(runner, &plan, boot.as_ref(), &agents, JoinRole::Agent).await?;
+    let boot = phases::bootstrap::run(runner, &k3s).await?;
+    phases::join::run(runner, &k3s, boot.as_ref(), &servers[1..], JoinRole::Server).await?;
+    phases::join::run(runner, &k3s, boot.as_ref(), &agents, JoinRole::Agent).await?;
     let Some(boot) = boot else {
         return Ok(nothing(hosts));
     };
+    let kubeconfig_out = session::kubeconfig_path(plan);
     let kubeconfig =
-        phases::cluster_gate::run(runner, &plan, &boot, &hosts, kubeconfig_out).await?;
+        phases::cluster_gate::run(runner, &k3s, &boot, &hosts, &kubeconfig_out).await?;
     Ok(Installed {
         hosts,
         cluster: Some(boot.cluster),
@@ -253,16 +247,7 @@ pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result
     let mut runner = Runner::new(command, reporter.clone(), journal, session::cancel_token());
     let hosts: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
     runner.start(&ids::PhaseId::ids(ids::INSTALL), &hosts);
-    let values = Values::from(&plan.app);
-    let result = cluster_phases(
-        &mut runner,
-        &ctx,
-        &connector,
-        &store,
-        Some(&values),
-        &session::kubeconfig_path(&plan),
-    )
-    .await;
+    let result = cluster_phases(&mut runner, &plan, &ctx, &connector, &store).await;
     let result = match result {
         Ok(installed) => match &installed.cluster {
             Some(cluster) => appliance_phases(&mut runner, &plan, cluster, &installed.hosts)

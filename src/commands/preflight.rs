@@ -36,16 +36,7 @@ pub async fn run(plan: Plan, opts: PreflightOptions, reporter: Reporter) -> Resu
     let mut runner = Runner::new("preflight", reporter.clone(), None, session::cancel_token());
     let hosts: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
     runner.start(&ids::PhaseId::ids(ids::PREFLIGHT), &hosts);
-    let values = crate::app::Values::from(&plan.app);
-    let result = cluster_phases(
-        &mut runner,
-        &ctx,
-        &connector,
-        &store,
-        Some(&values),
-        &session::kubeconfig_path(&plan),
-    )
-    .await;
+    let result = cluster_phases(&mut runner, &plan, &ctx, &connector, &store).await;
     runner.finish(result.is_ok());
     result.map_err(pipeline_error)?;
     reporter.info(None, "every host passed preflight; nothing was changed");

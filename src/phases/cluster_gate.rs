@@ -9,11 +9,8 @@ use super::context::ConnectedHost;
 use super::ids::PhaseId;
 use super::k3s_node::{Booted, K3sPlan};
 use super::runner::{Runner, StepError, StepOk};
-use crate::host::RemoteExt;
 use crate::k3s::config::server_url;
-use crate::k3s::paths;
 use crate::kube::wait;
-use crate::secret::Secret;
 
 /// The problems that keep the expected nodes from being Ready (empty when all are).
 pub fn not_ready(nodes: &[k8s_openapi::api::core::v1::Node], expected: &[String]) -> Vec<String> {
@@ -57,18 +54,7 @@ pub async fn run(
                     problems.join("; ")
                 )));
             }
-            let k3s_yaml = first
-                .remote
-                .read_file(paths::KUBECONFIG, true)
-                .await?
-                .ok_or_else(|| {
-                    StepError::new(format!(
-                        "{} is missing on {}",
-                        paths::KUBECONFIG,
-                        first.spec.name
-                    ))
-                })?;
-            let k3s_yaml = Secret::new(String::from_utf8_lossy(&k3s_yaml).into_owned());
+            let k3s_yaml = super::k3s_node::read_kubeconfig(first.remote.as_ref()).await?;
             let rewritten = crate::k3s::kubeconfig::rewrite_kubeconfig(
                 k3s_yaml.expose(),
                 &server_url(&first.spec.address),

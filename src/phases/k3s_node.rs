@@ -106,9 +106,8 @@ pub async fn read_secret(remote: &dyn Remote, path: &str) -> Result<Option<Secre
         .map(|b| Secret::new(String::from_utf8_lossy(&b).trim().to_owned())))
 }
 
-/// The cluster's API through a server, with the admin kubeconfig k3s wrote there (read
-/// quietly: it holds the client key).
-pub async fn cluster_client(remote: Arc<dyn Remote>) -> Result<Cluster, StepError> {
+/// The admin kubeconfig k3s wrote on a server (read quietly: it holds the client key).
+pub async fn read_kubeconfig(remote: &dyn Remote) -> Result<Secret, StepError> {
     let k = remote
         .read_file(paths::KUBECONFIG, true)
         .await?
@@ -119,7 +118,12 @@ pub async fn cluster_client(remote: Arc<dyn Remote>) -> Result<Cluster, StepErro
                 remote.name()
             ))
         })?;
-    let k = Secret::new(String::from_utf8_lossy(&k).into_owned());
+    Ok(Secret::new(String::from_utf8_lossy(&k).into_owned()))
+}
+
+/// The cluster's API through a server, with the admin kubeconfig k3s wrote there.
+pub async fn cluster_client(remote: Arc<dyn Remote>) -> Result<Cluster, StepError> {
+    let k = read_kubeconfig(remote.as_ref()).await?;
     Ok(Cluster::connect(remote, k.expose()).await?)
 }
 
