@@ -82,9 +82,21 @@ fn install_and_rerun(lab: &Lab, servers: usize) {
         .map(|k| k.trim().trim_matches('"').to_owned())
         .unwrap();
     secrets.push(key);
+    // The libraries' own diagnostics are in the log, at debug level, through the same
+    // redaction: russh (SSH negotiation) and kube-rs (API requests).
+    for lib in ["trace DEBUG russh", "trace DEBUG kube"] {
+        assert!(
+            log.contains(lib),
+            "no {lib:?} line in {}",
+            log_path.display()
+        );
+    }
+    let first_log = std::fs::read_to_string(answers.parent().unwrap().join("installer.log.1"))
+        .unwrap_or_default();
     for s in &secrets {
         for (what, out) in [
             ("the log file", log.clone()),
+            ("the first run's log file", first_log.clone()),
             ("the first run's output", run.all()),
             ("the rerun's output", again.all()),
         ] {

@@ -50,14 +50,37 @@ fn line(level: &tracing::Level, target: &str, fields: &str) -> String {
     format!("trace {level} {target}: {fields}")
 }
 
-impl<S: tracing::Subscriber> Layer<S> for LogLayer {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+impl<S> Layer<S> for LogLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let mut f = Fields::default();
+        attrs.record(&mut f);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(f);
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         let mut f = Fields::default();
         event.record(&mut f);
+        // The fields of the spans it happens in (kube-rs puts the request's method and URL
+        // on its span), outermost first.
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(sf) = span.extensions().get::<Fields>() {
+                    let _ = write!(f.0, " [{}{}]", span.name(), sf.0);
+                }
+            }
+        }
         let meta = event.metadata();
-        // Records bridged from the `log` crate carry their real target in a field.
-        let target = meta.target();
-        self.log.line(&line(meta.level(), target, &f.0));
+        self.log.line(&line(meta.level(), meta.target(), &f.0));
     }
 }
 
@@ -88,18 +111,16 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             tracing::debug!(target: "russh::negotiation", "strict kex enabled");
             tracing::debug!(target: "hyper::proto", "not at debug: filtered out");
-            tracing::debug!(
-                target: "kube_client::client",
-                uri = "/api/v1/nodes",
-                "requesting with {tok}"
-            );
+            let span = tracing::debug_span!("HTTP", http.url = "/api/v1/nodes");
+            let _g = span.enter();
+            tracing::debug!(target: "kube_client::client", "requesting with {tok}");
         });
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("trace DEBUG russh::negotiation: strict kex enabled"),
             "{text}"
         );
-        assert!(text.contains("uri=/api/v1/nodes"), "{text}");
+        assert!(text.contains("[HTTP http.url=/api/v1/nodes]"), "{text}");
         assert!(!text.contains("filtered out"), "{text}");
         assert!(
             !text.contains("bbbbbbbbbbbbbbbb"),
