@@ -11,15 +11,37 @@ pub enum Probe<T> {
     Done(T),
     /// Not there yet; the text says what was seen.
     NotYet(String),
+    /// It will not get there whatever the wait (a unit that keeps dying with a fatal line,
+    /// a host that stopped answering): stop now; the text says why.
+    Hopeless(String),
 }
 
-/// A wait that gave up.
+/// A wait that gave up: at its deadline, or early because waiting could not help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("gave up after {} waiting for {what}; last seen: {last}", humantime::format_duration(*.after))]
+#[error("{}", self.describe())]
 pub struct WaitTimeout {
     pub what: String,
     pub after: Duration,
     pub last: String,
+    /// Stopped before the deadline: what was seen cannot resolve by waiting.
+    pub hopeless: bool,
+}
+
+impl WaitTimeout {
+    fn describe(&self) -> String {
+        let after = humantime::format_duration(self.after);
+        if self.hopeless {
+            format!(
+                "stopped waiting for {} after {after}, since waiting cannot help: {}",
+                self.what, self.last
+            )
+        } else {
+            format!(
+                "gave up after {after} waiting for {}; last seen: {}",
+                self.what, self.last
+            )
+        }
+    }
 }
 
 /// Probes every `interval` until `probe` is done or `timeout` passes.
@@ -35,15 +57,17 @@ where
 {
     let start = Instant::now();
     loop {
-        let last = match probe().await {
+        let (last, hopeless) = match probe().await {
             Probe::Done(v) => return Ok(v),
-            Probe::NotYet(seen) => seen,
+            Probe::NotYet(seen) => (seen, false),
+            Probe::Hopeless(why) => (why, true),
         };
-        if start.elapsed() >= timeout {
+        if hopeless || start.elapsed() >= timeout {
             return Err(WaitTimeout {
                 what: what.to_owned(),
                 after: Duration::from_secs(start.elapsed().as_secs()),
                 last,
+                hopeless,
             });
         }
         tokio::time::sleep(interval).await;

@@ -86,8 +86,7 @@ pub async fn run(
                 k3s_node::wait_unit_active(&n, role.unit(), timeout, t.poll).await?;
                 k3s_node::node_gate(&ops, &boot.cluster, &n, timeout, t.poll).await?;
                 if role == JoinRole::Server {
-                    k3s_node::etcd_member_gate(&boot.cluster, &n.node_name, timeout, t.poll)
-                        .await?;
+                    k3s_node::etcd_member_gate(&boot.cluster, &n, timeout, t.poll).await?;
                 }
                 let done = match role {
                     JoinRole::Server => "joined, Ready, etcd member",

@@ -219,56 +219,216 @@ pub async fn converge(
     Ok(ops.changed())
 }
 
-/// Waits until `systemctl is-active` says active; on a timeout, shows the unit's last log.
+/// How long a host may fail to answer over SSH before a gate stops waiting for it.
+pub const LOST_AFTER: Duration = Duration::from_secs(30);
+
+/// Tracks whether a host still answers while a gate waits for it: a host that has not
+/// answered for [`LOST_AFTER`] was powered off or cut off, and waiting cannot help.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    failing_since: Option<std::time::Instant>,
+    last_error: String,
+}
+
+impl Liveness {
+    /// Records one attempt to reach the host, started at `at`; returns why the gate should
+    /// stop, if it should. Time counts from the start of the first failed attempt, so a
+    /// slow failure (a command timing out) counts whole.
+    pub fn record(
+        &mut self,
+        host: &str,
+        at: std::time::Instant,
+        result: Result<(), String>,
+    ) -> Option<String> {
+        match result {
+            Ok(()) => {
+                self.failing_since = None;
+                None
+            }
+            Err(e) => {
+                let since = *self.failing_since.get_or_insert(at);
+                self.last_error = e;
+                (since.elapsed() >= LOST_AFTER).then(|| {
+                    format!(
+                        "{host} has not answered over SSH for {} s (powered off, or the link is down?): {}",
+                        since.elapsed().as_secs(),
+                        self.last_error
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// What the unit's journal says since the wait began, read in one round trip with its
+/// state: the fatal lines (k3s exits through `logrus.Fatal` when it cannot start) and the
+/// errors that waiting cannot fix (a refused join token).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UnitHealth {
+    pub active_state: String,
+    pub fatal_lines: Vec<String>,
+    pub refused_lines: Vec<String>,
+}
+
+/// The script behind [`UnitHealth`]: state, then `F <line>` for fatal lines and `R <line>`
+/// for refused joins since `since` (host epoch seconds).
+pub fn unit_health_script(unit: &str, since: i64) -> String {
+    format!(
+        "systemctl show -p ActiveState --value {unit}
+         journalctl -u {unit} --since @{since} --no-pager -o cat 2>/dev/null | grep -E 'level=fatal' | tail -n 5 | sed 's/^/F /'
+         journalctl -u {unit} --since @{since} --no-pager -o cat 2>/dev/null | grep -E 'level=error' | grep -E 'CA hash does not match|401 Unauthorized|token is not valid' | tail -n 5 | sed 's/^/R /'
+"
+    )
+}
+
+/// Parses the output of [`unit_health_script`].
+pub fn parse_unit_health(out: &str) -> UnitHealth {
+    let mut h = UnitHealth::default();
+    for (i, l) in out.lines().enumerate() {
+        if i == 0 {
+            h.active_state = l.trim().to_owned();
+        } else if let Some(f) = l.strip_prefix("F ") {
+            h.fatal_lines.push(f.to_owned());
+        } else if let Some(r) = l.strip_prefix("R ") {
+            h.refused_lines.push(r.to_owned());
+        }
+    }
+    h
+}
+
+impl UnitHealth {
+    /// Why waiting cannot help, if it cannot: the unit died with a fatal line at least twice
+    /// (it is restarted every 5 s and fails the same way), or a join was refused three times.
+    pub fn hopeless(&self, unit: &str) -> Option<String> {
+        if self.active_state == "active" {
+            return None;
+        }
+        if self.fatal_lines.len() >= 2
+            && let Some(last) = self.fatal_lines.last()
+        {
+            return Some(format!(
+                "{unit} keeps exiting at start ({} times); its last fatal line: {last}",
+                self.fatal_lines.len()
+            ));
+        }
+        if self.refused_lines.len() >= 3
+            && let Some(last) = self.refused_lines.last()
+        {
+            return Some(format!(
+                "{unit} keeps being refused by the server; its last error: {last}"
+            ));
+        }
+        None
+    }
+}
+
+/// Waits until the unit is active. Stops early, quoting the journal, when the unit keeps
+/// exiting with a fatal line or its join keeps being refused, and when the host stops
+/// answering; on a timeout, shows the unit's last log lines.
 pub async fn wait_unit_active(
     node: &ConnectedHost,
     unit: &str,
     timeout: Duration,
     poll: Duration,
 ) -> Result<(), StepError> {
-    let r = wait::until(
-        &format!("{unit} to become active"),
-        timeout,
-        poll,
-        || async {
-            match node
-                .remote
-                .exec(
-                    RemoteCommand::new(format!("systemctl is-active {unit}"))
-                        .timeout(Duration::from_secs(20)),
-                )
-                .await
-            {
-                Ok(o) if o.stdout_str().trim() == "active" => Probe::Done(()),
-                Ok(o) => Probe::NotYet(format!(
-                    "systemctl is-active {unit}: {}",
-                    o.stdout_str().trim()
-                )),
-                Err(e) => Probe::NotYet(e.to_string()),
+    // The host's clock: journal lines older than this wait (a previous run's) do not count.
+    let since = node
+        .remote
+        .exec(RemoteCommand::new("date +%s").timeout(Duration::from_secs(20)))
+        .await
+        .ok()
+        .and_then(|o| o.stdout_str().trim().parse::<i64>().ok())
+        .map(|t| t - 2)
+        .unwrap_or(0);
+    let alive = tokio::sync::Mutex::new(Liveness::default());
+    let mut tries = 0u32;
+    let r = wait::until(&format!("{unit} to become active"), timeout, poll, || {
+        tries += 1;
+        // The journal is read every 8th look (about every 2 s), the state every time.
+        let script = if tries % 8 == 1 {
+            unit_health_script(unit, since)
+        } else {
+            format!("systemctl show -p ActiveState --value {unit}")
+        };
+        let r = node.remote.exec(
+            RemoteCommand::new(script)
+                .sudo()
+                .quiet_output()
+                .timeout(Duration::from_secs(10)),
+        );
+        let alive = &alive;
+        async move {
+            let at = std::time::Instant::now();
+            match r.await {
+                Ok(o) => {
+                    alive.lock().await.record(&node.spec.name, at, Ok(()));
+                    let h = parse_unit_health(&o.stdout_str());
+                    if h.active_state == "active" {
+                        return Probe::Done(());
+                    }
+                    if let Some(why) = h.hopeless(unit) {
+                        return Probe::Hopeless(why);
+                    }
+                    Probe::NotYet(format!("{unit} is {}", h.active_state))
+                }
+                Err(e) => match alive
+                    .lock()
+                    .await
+                    .record(&node.spec.name, at, Err(e.to_string()))
+                {
+                    Some(why) => Probe::Hopeless(why),
+                    None => Probe::NotYet(e.to_string()),
+                },
             }
-        },
-    )
+        }
+    })
     .await;
-    if let Err(e) = r {
-        let log = node
-            .remote
-            .exec(
-                RemoteCommand::new(format!("journalctl -u {unit} -n 15 --no-pager -o cat"))
-                    .sudo()
-                    .timeout(Duration::from_secs(20)),
-            )
-            .await
-            .map(|o| o.stdout_str())
-            .unwrap_or_default();
-        return Err(StepError::new(format!(
-            "{e}\n    last lines of the {unit} log:\n      {}",
+    let Err(e) = r else { return Ok(()) };
+    let log = node
+        .remote
+        .exec(
+            RemoteCommand::new(format!("journalctl -u {unit} -n 15 --no-pager -o cat"))
+                .sudo()
+                .timeout(Duration::from_secs(20)),
+        )
+        .await
+        .map(|o| o.stdout_str())
+        .unwrap_or_default();
+    let mut message = e.to_string();
+    if !log.trim().is_empty() {
+        message.push_str(&format!(
+            "\n    last lines of the {unit} log:\n      {}",
             crate::host::tail(&log, 15).replace('\n', "\n      ")
-        ))
-        .with_hint(format!(
-            "see `journalctl -u {unit}` on the host; the installer's log file has the whole story"
-        )));
+        ));
     }
-    Ok(())
+    Err(StepError::new(message).with_hint(gate_hint(&e, unit)))
+}
+
+/// What to do after a gate stopped: for a host that stopped answering, bring it back; for a
+/// unit that cannot start, its journal; for a deadline, the setting that changes it.
+fn gate_hint(e: &wait::WaitTimeout, unit: &str) -> String {
+    if e.hopeless && e.last.contains("over SSH") {
+        "bring the host back (power, network) and rerun: finished steps are not repeated".into()
+    } else if e.hopeless {
+        format!(
+            "see `journalctl -u {unit}` on the host for the whole story, fix the cause, and rerun"
+        )
+    } else {
+        format!(
+            "waited {}; spec.timeouts.node in the answer file sets how long a node may take. See `journalctl -u {unit}` on the host; the installer's log file has the whole story",
+            humantime::format_duration(e.after)
+        )
+    }
+}
+
+/// A cheap look at whether the host still answers (for gates that otherwise only watch
+/// the API).
+async fn ping(node: &ConnectedHost) -> Result<(), String> {
+    node.remote
+        .exec(RemoteCommand::new("true").timeout(Duration::from_secs(10)))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Waits for the node object, writes the CNI config for its pod CIDR, waits for Ready.
@@ -280,21 +440,25 @@ pub async fn node_gate(
     poll: Duration,
 ) -> Result<(), StepError> {
     let name = node.node_name.clone();
+    let alive = tokio::sync::Mutex::new(Liveness::default());
     let registered = wait::until(
         &format!("node {name} to register with a pod CIDR"),
         timeout,
         poll,
         || async {
-            match cluster.node(&name).await {
+            let seen = match cluster.node(&name).await {
                 Ok(Some(n)) => match wait::pod_cidr(&n) {
                     Some(c) => {
-                        Probe::Done(n.spec.and_then(|s| s.pod_cidrs).unwrap_or_else(|| vec![c]))
+                        return Probe::Done(
+                            n.spec.and_then(|s| s.pod_cidrs).unwrap_or_else(|| vec![c]),
+                        );
                     }
-                    None => Probe::NotYet("registered, no pod CIDR assigned yet".into()),
+                    None => "registered, no pod CIDR assigned yet".to_string(),
                 },
-                Ok(None) => Probe::NotYet("not registered yet".into()),
-                Err(e) => Probe::NotYet(e.to_string()),
-            }
+                Ok(None) => "not registered yet".to_string(),
+                Err(e) => e.to_string(),
+            };
+            still_there(node, &alive, seen).await
         },
     )
     .await?;
@@ -313,50 +477,67 @@ pub async fn node_gate(
         timeout,
         poll,
         || async {
-            match cluster.node(&name).await {
+            let seen = match cluster.node(&name).await {
                 Ok(Some(n)) => {
                     let (ready, why) = wait::node_readiness(&n);
                     if ready {
-                        Probe::Done(())
-                    } else {
-                        Probe::NotYet(why)
+                        return Probe::Done(());
                     }
+                    why
                 }
-                Ok(None) => Probe::NotYet("the node object disappeared".into()),
-                Err(e) => Probe::NotYet(e.to_string()),
-            }
+                Ok(None) => "the node object disappeared".to_string(),
+                Err(e) => e.to_string(),
+            };
+            still_there(node, &alive, seen).await
         },
     )
     .await?;
     Ok(())
 }
 
+/// Not there yet: unless the host stopped answering, in which case waiting cannot help.
+async fn still_there<T>(
+    node: &ConnectedHost,
+    alive: &tokio::sync::Mutex<Liveness>,
+    seen: String,
+) -> Probe<T> {
+    let at = std::time::Instant::now();
+    let r = ping(node).await;
+    match alive.lock().await.record(&node.spec.name, at, r) {
+        Some(why) => Probe::Hopeless(why),
+        None => Probe::NotYet(seen),
+    }
+}
+
 /// Waits until `name` is a voting (no longer learner) member of the embedded etcd.
 pub async fn etcd_member_gate(
     cluster: &Cluster,
-    name: &str,
+    node: &ConnectedHost,
     timeout: Duration,
     poll: Duration,
 ) -> Result<(), StepError> {
+    let name = node.node_name.as_str();
+    let alive = tokio::sync::Mutex::new(Liveness::default());
     wait::until(
         &format!("{name} to be a voting etcd member"),
         timeout,
         poll,
         || async {
-            match cluster.etcd_members().await {
+            let seen = match cluster.etcd_members().await {
                 Ok(m) => match m.iter().find(|m| m.is_node(name)) {
-                    Some(m) if !m.is_learner => Probe::Done(()),
-                    Some(_) => Probe::NotYet(format!("{name} is still a learner")),
-                    None => Probe::NotYet(format!(
+                    Some(m) if !m.is_learner => return Probe::Done(()),
+                    Some(_) => format!("{name} is still a learner"),
+                    None => format!(
                         "members are {}",
                         m.iter()
                             .map(|m| m.name.as_str())
                             .collect::<Vec<_>>()
                             .join(", ")
-                    )),
+                    ),
                 },
-                Err(e) => Probe::NotYet(e.to_string()),
-            }
+                Err(e) => e.to_string(),
+            };
+            still_there(node, &alive, seen).await
         },
     )
     .await?;

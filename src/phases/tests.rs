@@ -235,3 +235,85 @@ async fn a_first_server_without_data_is_never_bootstrapped_while_others_hold_the
         first.calls()
     );
 }
+
+#[test]
+fn a_unit_that_keeps_dying_with_a_fatal_line_is_hopeless_and_one_crash_is_not() {
+    let fatal = "time=\"x\" level=fatal msg=\"Error: --token is required\"";
+    let once = k3s_node::parse_unit_health(&format!("activating\nF {fatal}\n"));
+    assert_eq!(once.hopeless("k3s.service"), None);
+    let twice = k3s_node::parse_unit_health(&format!("activating\nF {fatal}\nF {fatal}\n"));
+    let why = twice.hopeless("k3s.service").unwrap();
+    assert!(why.contains("keeps exiting at start (2 times)"), "{why}");
+    assert!(why.contains("--token is required"), "{why}");
+    // Active wins over old lines.
+    let up = k3s_node::parse_unit_health(&format!("active\nF {fatal}\nF {fatal}\n"));
+    assert_eq!(up.hopeless("k3s.service"), None);
+    // A join refused three times is hopeless; a server not up yet never is.
+    let refused = "level=error msg=\"Failed to validate connection to cluster: token CA hash does not match\"";
+    let r = k3s_node::parse_unit_health(&format!(
+        "activating\nR {refused}\nR {refused}\nR {refused}\n"
+    ));
+    assert!(r.hopeless("k3s-agent.service").unwrap().contains("refused"));
+}
+
+#[test]
+fn a_host_is_lost_only_after_it_failed_to_answer_for_a_while() {
+    use std::time::{Duration, Instant};
+    let mut l = k3s_node::Liveness::default();
+    let now = Instant::now();
+    assert_eq!(l.record("node2", now, Err("timed out".into())), None);
+    assert_eq!(l.record("node2", now, Ok(())), None);
+    // Failing since an attempt that started 31 s ago: lost.
+    let long_ago = now - Duration::from_secs(31);
+    let mut l = k3s_node::Liveness::default();
+    assert!(
+        l.record("node2", long_ago, Err("timed out".into()))
+            .is_some()
+    );
+    let why = l
+        .record("node2", now, Err("connection reset".into()))
+        .unwrap();
+    assert!(
+        why.contains("node2 has not answered over SSH for 3"),
+        "{why}"
+    );
+    assert!(why.contains("connection reset"), "{why}");
+    // One answer resets it.
+    assert_eq!(l.record("node2", now, Ok(())), None);
+    assert_eq!(l.record("node2", now, Err("x".into())), None);
+}
+
+#[tokio::test]
+async fn the_unit_gate_stops_early_quoting_the_fatal_line() {
+    let fatal = "time=\"x\" level=fatal msg=\"k3s-standin fault injected: crash at start\"";
+    let remote = Arc::new(
+        FakeRemote::new("node1")
+            .on("date +%s", Reply::ok("1000\n"))
+            .on_contains(
+                "journalctl -u k3s.service --since",
+                Reply::ok(&format!("activating\nF {fatal}\nF {fatal}\n")),
+            )
+            .on_contains(
+                "journalctl -u k3s.service -n 15",
+                Reply::ok(&format!("{fatal}\n")),
+            ),
+    );
+    let h = host(1, remote, facts(""));
+    let started = std::time::Instant::now();
+    let e = k3s_node::wait_unit_active(
+        &h,
+        "k3s.service",
+        std::time::Duration::from_secs(300),
+        std::time::Duration::from_millis(10),
+    )
+    .await
+    .unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(
+        e.message.contains("since waiting cannot help"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("crash at start"), "{}", e.message);
+    assert!(e.hint.unwrap().contains("journalctl -u k3s.service"));
+}
