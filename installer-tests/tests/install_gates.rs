@@ -67,6 +67,16 @@ fn a_joining_server_powered_off_mid_join_stops_the_install_within_60_s() {
             break;
         }
     }
+    // Power off once k3s is starting there, so the cut lands inside the gates (not in the
+    // start command, which would fail at once on its own).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while installer_tests::e2e::unit_state(&lab, n2, "k3s").unwrap() != "activating" {
+        assert!(
+            Instant::now() < deadline,
+            "k3s never started on {}",
+            n2.name
+        );
+    }
     lab.kill_node(n2).unwrap();
     let cut = Instant::now();
     seen.extend(lines.map_while(Result::ok));
@@ -81,4 +91,41 @@ fn a_joining_server_powered_off_mid_join_stops_the_install_within_60_s() {
         "{all}"
     );
     assert!(took < Duration::from_secs(60), "took {took:?}\n{all}");
+}
+
+#[test]
+fn a_tampered_artifact_exits_2_before_any_host_is_changed() {
+    let Some(lab) = lab_or_skip!(2) else { return };
+    let env = Env::new().unwrap();
+    // Flip one byte of the airgap images archive (the lock keeps its true checksum).
+    let archive = std::fs::read_dir(&env.payload.dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("airgap"))
+        .expect("an airgap images archive in the payload");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&archive, bytes).unwrap();
+    let run = env.run(&lab.answer_file_path(), &["install"]).unwrap();
+    assert_eq!(run.code, 2, "{}", run.all());
+    let failures = run.failures();
+    assert!(
+        failures.contains(&archive.file_name().unwrap().to_string_lossy().to_string()),
+        "{failures}"
+    );
+    assert!(
+        !run.of("phase_started")
+            .iter()
+            .any(|p| p["phase"] == "prepare"),
+        "{}",
+        run.all()
+    );
+    for n in lab.nodes() {
+        assert!(
+            installer_tests::e2e::untouched(&lab, n).unwrap(),
+            "{} was changed",
+            n.name
+        );
+    }
 }

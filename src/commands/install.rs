@@ -86,15 +86,30 @@ pub async fn cluster_phases(
             .iter()
             .map(|n| (n.node_name.clone(), n.node_ip, n.spec.is_server))
             .collect();
-        ctx.app_ports =
+        let ports =
             phases::app::host_ports(&values, ctx.cluster.service_cidr, &list).map_err(|e| {
                 PipelineError::Setup {
                     message: format!("the application's templates: {e}"),
                     hint: e.hint(),
                 }
             })?;
+        ctx.app_ports = ports.tcp;
+        ctx.app_udp_ports = ports.udp;
     }
     let ctx = &ctx;
+    // Every artifact is resolved and checked against the lock before preflight, so a
+    // tampered or missing one stops the run before anything changes (exit 2). `preflight`
+    // alone reports a build without the artifacts as a finding instead.
+    let artifacts = match phases::upload::artifacts(store, &hosts) {
+        Ok(a) => Some(a),
+        Err(crate::assets::AssetError::Missing { .. }) if ctx.goal == Goal::Preflight => None,
+        Err(e) => {
+            return Err(PipelineError::Input {
+                message: e.to_string(),
+                hint: crate::hint::Hint::hint(&e),
+            });
+        }
+    };
     let needs = preflight::Needs {
         store,
         app_cpus: 0,
@@ -109,8 +124,9 @@ pub async fn cluster_phases(
     if ctx.goal == Goal::Preflight {
         return Ok(nothing(hosts));
     }
+    let artifacts = artifacts.unwrap_or_default();
     phases::prepare::run(runner, ctx, &hosts).await?;
-    let binary_changed = phases::upload::run(runner, ctx, &hosts, store).await?;
+    let binary_changed = phases::upload::run(runner, ctx, &hosts, artifacts).await?;
     let k3s = K3sPlan::new(ctx, &hosts, binary_changed).ok_or(PipelineError::Setup {
         message: "the plan has no server".into(),
         hint: Some("give at least one host `role: server` in the answer file".into()),
@@ -193,6 +209,9 @@ pub fn pipeline_error(e: PipelineError) -> Error {
     use crate::hint::Hint;
     if e.interrupted() {
         return Error::Interrupted;
+    }
+    if let PipelineError::Input { message, hint } = e {
+        return Error::usage(message, hint);
     }
     let hint = e.hint().unwrap_or_else(|| {
         "fix what is reported above and rerun the same command: finished steps are not repeated"

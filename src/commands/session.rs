@@ -170,6 +170,7 @@ pub fn context(plan: &Plan, goal: Goal) -> Context {
             leave_firewall: plan.network.host_firewall == HostFirewall::Leave,
         },
         app_ports: plan.app_ports(),
+        app_udp_ports: Vec::new(),
         concurrency: 5,
         timeouts: Timeouts {
             server: plan.node_timeout,

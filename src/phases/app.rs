@@ -49,13 +49,20 @@ pub async fn run(
         .await
 }
 
+/// The host ports the application and the cluster services hold, by protocol.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostPorts {
+    pub tcp: Vec<(String, u16)>,
+    pub udp: Vec<(String, u16)>,
+}
+
 /// Ports the application and the cluster services hold on every node, for preflight and
 /// firewall openings: rendered from the templates with the nodes known after `connect`.
 pub fn host_ports(
     values: &Values,
     service_cidr: ipnet::IpNet,
     nodes: &[(String, std::net::IpAddr, bool)],
-) -> Result<Vec<(String, u16)>, app::AppError> {
+) -> Result<HostPorts, app::AppError> {
     let facts = ClusterFacts::new(
         nodes
             .iter()
@@ -68,13 +75,19 @@ pub fn host_ports(
         service_cidr,
     );
     let app = App::load(app::Bundle::embedded(), values.clone(), facts)?;
-    let mut out: Vec<(String, u16)> = app
-        .host_ports()?
-        .into_iter()
-        .filter(|p| p.protocol == "TCP")
-        .map(|p| (p.owner, p.port))
-        .collect();
-    out.sort_by_key(|(_, p)| *p);
-    out.dedup_by_key(|(_, p)| *p);
-    Ok(out)
+    let all = app.host_ports()?;
+    let of = |protocol: &str| {
+        let mut out: Vec<(String, u16)> = all
+            .iter()
+            .filter(|p| p.protocol == protocol)
+            .map(|p| (p.owner.clone(), p.port))
+            .collect();
+        out.sort_by_key(|(_, p)| *p);
+        out.dedup_by_key(|(_, p)| *p);
+        out
+    };
+    Ok(HostPorts {
+        tcp: of("TCP"),
+        udp: of("UDP"),
+    })
 }

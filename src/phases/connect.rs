@@ -53,7 +53,9 @@ pub async fn connect_host(
     spec: &HostSpec,
 ) -> Result<ConnectedHost, StepError> {
     let remote = connector.connect(spec).await?;
+    let asked = epoch_now();
     let facts = facts::gather(remote.as_ref()).await?;
+    let answered = epoch_now();
     let (node_ip, why) = resolve_node_ip(spec, &facts)?;
     let node_name = spec
         .node_name
@@ -66,7 +68,16 @@ pub async fn connect_host(
         node_name,
         node_ip,
         node_ip_reason: why,
+        facts_window: (asked, answered),
     })
+}
+
+/// The workstation's clock, in epoch seconds.
+fn epoch_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A one-line description of a connected host (OS, arch, size, k3s).

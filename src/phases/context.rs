@@ -94,6 +94,8 @@ pub struct Context {
     /// after `connect` by every port the rendered templates hold, see
     /// [`super::app::host_ports`]).
     pub app_ports: Vec<(String, u16)>,
+    /// UDP ports the application and the cluster services hold on every node (CoreDNS's).
+    pub app_udp_ports: Vec<(String, u16)>,
     /// Hosts worked on at once in parallel phases.
     pub concurrency: usize,
     pub timeouts: Timeouts,
@@ -122,6 +124,9 @@ pub struct ConnectedHost {
     pub node_ip: IpAddr,
     /// Why this node IP was chosen (reported so a multi-NIC surprise is visible).
     pub node_ip_reason: String,
+    /// The workstation's clock (epoch seconds) when the facts were asked for and when they
+    /// came back: the host read its clock in between (for the clock-skew check).
+    pub facts_window: (i64, i64),
 }
 
 impl Named for ConnectedHost {

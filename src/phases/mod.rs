@@ -42,6 +42,13 @@ pub enum PipelineError {
         message: String,
         hint: Option<String>,
     },
+    /// What the installer was given cannot be used (an artifact that is not the one the
+    /// lock names), found before any host was changed: exit 2.
+    #[error("{message}")]
+    Input {
+        message: String,
+        hint: Option<String>,
+    },
 }
 
 impl PipelineError {
@@ -62,7 +69,7 @@ impl Hint for PipelineError {
     fn hint(&self) -> Option<String> {
         match self {
             PipelineError::Phase(_) => None,
-            PipelineError::Setup { hint, .. } => hint.clone(),
+            PipelineError::Setup { hint, .. } | PipelineError::Input { hint, .. } => hint.clone(),
         }
     }
     fn interrupted(&self) -> bool {

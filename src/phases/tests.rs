@@ -36,6 +36,7 @@ fn ctx(goal: Goal, hosts: usize) -> Context {
         cluster: ClusterSettings::default(),
         relax: Relaxations::default(),
         app_ports: vec![],
+        app_udp_ports: vec![],
         concurrency: 5,
         timeouts: Timeouts::default(),
     }
@@ -62,6 +63,7 @@ fn host(i: usize, remote: Arc<FakeRemote>, facts: Facts) -> Arc<ConnectedHost> {
         node_name: format!("node{i}"),
         node_ip: format!("10.0.0.{i}").parse().unwrap(),
         node_ip_reason: "test".into(),
+        facts_window: (0, 0),
     })
 }
 
@@ -160,6 +162,7 @@ async fn converge_once(c: &Context, h: &ConnectedHost, binary_changed: bool) {
         node_name: h.node_name.clone(),
         node_ip: h.node_ip,
         node_ip_reason: String::new(),
+        facts_window: (0, 0),
     })];
     let changed = BTreeMap::from([("node1".to_string(), binary_changed)]);
     let plan = K3sPlan::new(c, &hosts, changed).unwrap();

@@ -9,15 +9,18 @@ use super::context::{ConnectedHost, Context};
 use super::ids::PhaseId;
 use super::ops::Ops;
 use super::runner::{Runner, StepError, StepOk};
-use crate::assets::{self, AssetStore, ResolvedArtifact};
+use crate::assets::{self, AssetError, AssetStore, ResolvedArtifact};
 use crate::host::UploadTarget;
+
+/// The artifacts to upload, by architecture.
+pub type Artifacts = BTreeMap<String, Vec<ResolvedArtifact>>;
 
 /// Every artifact each architecture among the hosts needs, resolved (and, for files from
 /// `--assets`, hashed) before any transfer starts.
 pub fn artifacts(
     store: &AssetStore,
     hosts: &[Arc<ConnectedHost>],
-) -> Result<BTreeMap<String, Vec<ResolvedArtifact>>, PipelineError> {
+) -> Result<Artifacts, AssetError> {
     let mut by_arch: BTreeMap<String, Vec<ResolvedArtifact>> = BTreeMap::new();
     for n in hosts {
         let Some(arch) = assets::Arch::from_facts(&n.facts.arch) else {
@@ -26,15 +29,8 @@ pub fn artifacts(
         if by_arch.contains_key(arch.as_str()) {
             continue;
         }
-        let mut list = vec![
-            store.k3s_binary(arch).map_err(PipelineError::setup)?,
-            store.airgap_images(arch).map_err(PipelineError::setup)?,
-        ];
-        list.extend(
-            store
-                .app_image_archives(arch)
-                .map_err(PipelineError::setup)?,
-        );
+        let mut list = vec![store.k3s_binary(arch)?, store.airgap_images(arch)?];
+        list.extend(store.app_image_archives(arch)?);
         by_arch.insert(arch.as_str().to_owned(), list);
     }
     Ok(by_arch)
@@ -46,9 +42,9 @@ pub async fn run(
     runner: &mut Runner,
     ctx: &Context,
     hosts: &[Arc<ConnectedHost>],
-    store: &AssetStore,
+    artifacts: Artifacts,
 ) -> Result<BTreeMap<String, bool>, PipelineError> {
-    let by_arch = Arc::new(artifacts(store, hosts)?);
+    let by_arch = Arc::new(artifacts);
     let reporter = runner.reporter().clone();
     let id = PhaseId::Upload;
     let changed = runner

@@ -86,6 +86,10 @@ pub const CHECKS: &[(&str, &str)] = &[
         "SELinux not enforcing (the k3s SELinux policy is not carried)",
     ),
     (
+        "node-name",
+        "a node name Kubernetes accepts (the hostname, unless nodeName is set)",
+    ),
+    (
         "unique-names",
         "unique node names (hostnames, unless nodeName is set)",
     ),
@@ -101,7 +105,7 @@ pub const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "ports-free",
-        "the ports k3s and the application listen on are free",
+        "the TCP and UDP ports k3s, the cluster services and the application hold are free",
     ),
     ("time-sync", "a running time synchronisation daemon"),
     ("clock-skew", "host clocks within 30 s of the workstation"),
@@ -129,6 +133,9 @@ pub struct HostInput<'a> {
     pub node_name: Option<String>,
     pub node_ip: Option<IpAddr>,
     pub facts: &'a Facts,
+    /// The workstation's clock (epoch seconds) when it asked this host for its facts and
+    /// when the answer came back; the host read its clock in between.
+    pub answered_between: Option<(i64, i64)>,
 }
 
 impl HostInput<'_> {
@@ -156,6 +163,8 @@ pub struct Input<'a> {
     pub service_cidr: IpNet,
     /// Ports the application listens on, on every node: (name, port).
     pub app_ports: Vec<(String, u16)>,
+    /// UDP ports the application and the cluster services hold on every node.
+    pub app_udp_ports: Vec<(String, u16)>,
     /// Extra CPU and memory the application needs per node.
     pub app_cpus: u32,
     pub app_mem_bytes: u64,
@@ -229,9 +238,71 @@ fn gib(b: u64) -> String {
     }
 }
 
+/// A node name close to `name` that Kubernetes accepts.
+fn suggest_node_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let s = s.trim_matches(|c| c == '-' || c == '.').to_owned();
+    if s.is_empty() { "node-1".into() } else { s }
+}
+
+/// Why Kubernetes refuses `name` as a node name (a DNS-1123 subdomain), if it does.
+pub fn node_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".into());
+    }
+    if name.len() > 253 {
+        return Some(format!(
+            "it is {} characters long (at most 253)",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.'))
+    {
+        return Some(format!("{c:?} is not allowed (only a-z, 0-9, '-' and '.')"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.starts_with('-') || label.ends_with('-') {
+            return Some("each part between dots must start and end with a letter or digit".into());
+        }
+    }
+    None
+}
+
 fn check_host(input: &Input, h: &HostInput, out: &mut Vec<Finding>) {
     use Severity::*;
     let f = h.facts;
+    let node_name = h.effective_node_name();
+    if let Some(why) = node_name_problem(&node_name) {
+        let source = if h.node_name.is_some() {
+            format!("node name {node_name:?}")
+        } else {
+            format!("hostname {:?} (node name {node_name:?})", f.hostname)
+        };
+        out.push(finding(
+            "node-name",
+            h,
+            Blocking,
+            format!("{source}, which Kubernetes refuses: {why}"),
+            "a node name of lowercase letters, digits, '-' and '.'",
+            format!(
+                "set hosts[].nodeName for {} in the answer file (for example {:?}), or rename the host",
+                h.name,
+                suggest_node_name(&node_name)
+            ),
+        ));
+    }
     if !SUPPORTED_OS.contains(&f.os_id.as_str()) {
         out.push(finding(
             "os-supported",
@@ -380,7 +451,19 @@ fn check_host(input: &Input, h: &HostInput, out: &mut Vec<Finding>) {
             "install and enable chrony or systemd-timesyncd: etcd and fresh certificates need clocks within a second or two"));
     }
     if let Some(t) = f.time_epoch {
-        let skew = (t - input.workstation_epoch).abs();
+        // The host read its clock while the workstation waited for its answer: compare with
+        // that window (the round trip accounted for), not with a time taken after the
+        // slowest host answered.
+        let (from, to) = h
+            .answered_between
+            .unwrap_or((input.workstation_epoch, input.workstation_epoch));
+        let skew = if t < from {
+            from - t
+        } else if t > to {
+            t - to
+        } else {
+            0
+        };
         if skew > 30 {
             out.push(finding(
                 "clock-skew",
@@ -494,6 +577,28 @@ fn check_ports(input: &Input, h: &HostInput, out: &mut Vec<Finding>) {
             format!("port {port} free ({what})"),
             format!("stop or move the service listening on {port} (`ss -tlnp 'sport = :{port}'` shows it){}",
                 if is_app { ", or choose another port in the answer file's application values" } else { "" })));
+    }
+    // k3s itself holds no UDP port with `flannel-backend: none`; CoreDNS and the
+    // application may.
+    for (owner, port) in &input.app_udp_ports {
+        let Some(l) = f.udp_listeners.iter().find(|l| l.port == *port) else {
+            continue;
+        };
+        if is_k3s_process(l.process.as_deref()) || k3s_here {
+            continue;
+        }
+        let by = l
+            .process
+            .clone()
+            .unwrap_or_else(|| "an unknown process".into());
+        out.push(finding(
+            "ports-free",
+            h,
+            Severity::Blocking,
+            format!("UDP port {port} is in use by {by}"),
+            format!("UDP port {port} free ({owner})"),
+            format!("stop or move the service bound to UDP {port} (`ss -ulnp 'sport = :{port}'` shows it)"),
+        ));
     }
 }
 
@@ -630,11 +735,13 @@ mod tests {
                     node_name: None,
                     node_ip: None,
                     facts: f,
+                    answered_between: None,
                 })
                 .collect(),
             cluster_cidr: "10.42.0.0/16".parse().unwrap(),
             service_cidr: "10.43.0.0/16".parse().unwrap(),
             app_ports: vec![("gateway".into(), 8443)],
+            app_udp_ports: vec![("coredns".into(), 1053)],
             app_cpus: 0,
             app_mem_bytes: 0,
             payload_bytes: 300 * MIB,
@@ -683,6 +790,68 @@ mod tests {
             out[0]
         );
         assert!(out[0].hint.contains("application values"));
+    }
+
+    #[test]
+    fn a_udp_port_coredns_needs_held_on_a_node_is_blocking_with_host_port_and_protocol() {
+        let mut f = healthy();
+        f[1].udp_listeners.push(Listener {
+            port: 1053,
+            process: Some("dnsmasq".into()),
+            loopback_only: false,
+        });
+        let out = check(&input(&f));
+        assert_eq!(ids(&out), vec![("ports-free", Severity::Blocking)]);
+        assert_eq!(out[0].host.as_deref(), Some("10.0.0.12"));
+        assert!(
+            out[0].found.contains("UDP port 1053 is in use by dnsmasq"),
+            "{}",
+            out[0]
+        );
+        assert!(out[0].needed.contains("coredns"), "{}", out[0]);
+    }
+
+    #[test]
+    fn a_hostname_that_is_not_a_valid_node_name_is_blocking_with_the_node_name_hint() {
+        let mut f = healthy();
+        f[1].hostname = "Node_2".into();
+        let out = check(&input(&f));
+        assert_eq!(ids(&out), vec![("node-name", Severity::Blocking)]);
+        assert!(out[0].found.contains("\"Node_2\""), "{}", out[0]);
+        assert!(out[0].found.contains("'_' is not allowed"), "{}", out[0]);
+        assert!(out[0].hint.contains("hosts[].nodeName"), "{}", out[0]);
+        assert!(out[0].hint.contains("\"node-2\""), "{}", out[0]);
+        // With a valid nodeName, it passes.
+        let mut inp = input(&f);
+        inp.hosts[1].node_name = Some("node-2".into());
+        assert_eq!(check(&inp), vec![]);
+        for (name, ok) in [
+            ("srv1", true),
+            ("a.b-c", true),
+            ("-a", false),
+            ("a..b", false),
+            ("", false),
+        ] {
+            assert_eq!(node_name_problem(name).is_none(), ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_host_slow_to_answer_its_facts_gets_no_false_clock_skew() {
+        // The host read its clock at 1 000 000; its answer took 40 s to arrive, and the
+        // slowest host made the workstation's single reading 41 s later still.
+        let f = healthy();
+        let mut inp = input(&f);
+        inp.workstation_epoch = 1_000_081;
+        for h in &mut inp.hosts {
+            h.answered_between = Some((999_999, 1_000_040));
+        }
+        assert_eq!(check(&inp), vec![]);
+        // A clock 45 s behind the window is still found.
+        inp.hosts[0].answered_between = Some((1_000_045, 1_000_046));
+        let out = check(&inp);
+        assert_eq!(ids(&out), vec![("clock-skew", Severity::Blocking)]);
+        assert!(out[0].found.contains("45 s away"), "{}", out[0]);
     }
 
     #[test]

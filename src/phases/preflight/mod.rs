@@ -71,11 +71,13 @@ pub async fn findings(
                 node_name: Some(n.node_name.clone()),
                 node_ip: n.spec.node_ip,
                 facts: &n.facts,
+                answered_between: Some(n.facts_window),
             })
             .collect(),
         cluster_cidr: ctx.cluster.cluster_cidr,
         service_cidr: ctx.cluster.service_cidr,
         app_ports: ctx.app_ports.clone(),
+        app_udp_ports: ctx.app_udp_ports.clone(),
         app_cpus: needs.app_cpus,
         app_mem_bytes: needs.app_mem_bytes,
         payload_bytes: payload_size(store, hosts),
