@@ -220,7 +220,7 @@ pub async fn converge(
 }
 
 /// How long a host may fail to answer over SSH before a gate stops waiting for it.
-pub const LOST_AFTER: Duration = Duration::from_secs(30);
+pub const LOST_AFTER: Duration = Duration::from_secs(20);
 
 /// Tracks whether a host still answers while a gate waits for it: a host that has not
 /// answered for [`LOST_AFTER`] was powered off or cut off, and waiting cannot help.
@@ -384,16 +384,21 @@ pub async fn wait_unit_active(
     })
     .await;
     let Err(e) = r else { return Ok(()) };
-    let log = node
-        .remote
-        .exec(
-            RemoteCommand::new(format!("journalctl -u {unit} -n 15 --no-pager -o cat"))
-                .sudo()
-                .timeout(Duration::from_secs(20)),
-        )
-        .await
-        .map(|o| o.stdout_str())
-        .unwrap_or_default();
+    // A host that stopped answering has no log to give.
+    let lost = e.hopeless && e.last.contains("over SSH");
+    let log = if lost {
+        String::new()
+    } else {
+        node.remote
+            .exec(
+                RemoteCommand::new(format!("journalctl -u {unit} -n 15 --no-pager -o cat"))
+                    .sudo()
+                    .timeout(Duration::from_secs(20)),
+            )
+            .await
+            .map(|o| o.stdout_str())
+            .unwrap_or_default()
+    };
     let mut message = e.to_string();
     if !log.trim().is_empty() {
         message.push_str(&format!(

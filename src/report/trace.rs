@@ -3,7 +3,8 @@
 //! for the process, whose only layer writes to the run's [`LogFile`]. Nothing reaches the
 //! terminal this way; logic reports through events.
 //!
-//! The filter is `info` everywhere and `debug` for russh, kube-rs and the installer itself;
+//! The filter is `info` everywhere and `debug` for russh (but its per-packet lines),
+//! kube-rs and the installer itself;
 //! `INSTALLER_LOG` (an `EnvFilter` directive such as `debug` or `russh=trace`) overrides it.
 
 use std::fmt::Write as _;
@@ -17,7 +18,9 @@ use tracing_subscriber::{EnvFilter, Layer};
 use super::logfile::LogFile;
 
 /// The default filter.
-pub const DEFAULT_FILTER: &str = "info,russh=debug,kube=debug,kube_client=debug,installer=debug";
+/// russh's per-packet lines (`sshbuffer`, `cipher`, `client::encrypted`) stay at info: an
+/// upload would write one per packet.
+pub const DEFAULT_FILTER: &str = "info,russh=debug,russh::sshbuffer=info,russh::cipher=info,russh::client::encrypted=info,kube=debug,kube_client=debug,installer=debug";
 
 /// A layer that writes each event as one line of the log file.
 pub struct LogLayer {
@@ -25,7 +28,7 @@ pub struct LogLayer {
 }
 
 #[derive(Default)]
-struct Fields(String);
+struct Fields(String, Option<String>);
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -39,6 +42,9 @@ impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.0.push_str(value);
+        } else if field.name() == "log.target" {
+            // A record bridged from the `log` crate (russh): its real target.
+            self.1 = Some(value.to_owned());
         } else if !field.name().starts_with("log.") {
             let _ = write!(self.0, " {}={value}", field.name());
         }
@@ -80,7 +86,8 @@ where
             }
         }
         let meta = event.metadata();
-        self.log.line(&line(meta.level(), meta.target(), &f.0));
+        let target = f.1.as_deref().unwrap_or(meta.target());
+        self.log.line(&line(meta.level(), target, &f.0));
     }
 }
 
