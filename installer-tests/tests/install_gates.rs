@@ -128,3 +128,28 @@ fn a_tampered_artifact_exits_2_before_any_host_is_changed() {
         );
     }
 }
+
+#[test]
+fn a_second_install_is_refused_with_the_holder_named_and_a_killed_one_leaves_no_lock() {
+    let Some(lab) = lab_or_skip!(1) else { return };
+    let env = Env::new().unwrap();
+    let answers = lab.answer_file_path();
+    let mut first = env.spawn(&answers, &["install"]).unwrap();
+    let out = first.stdout.take().unwrap();
+    for line in BufReader::new(out).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap_or_default();
+        if v["event"] == "phase_started" && v["phase"] == "upload" {
+            break;
+        }
+    }
+    let second = env.run(&answers, &["install"]).unwrap();
+    assert_eq!(second.code, 2, "{}", second.all());
+    let all = second.all();
+    assert!(all.contains("another run holds the lock"), "{all}");
+    assert!(all.contains("`installer install` started"), "{all}");
+    assert!(all.contains(&format!("(process {})", first.id())), "{all}");
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let third = env.run(&answers, &["install"]).unwrap();
+    assert!(third.ok(), "{}", third.all());
+}

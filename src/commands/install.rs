@@ -253,6 +253,12 @@ pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result
     if let Some(ask) = &opts.ask_host_keys {
         connector = connector.with_prompt(ask.clone());
     }
+    // One run at a time against this cluster (a dry run changes nothing and takes none).
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(session::lock(&plan, "install")?)
+    };
     let journal = if opts.dry_run {
         None
     } else {

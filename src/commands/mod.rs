@@ -9,6 +9,7 @@ pub mod appliance;
 pub mod completions;
 pub mod hostkeys;
 pub mod install;
+pub mod lock;
 pub mod preflight;
 pub mod schema;
 pub mod session;

@@ -33,6 +33,8 @@ pub async fn run(plan: Plan, opts: PreflightOptions, reporter: Reporter) -> Resu
     let store = asset_store(opts.assets_dir.as_ref(), opts.assets_lock.as_ref())?;
     let ctx = session::context(&plan, Goal::Preflight);
     let connector = SshConnector::new(&plan, opts.accept_new_host_keys, reporter.clone());
+    // Its test listeners would take the ports a running install needs.
+    let _lock = session::lock(&plan, "preflight")?;
     let mut runner = Runner::new("preflight", reporter.clone(), None, session::cancel_token());
     let hosts: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
     runner.start(&ids::PhaseId::ids(ids::PREFLIGHT), &hosts);

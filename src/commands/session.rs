@@ -124,6 +124,15 @@ pub fn state_dir(plan: &Plan) -> PathBuf {
     base_dir(plan).join(".installer").join(&plan.cluster_name)
 }
 
+/// Takes the run lock of the plan's cluster for `command` (see [`super::lock`]).
+pub fn lock(plan: &Plan, command: &str) -> Result<super::lock::RunLock, crate::error::Error> {
+    super::lock::acquire(
+        &state_dir(plan).join("lock"),
+        &super::lock::Holder::me(command),
+    )
+    .map_err(super::lock::LockError::into_error)
+}
+
 /// The directory of the answer file (or the working directory).
 pub fn base_dir(plan: &Plan) -> PathBuf {
     plan.answer_file
