@@ -39,6 +39,28 @@ fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_onl
         .cloned()
         .unwrap_or_default();
     assert_eq!(verify["detail"], "3 endpoints answering", "{}", run.all());
+    // The hand-off: where the appliance is and how to log in; the generated password is
+    // never in the JSON output (nor the log, which writes the same events).
+    let handoff = run
+        .of("handoff")
+        .first()
+        .map(|e| e["handoff"].clone())
+        .unwrap_or_default();
+    assert_eq!(handoff["user"], "admin", "{}", run.all());
+    let urls = handoff["node_urls"].as_array().cloned().unwrap_or_default();
+    assert_eq!(urls.len(), 3, "{handoff:#}");
+    assert!(
+        urls[0].as_str().unwrap().ends_with(":8443/admin/")
+            || urls[0].as_str().unwrap().contains("/admin/"),
+        "{handoff:#}"
+    );
+    assert!(handoff.get("password").is_none(), "{handoff:#}");
+    assert!(
+        handoff["password_note"]
+            .as_str()
+            .is_some_and(|n| n.contains("base64 -d")),
+        "{handoff:#}"
+    );
     // The appliance CA is beside the answer file, for the admin.
     let ca = answers.parent().unwrap().join("appliance-ca.crt");
     assert!(

@@ -23,6 +23,35 @@ pub struct AppSpec {
     pub workloads: Vec<String>,
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
+    /// What the install's last screen tells the admin (where it is, how to log in).
+    #[serde(default)]
+    pub handoff: Option<HandoffSpec>,
+}
+
+/// The appliance's own words for the hand-off screen.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HandoffSpec {
+    /// What is ready, in one line ("The appliance is ready").
+    pub title: String,
+    /// Where a person opens it: `scheme://<name or node>:port path`.
+    pub scheme: Scheme,
+    pub port: u16,
+    pub path: String,
+    /// The DNS name clients should use (a record the admin creates, pointing at the nodes).
+    #[serde(default)]
+    pub dns_name: Option<String>,
+    #[serde(default)]
+    pub login: Option<LoginSpec>,
+}
+
+/// How a person logs in: a user, and the generated Secret key holding the password.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoginSpec {
+    pub user: String,
+    pub password_secret: String,
+    pub password_key: String,
 }
 
 /// A Secret the installer generates once.

@@ -151,6 +151,8 @@ pub async fn cluster_phases(
 
 /// What the application's phases report back for the final summary.
 pub struct Deployed {
+    /// The application's metadata (its `handoff` says what the last screen shows).
+    pub app: app::spec::AppSpec,
     pub endpoints: Vec<app::endpoints::EndpointResult>,
     pub ca_file: Option<PathBuf>,
     /// Values generated in this run that the admin must learn once (name, value).
@@ -185,6 +187,7 @@ pub async fn appliance_phases(
     };
     let endpoints = phases::verify::run(runner, &app, &generated).await?;
     Ok(Deployed {
+        app: app.spec().clone(),
         endpoints,
         ca_file,
         shown_once: generated.shown_once.clone(),
@@ -314,30 +317,99 @@ pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result
         reporter.info(None, "dry run: nothing was changed on any host");
         return Ok(());
     }
-    let mut lines = vec!["the cluster and the application are Ready".to_string()];
-    if let Some(d) = &deployed {
-        for e in &d.endpoints {
-            lines.push(format!(
-                "  {} on {}: {}",
-                e.endpoint.name, e.endpoint.node, e.endpoint.url
-            ));
-        }
-        if let Some(ca) = &d.ca_file {
-            lines.push(format!("  appliance CA certificate: {}", ca.display()));
-        }
-        for (name, _) in &d.shown_once {
-            lines.push(format!(
-                "  {name} was generated: read it with `kubectl get secret` in the application's namespace, or set it in the answer file"
-            ));
-        }
+    let mut next = vec![format!(
+        "installer status -f {}   (nodes, workloads and endpoints, at any time)",
+        answer_display(&plan)
+    )];
+    if let Some(l) = &opts.log_file {
+        next.push(format!("the debug log of this run: {}", l.display()));
     }
-    if let Some(k) = &installed.kubeconfig {
-        lines.push(format!("  admin kubeconfig: {}", k.display()));
-    }
-    lines.push(format!(
-        "  state and journal: {}",
-        session::state_dir(&plan).display()
-    ));
-    reporter.info(None, lines.join("\n"));
+    let handoff = handoff(&plan, &installed, deployed.as_ref(), next);
+    reporter.emit(Event::Handoff { handoff });
     Ok(())
+}
+
+/// The answer file as the admin would type it in a command.
+fn answer_display(plan: &Plan) -> String {
+    plan.answer_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "answers.yaml".into())
+}
+
+/// The hand-off screen, from the application's own `handoff` metadata.
+fn handoff(
+    plan: &Plan,
+    installed: &Installed,
+    deployed: Option<&Deployed>,
+    next: Vec<String>,
+) -> crate::report::handoff::Handoff {
+    use crate::report::handoff::Handoff;
+    let mut h = Handoff {
+        title: "The cluster and the application are ready".into(),
+        kubeconfig: installed
+            .kubeconfig
+            .as_ref()
+            .map(|k| k.display().to_string()),
+        answer_file: plan.answer_file.as_ref().map(|p| p.display().to_string()),
+        state_dir: Some(session::state_dir(plan).display().to_string()),
+        next,
+        ..Handoff::default()
+    };
+    let Some(d) = deployed else { return h };
+    h.ca_file = d.ca_file.as_ref().map(|c| c.display().to_string());
+    let Some(spec) = &d.app.handoff else { return h };
+    h.title = spec.title.clone();
+    let scheme = match spec.scheme {
+        app::spec::Scheme::Http => "http",
+        app::spec::Scheme::Https => "https",
+    };
+    let url = |host: &str| {
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        format!("{scheme}://{host}:{}{}", spec.port, spec.path)
+    };
+    h.url = spec.dns_name.as_deref().map(url);
+    h.dns_name = spec.dns_name.clone();
+    h.node_urls = installed
+        .hosts
+        .iter()
+        .map(|n| url(&n.spec.address))
+        .collect();
+    if let Some(login) = &spec.login {
+        h.user = Some(login.user.clone());
+        // The answer-file value that sets the password, if the application has one.
+        let from_value = d
+            .app
+            .secrets
+            .iter()
+            .filter(|s| s.name == login.password_secret)
+            .flat_map(|s| &s.keys)
+            .find(|k| k.key == login.password_key)
+            .and_then(|k| k.from_value.clone());
+        let kubectl = format!(
+            "`kubectl --kubeconfig {} -n {} get secret {} -o jsonpath='{{.data.{}}}' | base64 -d`",
+            h.kubeconfig.as_deref().unwrap_or("KUBECONFIG"),
+            d.app.namespace,
+            login.password_secret,
+            login.password_key
+        );
+        h.password = from_value.as_ref().and_then(|v| {
+            d.shown_once
+                .iter()
+                .find(|(name, _)| name == v)
+                .map(|(_, s)| s.clone())
+        });
+        let in_file = from_value
+            .as_ref()
+            .is_some_and(|v| Values::from(&plan.app).secret(v).is_some());
+        h.password_note = Some(match (&from_value, in_file) {
+            (Some(v), true) => format!("the one set as `{v}` in the answer file"),
+            _ => format!("printed by {kubectl}"),
+        });
+    }
+    h
 }

@@ -134,6 +134,11 @@ pub enum Event {
     PlanReady {
         plan: crate::config::plan::PlanSummary,
     },
+    /// The install's last screen (where the appliance is, how to log in); a generated
+    /// password rides along unserialized and is shown on a terminal only.
+    Handoff {
+        handoff: crate::report::handoff::Handoff,
+    },
     /// The result of `installer status`: data, printed on stdout.
     StatusReady {
         status: crate::report::status::StatusSummary,

@@ -7,6 +7,7 @@
 //! the log file, and [`Prompts`] that know which bars to suspend.
 
 pub mod events;
+pub mod handoff;
 pub mod json;
 pub mod logfile;
 pub mod plain;

@@ -204,6 +204,7 @@ pub fn line(event: &Event, verbosity: i8) -> Option<String> {
         } => text::summary(command, *ok, *elapsed, phases)
             .trim_end()
             .to_owned(),
+        Event::Handoff { handoff } => format!("\n{}", super::handoff::render(handoff, false)),
     })
 }
 
@@ -212,6 +213,12 @@ impl EventSink for PlainRenderer {
         match event {
             Event::PlanReady { plan } => self.out(&text::plan(plan)),
             Event::StatusReady { status } => self.out(&text::status(status)),
+            // A generated password is shown where a person watches the output, never
+            // when it goes to a file or a pipe.
+            Event::Handoff { handoff } => self.err(&format!(
+                "\n{}",
+                super::handoff::render(handoff, console::Term::stderr().is_term())
+            )),
             Event::HostProgress {
                 phase,
                 host,

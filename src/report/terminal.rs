@@ -302,6 +302,10 @@ impl EventSink for TerminalRenderer {
                 let t = text::status(status);
                 self.mp.suspend(|| print!("{t}"));
             }
+            Event::Handoff { handoff } => {
+                let t = super::handoff::render(handoff, true);
+                self.println(&format!("\n{}", style(t).for_stderr()));
+            }
             Event::CommandFinished {
                 command,
                 ok,
