@@ -181,8 +181,12 @@ fn startup_delay_and_never_ready() {
     n.wait_log("k3s is up and running", Duration::from_secs(10))
         .unwrap();
     assert!(t0.elapsed() >= Duration::from_secs(2));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(n.notified_ready());
+    // READY=1 follows the log line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !n.notified_ready() {
+        assert!(std::time::Instant::now() < deadline, "READY=1 never came");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
     // never-ready: the process runs, files exist, READY=1 never comes.
     let mut m = LocalNode::prepare(
         &bin(),
@@ -194,9 +198,14 @@ fn startup_delay_and_never_ready() {
     m.start();
     m.wait_log("Wrote kubeconfig", Duration::from_secs(10))
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(m.running());
-    assert!(!m.notified_ready());
+    // A negative over time: watched for 2 s (the ready server above took 2 s), it keeps
+    // running and never says READY=1.
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        assert!(m.running());
+        assert!(!m.notified_ready());
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
     assert!(!m.logs().contains("k3s is up and running"));
 }
 

@@ -417,8 +417,19 @@ async fn rolling_update_with_a_surge_sticks_on_host_ports_until_max_unavailable_
         .patch("roll", &pp, &Patch::Apply(&d2))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let d = deploys.get("roll").await.unwrap();
+    // The controller has seen the new generation and reports it progressing.
+    let d = wait_for("generation 2 observed", Duration::from_secs(15), || {
+        let deploys = deploys.clone();
+        async move {
+            let d = deploys.get("roll").await.ok()?;
+            let st = d.status.as_ref()?;
+            let progressing = st.conditions.as_ref()?.iter().any(|c| {
+                c.type_ == "Progressing" && c.reason.as_deref() == Some("ReplicaSetUpdated")
+            });
+            (st.observed_generation == Some(2) && progressing).then_some(d)
+        }
+    })
+    .await;
     assert_eq!(d.metadata.generation, Some(2));
     let st = d.status.unwrap();
     assert_eq!(st.observed_generation, Some(2));
