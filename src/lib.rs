@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod fsx;
 pub mod host;
 pub mod k3s;
 pub mod kube;
