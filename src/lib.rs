@@ -13,6 +13,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod fsx;
 pub mod hint;
 pub mod host;
 pub mod k3s;

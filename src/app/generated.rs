@@ -424,17 +424,13 @@ pub fn write_ca_file(
         path: path.display().to_string(),
         source,
     };
-    if std::fs::read_to_string(&path).ok().as_deref() == Some(pem.as_str()) {
+    // Only a regular file of ours counts as already written (never a planted link or file).
+    if crate::fsx::own_regular_file(&path).ok().flatten() == Some(true)
+        && std::fs::read_to_string(&path).ok().as_deref() == Some(pem.as_str())
+    {
         return Ok(Some(path));
     }
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, pem).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    crate::fsx::write_atomic(&path, pem.as_bytes(), 0o644).map_err(io)?;
     Ok(Some(path))
 }
 

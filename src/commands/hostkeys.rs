@@ -3,7 +3,7 @@
 //! person trusts it (remembered in known_hosts, or pinned in the answer file) or refuses.
 //! Unattended runs never ask: they refuse unknown keys unless `--accept-new-host-keys`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -125,12 +125,10 @@ pub fn write_pins(answer_file: &Path, pins: &[(String, String)]) -> std::io::Res
             None => missed.push(format!("{host} {fp}")),
         }
     }
-    let tmp: PathBuf = answer_file.with_extension("yaml.tmp");
-    fs_err::write(&tmp, &text)?;
-    if let Ok(meta) = std::fs::metadata(answer_file) {
-        let _ = std::fs::set_permissions(&tmp, meta.permissions());
-    }
-    fs_err::rename(&tmp, answer_file)?;
+    let mode = std::fs::metadata(answer_file).map_or(0o600, |m| {
+        std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777 & !0o022
+    });
+    crate::fsx::write_atomic(answer_file, text.as_bytes(), mode)?;
     Ok(missed)
 }
 

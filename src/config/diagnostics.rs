@@ -13,6 +13,23 @@ use super::yaml::{Loc, Path};
 use serde::Serialize;
 use std::fmt;
 
+/// How many problems the report lists before "and N more".
+pub const MAX_SHOWN: usize = 50;
+/// The longest message or hint shown (a backstop: values are already cut where echoed).
+const MAX_MESSAGE_CHARS: usize = 400;
+
+/// `text` cut to `max` characters, saying how long it was.
+fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((i, _)) => std::borrow::Cow::Owned(format!(
+            "{}… ({} characters in all)",
+            &text[..i],
+            text.chars().count()
+        )),
+    }
+}
+
 /// How bad a problem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,12 +84,12 @@ impl Diagnostic {
             } else {
                 ""
             },
-            self.path,
-            self.message
+            cut(&self.path.to_string(), MAX_MESSAGE_CHARS),
+            cut(&self.message, MAX_MESSAGE_CHARS)
         );
         if let Some(h) = &self.hint {
             out.push_str("\n  hint: ");
-            out.push_str(h);
+            out.push_str(&cut(h, MAX_MESSAGE_CHARS));
         }
         out
     }
@@ -145,8 +162,15 @@ impl Diagnostics {
 
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for d in &self.items {
+        for d in self.items.iter().take(MAX_SHOWN) {
             writeln!(f, "{}", d.render(&self.file))?;
+        }
+        if self.items.len() > MAX_SHOWN {
+            writeln!(
+                f,
+                "... and {} more problems (fix these first, or see them all with --output json)",
+                self.items.len() - MAX_SHOWN
+            )?;
         }
         let n = self.errors().count();
         if n > 0 {
@@ -165,6 +189,10 @@ impl std::error::Error for Diagnostics {}
 
 /// Returns the candidate closest to `word` (for "did you mean"), if one is close enough.
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    // Nothing long is a typo of a field name (and the distance costs length squared).
+    if word.len() > 64 {
+        return None;
+    }
     let word_l = word.to_ascii_lowercase();
     candidates
         .into_iter()

@@ -60,6 +60,38 @@ pub fn has_reference(s: &str) -> bool {
     s.replace("$${", "").contains("${")
 }
 
+/// The names of the variables `s` references (well-formed `${NAME}`s only).
+pub fn references(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        let after = &rest[pos + 1..];
+        if let Some(lit) = after.strip_prefix("${") {
+            rest = lit;
+        } else if let Some(body) = after.strip_prefix('{') {
+            match body.find('}') {
+                Some(end) => {
+                    out.push(&body[..end]);
+                    rest = &body[end + 1..];
+                }
+                None => break,
+            }
+        } else {
+            rest = after;
+        }
+    }
+    out
+}
+
+/// Whether a variable's name says it holds a secret (`SUDO_PASSWORD`, `API_TOKEN`, ...):
+/// its value is masked wherever it would be echoed, whatever field it was put in.
+pub fn is_secret_name(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    ["PASS", "TOKEN", "SECRET", "KEY", "CREDENTIAL", "PRIVATE"]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
 /// Replaces every `${VAR}` in `s`.
 pub fn interpolate(s: &str, env: &dyn Env) -> Result<String, InterpolateError> {
     let mut out = String::with_capacity(s.len());

@@ -76,10 +76,7 @@ fn found(node: &Node) -> String {
         NodeKind::Map(_) => "a mapping".into(),
         NodeKind::Seq(_) => "a list".into(),
         NodeKind::Scalar { .. } if node.is_null() => "nothing".into(),
-        NodeKind::Scalar { text, .. } => {
-            let short: String = text.chars().take(40).collect();
-            format!("`{short}`")
-        }
+        NodeKind::Scalar { text, .. } => format!("`{}`", super::yaml::shown(text)),
     }
 }
 
@@ -351,7 +348,7 @@ impl<'s> Walker<'s> {
                             Diagnostic::error(
                                 key.loc,
                                 child_path,
-                                format!("unknown field `{}`", key.text),
+                                format!("unknown field `{}`", super::yaml::shown(&key.text)),
                             )
                             .with_hint(msg_hint),
                         );
@@ -410,7 +407,11 @@ impl<'s> Walker<'s> {
                 if consts.contains(&text) {
                     return Some(Value::String(text.to_owned()));
                 }
-                let mut msg = format!("`{text}` is not one of {}", consts.join(", "));
+                let mut msg = format!(
+                    "`{}` is not one of {}",
+                    super::yaml::shown(text),
+                    consts.join(", ")
+                );
                 if let Some(c) = closest(text, consts.iter().copied()) {
                     msg.push_str(&format!(" (did you mean `{c}`?)"));
                 }
@@ -465,7 +466,7 @@ impl<'s> Walker<'s> {
         match tags.iter().find(|(name, _)| *name == t) {
             Some((_, branch)) => self.walk(node, branch, path, hint),
             None => {
-                let mut msg = format!("`{t}` is not one of {tag_list}");
+                let mut msg = format!("`{}` is not one of {tag_list}", super::yaml::shown(t));
                 if let Some(c) = closest(t, tags.iter().map(|(n, _)| *n)) {
                     msg.push_str(&format!(" (did you mean `{c}`?)"));
                 }

@@ -533,3 +533,106 @@ fn bad_values_everywhere_are_all_reported_together() {
         ]
     );
 }
+
+// ---- issue 17: hostile and careless input ----
+
+#[test]
+fn secret_put_in_password_file_field_is_not_echoed() {
+    let f = Fixture::new();
+    let text = doc(&format!(
+        "{}  ssh:\n    sudo: {{mode: password, passwordFile: \"${{SUDO_PASSWORD}}\"}}\n",
+        hosts(1)
+    ));
+    let d = f
+        .run_with(&text, &[("SUDO_PASSWORD", "hunter2-topsecret")], None)
+        .unwrap_err();
+    let shown = d.to_string();
+    assert!(!shown.contains("hunter2-topsecret"), "{shown}");
+    assert!(shown.contains("passwordFile"), "{shown}");
+}
+
+#[test]
+fn secret_named_variable_is_masked_in_any_field() {
+    let f = Fixture::new();
+    // A secret-named variable in a field that echoes its value (a user name).
+    let text = doc(&format!(
+        "{}  ssh:\n    user: \"${{API_TOKEN}}\"\n",
+        hosts(1)
+    ));
+    match f.run_with(&text, &[("API_TOKEN", "bad user!tok3n-value")], None) {
+        Ok(_) => {}
+        Err(d) => {
+            let shown = d.to_string();
+            assert!(!shown.contains("tok3n-value"), "{shown}");
+        }
+    }
+}
+
+#[test]
+fn directory_as_known_hosts_file_is_refused() {
+    let f = Fixture::new();
+    let text = doc(&format!(
+        "{}  ssh:\n    knownHostsFile: {}\n",
+        hosts(1),
+        f.dir.path().display()
+    ));
+    let errs = f.errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("knownHostsFile") && e.contains("not a regular file")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn many_unknown_fields_report_is_capped() {
+    let f = Fixture::new();
+    let mut spec = hosts(1);
+    for i in 0..10_000 {
+        spec.push_str(&format!("  unknown{i}: 1\n"));
+    }
+    let d = f.run_with(&doc(&spec), &[], None).unwrap_err();
+    let shown = d.to_string();
+    assert!(
+        shown.lines().count() < 150,
+        "{} lines",
+        shown.lines().count()
+    );
+    assert!(shown.contains("more problems"), "{shown:.500}");
+}
+
+#[test]
+fn huge_value_is_cut_in_the_error_line() {
+    let f = Fixture::new();
+    let big = "x".repeat(500_000);
+    let text = doc(&format!("{}  enforcer: {big}\n", hosts(1)));
+    let d = f.run_with(&text, &[], None).unwrap_err();
+    let shown = d.to_string();
+    for line in shown.lines() {
+        assert!(line.len() < 1024, "line of {} bytes", line.len());
+    }
+    assert!(shown.contains("500000 characters"), "{shown}");
+}
+
+#[test]
+fn invalid_utf8_names_the_line_and_latin1() {
+    let d = super::validate::decode("a.yaml", b"a: 1\nb: caf\xe9\n").unwrap_err();
+    let e = &d.items[0];
+    assert_eq!(e.loc.line, 2);
+    assert!(e.message.contains("not valid UTF-8"), "{}", e.message);
+    assert!(e.hint.as_deref().unwrap_or("").contains("Latin-1"));
+}
+
+#[test]
+fn utf16_file_is_named_as_utf16() {
+    let bytes: Vec<u8> = [0xFFu8, 0xFE]
+        .into_iter()
+        .chain("a: 1\n".encode_utf16().flat_map(|u| u.to_le_bytes()))
+        .collect();
+    let d = super::validate::decode("a.yaml", &bytes).unwrap_err();
+    assert!(
+        d.items[0].message.contains("UTF-16"),
+        "{}",
+        d.items[0].message
+    );
+}

@@ -91,10 +91,12 @@ pub fn validate_text(
             diags: Vec::new(),
             prompts: Vec::new(),
             answered: &answered,
+            masks: answered.values().map(|s| s.expose().to_owned()).collect(),
         };
         let plan = v.plan(&answers, path);
         let mut all = diags.clone();
         all.append(&mut v.diags);
+        mask(&mut all, &v.masks);
         let has_errors = all
             .iter()
             .any(|d| d.severity == super::diagnostics::Severity::Error);
@@ -155,10 +157,19 @@ pub fn load_file(
     prompter: Option<&dyn Prompter>,
     declaration: &Declaration,
 ) -> Result<Loaded, LoadError> {
-    let text = fs_err::read_to_string(path).map_err(|e| LoadError::Read {
+    let read_err = |e: std::io::Error| LoadError::Read {
         path: path.display().to_string(),
         source: e,
-    })?;
+    };
+    let file = fs_err::File::open(path).map_err(read_err)?;
+    // Bounded read: a file far bigger than any answer file is refused without reading it all.
+    let mut bytes = Vec::new();
+    {
+        use std::io::Read;
+        let limit = u64::try_from(yaml::MAX_FILE_BYTES).unwrap_or(u64::MAX) + 1;
+        file.take(limit).read_to_end(&mut bytes).map_err(read_err)?;
+    }
+    let text = decode(&path.display().to_string(), &bytes).map_err(LoadError::Invalid)?;
     let base_dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -173,6 +184,55 @@ pub fn load_file(
     validate_text(&path.display().to_string(), Some(path), &text, &ctx).map_err(LoadError::Invalid)
 }
 
+/// The file's bytes as UTF-8 text, or a problem naming the line of the first invalid byte
+/// (and the encoding, when the file is recognisably UTF-16 or UTF-32).
+pub fn decode(file: &str, bytes: &[u8]) -> Result<String, Diagnostics> {
+    let at = |line: usize, column: usize, msg: String, hint: &str| {
+        Diagnostics::new(
+            file,
+            vec![Diagnostic::error(yaml::Loc { line, column }, Path::root(), msg).with_hint(hint)],
+        )
+    };
+    let resave = "save the file as UTF-8 (most editors offer it under \"Save as\" or \"Encoding\"), e.g. `iconv -f <encoding> -t UTF-8`";
+    let named = if bytes.starts_with(&[0xFF, 0xFE, 0, 0]) || bytes.starts_with(&[0, 0, 0xFE, 0xFF])
+    {
+        Some("UTF-32")
+    } else if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        Some("UTF-16")
+    } else if bytes.len() >= 4 && (bytes[1] == 0 && bytes[3] == 0 || bytes[0] == 0 && bytes[2] == 0)
+    {
+        Some("UTF-16 (without byte order mark)")
+    } else {
+        None
+    };
+    if let Some(enc) = named {
+        return Err(at(
+            1,
+            1,
+            format!("the file is encoded as {enc}, not UTF-8"),
+            resave,
+        ));
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(t) => Ok(t.strip_prefix('\u{feff}').unwrap_or(t).to_owned()),
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+            let line_start = good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
+            let bad = bytes[e.valid_up_to()];
+            Err(at(
+                line,
+                column,
+                format!("the file is not valid UTF-8 (byte 0x{bad:02x} at this position)"),
+                &format!(
+                    "the file may be in another encoding, such as Latin-1 (ISO-8859-1) or Windows-1252: {resave}"
+                ),
+            ))
+        }
+    }
+}
+
 struct Validator<'a> {
     tree: &'a Node,
     ctx: &'a Context<'a>,
@@ -180,6 +240,37 @@ struct Validator<'a> {
     /// Secrets to ask for: (where the answer belongs, what to call it).
     prompts: Vec<(Path, String)>,
     answered: &'a HashMap<Path, Secret>,
+    /// Secret values seen (secret fields, password files, secret-named `${VAR}`s): masked in
+    /// every message, whatever field they ended up in.
+    masks: Vec<String>,
+}
+
+/// Every secret value in `diags` replaced by `***`.
+fn mask(diags: &mut [Diagnostic], masks: &[String]) {
+    let mut masks: Vec<&str> = masks
+        .iter()
+        .map(String::as_str)
+        .filter(|m| !m.trim().is_empty())
+        .collect();
+    // Longest first, so a secret holding another is masked whole.
+    masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    masks.dedup();
+    if masks.is_empty() {
+        return;
+    }
+    let apply = |s: &mut String| {
+        for m in &masks {
+            if s.contains(m) {
+                *s = s.replace(m, "***");
+            }
+        }
+    };
+    for d in diags {
+        apply(&mut d.message);
+        if let Some(h) = &mut d.hint {
+            apply(h);
+        }
+    }
 }
 
 /// A validated per-level sudo setting, with where it came from.
@@ -236,6 +327,13 @@ impl<'a> Validator<'a> {
 
     /// Interpolates `${VAR}`s in a string field.
     fn string(&mut self, path: &Path, raw: &str) -> Option<String> {
+        for name in interpolate::references(raw) {
+            if interpolate::is_secret_name(name)
+                && let Some(v) = self.ctx.env.var(name)
+            {
+                self.masks.push(v);
+            }
+        }
         match interpolate::interpolate(raw, self.ctx.env) {
             Ok(s) => Some(s),
             Err(InterpolateError::Unset(vars)) => {
@@ -265,6 +363,7 @@ impl<'a> Validator<'a> {
     fn secret(&mut self, path: &Path, raw: &str) -> Option<Secret> {
         let clear = !interpolate::has_reference(raw);
         let value = self.string(path, raw)?;
+        self.masks.push(value.clone());
         if clear {
             self.warn(
                 path,
@@ -319,19 +418,26 @@ impl<'a> Validator<'a> {
     /// A file that must exist and be a regular file.
     fn existing_file(&mut self, path: &Path, raw: &str, what: &str) -> Option<PathBuf> {
         let p = self.file_path(path, raw)?;
+        // A path built from `${VAR}`s is shown as written: the variable may hold a secret
+        // put in the wrong field by mistake.
+        let shown_path = if interpolate::has_reference(raw) {
+            yaml::shown(raw)
+        } else {
+            yaml::shown(&p.display().to_string())
+        };
         match std::fs::metadata(&p) {
             Ok(m) if m.is_file() => Some(p),
             Ok(_) => {
                 self.error(
                     path,
-                    Problem::new(format!("the {what} {} is not a file", p.display())),
+                    Problem::new(format!("the {what} {shown_path} is not a file")),
                 );
                 None
             }
             Err(e) => {
                 self.error(
                     path,
-                    Problem::new(format!("the {what} {} {}", p.display(), if e.kind() == std::io::ErrorKind::NotFound { "does not exist".to_string() } else { format!("cannot be read: {e}") }))
+                    Problem::new(format!("the {what} {shown_path} {}", if e.kind() == std::io::ErrorKind::NotFound { "does not exist".to_string() } else { format!("cannot be read: {e}") }))
                         .hint("check the path; a relative path is taken from the answer file's directory, `~/` from your home"),
                 );
                 None
@@ -345,6 +451,7 @@ impl<'a> Validator<'a> {
         match std::fs::read_to_string(&p) {
             Ok(text) => {
                 let line = text.lines().next().unwrap_or_default().to_owned();
+                self.masks.push(line.clone());
                 if line.is_empty() {
                     self.error(
                         path,
@@ -592,7 +699,24 @@ impl<'a> Validator<'a> {
             level.sudo = Some(at);
         }
         if let Some(k) = known_hosts {
-            level.known_hosts = self.file_path(&path.key("knownHostsFile"), k);
+            let kp = path.key("knownHostsFile");
+            level.known_hosts = self.file_path(&kp, k).filter(|p| {
+                // It may not exist yet (it is created), but what exists must be a file.
+                match std::fs::metadata(p) {
+                    Ok(m) if !m.is_file() => {
+                        self.error(
+                            &kp,
+                            Problem::new(format!(
+                                "the known-hosts file {} is not a regular file",
+                                yaml::shown(&p.display().to_string())
+                            ))
+                            .hint("give the path of a file (it is created if it does not exist), not a directory or a device"),
+                        );
+                        false
+                    }
+                    _ => true,
+                }
+            });
             ok &= level.known_hosts.is_some();
         }
         if let Some(b) = bastion {

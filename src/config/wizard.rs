@@ -21,7 +21,6 @@ use super::validate::{Context, suggest_free, validate_text};
 use crate::secret::Secret;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Questions and answers on the terminal.
@@ -493,23 +492,10 @@ pub fn to_yaml(answers: &AnswerFile, clear: bool, secrets: &HashMap<String, Secr
     )
 }
 
-/// Writes `text` to `path` with mode 0600 (also when replacing an existing file).
+/// Writes `text` to `path` with mode 0600, owned by the user running the wizard (also when
+/// replacing an existing file), atomically and safely ([`crate::fsx`]).
 pub fn save(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
+    crate::fsx::write_atomic(path, text.as_bytes(), 0o600)
 }
 
 #[cfg(test)]

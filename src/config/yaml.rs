@@ -12,6 +12,41 @@ use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, ScanError, Span};
 use std::collections::HashMap;
 use std::fmt;
 
+/// The largest answer file read, in bytes. Real answer files are a few kilobytes.
+pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+/// The most nodes a document may hold once every alias is expanded.
+pub const MAX_NODES: usize = 300_000;
+/// The most nodes that aliases may add to the document, all aliases together.
+pub const MAX_ALIAS_NODES: usize = 10_000;
+/// The deepest nesting of lists and mappings.
+pub const MAX_DEPTH: usize = 64;
+/// How many characters of a value are shown in a message.
+pub const SHOWN_CHARS: usize = 60;
+
+/// A value as shown in a message: control characters escaped, and cut to a readable length
+/// with its true length said (`abc… (52428800 characters)`).
+pub fn shown(text: &str) -> String {
+    let mut out = String::new();
+    let mut count = 0usize;
+    let mut cut = false;
+    for c in text.chars() {
+        count += 1;
+        if count > SHOWN_CHARS {
+            cut = true;
+            continue;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if cut {
+        out.push_str(&format!("… ({count} characters)"));
+    }
+    out
+}
+
 /// A position in the source: 1-based line and column (in characters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Loc {
@@ -234,7 +269,22 @@ impl Node {
 /// Refuses: more than one document, duplicate keys in a mapping, non-scalar keys, merge keys
 /// (`<<`), and aliases to undefined anchors. An empty document is an error too (an answer
 /// file is never empty).
+///
+/// Bounded: a file over [`MAX_FILE_BYTES`], a tree over [`MAX_NODES`] nodes, aliases that
+/// add more than [`MAX_ALIAS_NODES`] nodes (an "alias bomb") or nesting deeper than
+/// [`MAX_DEPTH`] are refused before they cost memory or time.
 pub fn parse(text: &str) -> Result<Node, ParseError> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(ParseError {
+            loc: Loc { line: 1, column: 1 },
+            message: format!(
+                "the file is {} bytes, more than an answer file can be ({} bytes at most)",
+                text.len(),
+                MAX_FILE_BYTES
+            ),
+            hint: Some("is this the answer file? an answer file is a few kilobytes".into()),
+        });
+    }
     let mut builder = Builder::default();
     let parser = Parser::new_from_str(text);
     for item in parser {
@@ -268,12 +318,17 @@ enum Frame {
     Seq {
         loc: Loc,
         anchor: usize,
+        /// The node count when this collection started (its size is the difference).
+        start: usize,
         items: Vec<Node>,
     },
     Map {
         loc: Loc,
         anchor: usize,
+        start: usize,
         entries: Vec<(Key, Node)>,
+        /// The keys seen so far and their line, for a linear duplicate check.
+        seen: HashMap<String, usize>,
         pending_key: Option<Key>,
     },
 }
@@ -281,12 +336,48 @@ enum Frame {
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchor's node and how many nodes it holds.
+    anchors: HashMap<usize, (Node, usize)>,
     root: Option<Node>,
     documents: usize,
+    /// Nodes in the tree so far, aliases expanded.
+    nodes: usize,
+    /// Nodes added by aliases so far.
+    alias_nodes: usize,
+}
+
+fn too_big(loc: Loc, what: String) -> ParseError {
+    ParseError {
+        loc,
+        message: what,
+        hint: Some(
+            "an answer file needs no more than a few hundred values; write the values out instead of repeating anchors".into(),
+        ),
+    }
 }
 
 impl Builder {
+    fn count(&mut self, loc: Loc, n: usize) -> Result<(), ParseError> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(too_big(
+                loc,
+                format!("the document holds more than {MAX_NODES} values"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, loc: Loc) -> Result<(), ParseError> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(too_big(
+                loc,
+                format!("lists and mappings are nested more than {MAX_DEPTH} deep"),
+            ));
+        }
+        self.count(loc, 1)
+    }
+
     fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), ParseError> {
         let loc = Loc::from_span(&span);
         match event {
@@ -317,48 +408,77 @@ impl Builder {
                         tag,
                     },
                 };
+                self.count(loc, 1)?;
                 if anchor != 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), 1));
                 }
                 self.push(node)?;
             }
             Event::Alias(id) => {
-                let Some(mut node) = self.anchors.get(&id).cloned() else {
+                let Some(size) = self.anchors.get(&id).map(|a| a.1) else {
                     return Err(ParseError {
                         loc,
                         message: "alias to an anchor that is not defined".into(),
                         hint: None,
                     });
                 };
+                // Checked before the copy is made: an alias bomb is refused, not expanded.
+                self.alias_nodes = self.alias_nodes.saturating_add(size);
+                if self.alias_nodes > MAX_ALIAS_NODES {
+                    return Err(too_big(
+                        loc,
+                        format!("aliases (`*name`) expand to more than {MAX_ALIAS_NODES} values"),
+                    ));
+                }
+                self.count(loc, size)?;
+                let Some(mut node) = self.anchors.get(&id).map(|a| a.0.clone()) else {
+                    return Ok(());
+                };
                 node.loc = loc;
                 self.push(node)?;
             }
-            Event::SequenceStart(_, anchor, _) => self.stack.push(Frame::Seq {
-                loc,
-                anchor,
-                items: Vec::new(),
-            }),
-            Event::MappingStart(_, anchor, _) => self.stack.push(Frame::Map {
-                loc,
-                anchor,
-                entries: Vec::new(),
-                pending_key: None,
-            }),
+            Event::SequenceStart(_, anchor, _) => {
+                self.open(loc)?;
+                self.stack.push(Frame::Seq {
+                    loc,
+                    anchor,
+                    start: self.nodes,
+                    items: Vec::new(),
+                })
+            }
+            Event::MappingStart(_, anchor, _) => {
+                self.open(loc)?;
+                self.stack.push(Frame::Map {
+                    loc,
+                    anchor,
+                    start: self.nodes,
+                    entries: Vec::new(),
+                    seen: HashMap::new(),
+                    pending_key: None,
+                })
+            }
             Event::SequenceEnd | Event::MappingEnd => {
+                let nodes = self.nodes;
                 let node = match self.stack.pop() {
-                    Some(Frame::Seq { loc, anchor, items }) => {
+                    Some(Frame::Seq {
+                        loc,
+                        anchor,
+                        start,
+                        items,
+                    }) => {
                         let n = Node {
                             loc,
                             kind: NodeKind::Seq(items),
                         };
                         if anchor != 0 {
-                            self.anchors.insert(anchor, n.clone());
+                            self.anchors.insert(anchor, (n.clone(), nodes - start + 1));
                         }
                         n
                     }
                     Some(Frame::Map {
                         loc,
                         anchor,
+                        start,
                         entries,
                         ..
                     }) => {
@@ -367,7 +487,7 @@ impl Builder {
                             kind: NodeKind::Map(entries),
                         };
                         if anchor != 0 {
-                            self.anchors.insert(anchor, n.clone());
+                            self.anchors.insert(anchor, (n.clone(), nodes - start + 1));
                         }
                         n
                     }
@@ -392,6 +512,7 @@ impl Builder {
             }
             Some(Frame::Map {
                 entries,
+                seen,
                 pending_key,
                 ..
             }) => match pending_key.take() {
@@ -418,16 +539,17 @@ impl Builder {
                             ),
                         });
                     }
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| &k.text == text) {
+                    if let Some(first) = seen.get(text.as_str()) {
                         return Err(ParseError {
                             loc: node.loc,
                             message: format!(
-                                "duplicate key `{text}` (first at line {})",
-                                first.loc.line
+                                "duplicate key `{}` (first at line {first})",
+                                shown(text)
                             ),
                             hint: Some("remove one of them: YAML keeps only one, silently".into()),
                         });
                     }
+                    seen.insert(text.clone(), node.loc.line);
                     *pending_key = Some(Key {
                         text: text.clone(),
                         loc: node.loc,
@@ -496,5 +618,68 @@ mod tests {
         let p = Path::parse("spec.hosts[2].address");
         assert_eq!(p.to_string(), "spec.hosts[2].address");
         assert_eq!(Path::root().key("a").index(0).to_string(), "a[0]");
+    }
+
+    /// The 478-byte "billion laughs" of issue 17.
+    fn alias_bomb() -> String {
+        let mut s = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
+            .windows(1)
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i", "j"])
+        {
+            let p = prev[0];
+            s.push_str(&format!(
+                "{name}: &{name} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+            ));
+        }
+        s
+    }
+
+    #[test]
+    fn alias_bomb_is_refused_not_expanded() {
+        let started = std::time::Instant::now();
+        let err = parse(&alias_bomb()).unwrap_err();
+        assert!(err.message.contains("aliases"), "{}", err.message);
+        // Refused at the budget: well under a second even in a debug build.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn duplicate_keys_check_is_linear_for_100000_keys() {
+        let mut s = String::new();
+        for i in 0..100_000 {
+            s.push_str(&format!("k{i}: 1\n"));
+        }
+        s.push_str("k5: 2\n");
+        let err = parse(&s).unwrap_err();
+        assert!(
+            err.message.contains("duplicate key `k5` (first at line 6)"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn file_over_the_size_bound_is_refused_with_a_short_message() {
+        let s = format!("a: {}\n", "x".repeat(MAX_FILE_BYTES));
+        let err = parse(&s).unwrap_err();
+        assert!(err.message.len() < 200, "{}", err.message);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let s = format!("a: {}{}\n", "[".repeat(100), "]".repeat(100));
+        let err = parse(&s).unwrap_err();
+        assert!(err.message.contains("nested"), "{}", err.message);
+    }
+
+    #[test]
+    fn shown_cuts_long_values_and_escapes_controls() {
+        assert_eq!(shown("a\u{1b}[2J"), "a\\u{1b}[2J");
+        let long = "y".repeat(1000);
+        let s = shown(&long);
+        assert!(s.len() < 100 && s.ends_with("(1000 characters)"), "{s}");
     }
 }

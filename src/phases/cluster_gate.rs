@@ -60,7 +60,8 @@ pub async fn run(
                 &server_url(&first.spec.address),
                 &plan.ctx.cluster_name,
             )?;
-            let same = std::fs::read(&path).is_ok_and(|b| b == rewritten.expose().as_bytes());
+            let same = crate::fsx::own_regular_file(&path).ok().flatten() == Some(true)
+                && std::fs::read(&path).is_ok_and(|b| b == rewritten.expose().as_bytes());
             let detail = format!(
                 "{} nodes Ready; kubeconfig {}",
                 expected.len(),
@@ -77,32 +78,9 @@ pub async fn run(
     Ok(path)
 }
 
-/// Writes a file readable only by the owner (0600), atomically.
+/// Writes a file readable only by the owner (0600), atomically and safely ([`crate::fsx`]).
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs_err::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", tmp.display())))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs_err::rename(&tmp, path)?;
-    Ok(())
+    crate::fsx::write_atomic(path, bytes, 0o600)
 }
 
 #[cfg(test)]

@@ -97,14 +97,7 @@ fn now() -> String {
 impl Journal {
     /// Opens (creating if needed) the journal at `path` for a new run.
     pub fn open(path: &Path) -> std::io::Result<Journal> {
-        if let Some(dir) = path.parent() {
-            fs_err::create_dir_all(dir)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let file = crate::fsx::open_append(path, 0o600)?;
         let run = format!(
             "{}-{}",
             std::time::SystemTime::now()

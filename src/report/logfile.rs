@@ -21,6 +21,26 @@ pub fn default_path(answer_file: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Whether the file at `path` is one of the installer's logs: empty, or its first line
+/// starts with the timestamp every log line starts with.
+pub fn is_installer_log(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = Vec::new();
+    if f.take(64).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    if head.is_empty() {
+        return true;
+    }
+    let first = String::from_utf8_lossy(&head);
+    first
+        .split_once(' ')
+        .is_some_and(|(ts, _)| humantime::parse_rfc3339(ts).is_ok())
+}
+
 /// An open log file.
 pub struct LogFile {
     path: PathBuf,
@@ -35,20 +55,48 @@ impl std::fmt::Debug for LogFile {
 
 impl LogFile {
     /// Creates (mode 0600) the log at `path`, keeping a previous one as `<path>.1`.
+    ///
+    /// Only the installer's own logs are touched: an existing file at `path` that is not one
+    /// (a symbolic link, even dangling, a device such as `/dev/null`, a file of another user,
+    /// a file whose first line is not a log line) is refused, never renamed or replaced. The
+    /// previous log is kept as `<path>.1` only if `<path>.1` is absent or is itself one of
+    /// its logs; otherwise the run is appended to the existing log.
     pub fn create(path: &Path) -> std::io::Result<LogFile> {
-        if path.exists() {
-            let mut old = path.as_os_str().to_owned();
-            old.push(".1");
-            let _ = std::fs::rename(path, PathBuf::from(old));
-        }
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let file = opts.open(path)?;
+        let refuse = |why: &str| {
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} {why}; the installer only replaces its own logs (give another path with --log-file)",
+                    path.display()
+                ),
+            )
+        };
+        let file = match crate::fsx::own_regular_file(path)? {
+            None => crate::fsx::create_new(path, 0o600)?,
+            Some(false) => {
+                return Err(refuse(
+                    "exists and is not a regular file of yours (a link, a device, another user's file or a hard link)",
+                ));
+            }
+            Some(true) if !is_installer_log(path) => {
+                return Err(refuse("exists and is not an installer log"));
+            }
+            Some(true) => {
+                let mut old = path.as_os_str().to_owned();
+                old.push(".1");
+                let old = PathBuf::from(old);
+                let may_rotate = match crate::fsx::own_regular_file(&old)? {
+                    None => true,
+                    Some(true) => is_installer_log(&old),
+                    Some(false) => false,
+                };
+                if may_rotate && std::fs::rename(path, &old).is_ok() {
+                    crate::fsx::create_new(path, 0o600)?
+                } else {
+                    crate::fsx::open_append(path, 0o600)?
+                }
+            }
+        };
         Ok(LogFile {
             path: path.to_path_buf(),
             file: Mutex::new(file),
@@ -59,13 +107,13 @@ impl LogFile {
         &self.path
     }
 
-    /// Writes one line (or several, each timestamped), redacted.
+    /// Writes one line (or several, each timestamped), redacted, control characters escaped.
     pub fn line(&self, text: &str) {
         let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let clean = redact(text);
         if let Ok(mut f) = self.file.lock() {
             for l in clean.lines() {
-                let _ = writeln!(f, "{ts} {l}");
+                let _ = writeln!(f, "{ts} {}", super::text::sanitize(l));
             }
             let _ = f.flush();
         }
@@ -91,7 +139,7 @@ mod tests {
     fn every_line_is_redacted_timestamped_and_the_previous_log_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("installer.log");
-        std::fs::write(&path, "old run\n").unwrap();
+        std::fs::write(&path, "2026-01-01T00:00:00.000Z old run\n").unwrap();
         let log = Arc::new(LogFile::create(&path).unwrap());
         let _s = crate::secret::Secret::new("log-secret-value");
         log.line("raw line with log-secret-value\npassword: hunter22");
@@ -108,7 +156,7 @@ mod tests {
         assert!(text.contains(r#""event":"message""#));
         assert_eq!(
             std::fs::read_to_string(dir.path().join("installer.log.1")).unwrap(),
-            "old run\n"
+            "2026-01-01T00:00:00.000Z old run\n"
         );
         #[cfg(unix)]
         {
@@ -129,5 +177,63 @@ mod tests {
             PathBuf::from("installer.log")
         );
         assert_eq!(default_path(None), PathBuf::from("installer.log"));
+    }
+
+    #[test]
+    fn log_file_option_never_replaces_a_file_that_is_not_a_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        let e = LogFile::create(&passwd).unwrap_err();
+        assert!(e.to_string().contains("not an installer log"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&passwd).unwrap(),
+            "root:x:0:0:root:/root:/bin/bash\n"
+        );
+        assert!(!dir.path().join("passwd.1").exists());
+        // A device.
+        assert!(LogFile::create(Path::new("/dev/null")).is_err());
+    }
+
+    #[test]
+    fn dangling_log_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("root-only").join("created");
+        std::fs::create_dir(dir.path().join("root-only")).unwrap();
+        let link = dir.path().join("installer.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(LogFile::create(&link).is_err());
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn rotation_does_not_overwrite_a_foreign_dot_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("installer.log");
+        std::fs::write(&path, "2026-01-01T00:00:00.000Z previous\n").unwrap();
+        let one = dir.path().join("installer.log.1");
+        std::fs::write(&one, "precious\n").unwrap();
+        let log = LogFile::create(&path).unwrap();
+        log.line("this run");
+        assert_eq!(std::fs::read_to_string(&one).unwrap(), "precious\n");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("previous") && text.contains("this run"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn control_characters_from_hosts_are_escaped_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("installer.log");
+        let log = LogFile::create(&path).unwrap();
+        log.line("process \u{1b}]0;pwned\u{7}\u{1b}[2J holds port 6443");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(text.contains("pwned"), "{text}");
     }
 }

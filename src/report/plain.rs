@@ -42,22 +42,27 @@ impl PlainRenderer {
 
     fn err(&self, line: &str) {
         if let Ok(mut w) = self.err.lock() {
-            let _ = writeln!(w, "{line}");
+            let _ = writeln!(w, "{}", text::sanitize(line));
             let _ = w.flush();
         }
     }
 
     fn out(&self, text: &str) {
         if let Ok(mut w) = self.out.lock() {
-            let _ = write!(w, "{text}");
+            let _ = write!(w, "{}", text::sanitize(text));
             let _ = w.flush();
         }
     }
 }
 
-/// The one line an event becomes (`None`: not shown at this verbosity). Shared with the
-/// terminal renderer for messages printed above its bars.
+/// The one line an event becomes (`None`: not shown at this verbosity), control characters
+/// escaped ([`text::sanitize`]). Shared with the terminal renderer for messages printed above
+/// its bars.
 pub fn line(event: &Event, verbosity: i8) -> Option<String> {
+    raw_line(event, verbosity).map(|l| text::sanitize(&l).into_owned())
+}
+
+fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
     Some(match event {
         Event::CommandStarted {
             command,
@@ -358,5 +363,30 @@ mod tests {
     fn very_verbose_shows_remote_output() {
         let (err, _) = run(2);
         assert!(err.contains("h1 err| verbose only"));
+    }
+
+    #[test]
+    fn escape_sequences_in_host_strings_reach_the_terminal_escaped() {
+        let err = Buf::default();
+        let out = Buf::default();
+        let r = Reporter::new(vec![Arc::new(PlainRenderer::new(
+            Box::new(err.clone()),
+            Box::new(out.clone()),
+            0,
+        ))]);
+        r.emit(Event::HostFailed {
+            phase: "preflight".into(),
+            host: "h1".into(),
+            error: "port 6443 held by \u{1b}]0;owned\u{7}\u{1b}[2J".into(),
+            hint: Some("stop \u{1b}[2J".into()),
+        });
+        r.warn(Some("h1"), "process \u{1b}[31mred");
+        r.finish();
+        let text = err.text();
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\u{1b}]0;owned"), "{text}");
     }
 }

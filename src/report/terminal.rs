@@ -110,7 +110,7 @@ impl TerminalRenderer {
         }
         let pb = self.mp.add(ProgressBar::new_spinner());
         pb.set_style(spinner_style());
-        pb.set_prefix(format!("{host:<w$}", w = st.host_width));
+        pb.set_prefix(format!("{:<w$}", text::sanitize(host), w = st.host_width));
         pb.enable_steady_tick(Duration::from_millis(120));
         st.bars
             .insert((phase.to_owned(), host.to_owned()), pb.clone());
@@ -135,6 +135,7 @@ impl EventSink for TerminalRenderer {
                 title,
                 hosts,
             } => {
+                let title = &text::sanitize(title).into_owned();
                 st.titles.insert(phase.clone(), title.clone());
                 let w = hosts.iter().map(|h| h.chars().count()).max().unwrap_or(0);
                 st.host_width = st.host_width.max(w);
@@ -155,7 +156,7 @@ impl EventSink for TerminalRenderer {
             } => {
                 let pb = self.host_bar(&mut st, phase, host);
                 pb.set_style(spinner_style());
-                pb.set_message(message.clone());
+                pb.set_message(text::sanitize(message).into_owned());
             }
             Event::PlannedChange {
                 phase,
@@ -180,7 +181,7 @@ impl EventSink for TerminalRenderer {
                     pb.set_length(*total);
                     pb.reset_eta();
                 }
-                pb.set_message(what.clone());
+                pb.set_message(text::sanitize(what).into_owned());
                 pb.set_position(*done);
             }
             Event::HostOutput { .. } => {
@@ -202,7 +203,7 @@ impl EventSink for TerminalRenderer {
                 };
                 let d = detail
                     .as_deref()
-                    .map(|d| format!(": {d}"))
+                    .map(|d| format!(": {}", text::sanitize(d)))
                     .unwrap_or_default();
                 let msg = format!("{} {word}{d}", mark.for_stderr());
                 settle(&pb, &msg);
@@ -216,14 +217,19 @@ impl EventSink for TerminalRenderer {
                 hint,
             } => {
                 let pb = self.host_bar(&mut st, phase, host);
-                let msg = format!("{} {error}", style("✗").red().bold().for_stderr());
+                let msg = format!(
+                    "{} {}",
+                    style("✗").red().bold().for_stderr(),
+                    text::sanitize(error)
+                );
                 settle(&pb, &msg);
                 let mut line = format!("    {} {msg}", pb.prefix());
                 if let Some(h) = hint {
                     line.push_str(&format!(
-                        "\n    {:w$} {} {h}",
+                        "\n    {:w$} {} {}",
                         "",
                         style("hint:").yellow().for_stderr(),
+                        text::sanitize(h),
                         w = st.host_width
                     ));
                 }
@@ -295,11 +301,11 @@ impl EventSink for TerminalRenderer {
                 }
             }
             Event::PlanReady { plan } => {
-                let t = text::plan(plan);
+                let t = text::sanitize(&text::plan(plan)).into_owned();
                 self.mp.suspend(|| print!("{t}"));
             }
             Event::StatusReady { status } => {
-                let t = text::status(status);
+                let t = text::sanitize(&text::status(status)).into_owned();
                 self.mp.suspend(|| print!("{t}"));
             }
             Event::Handoff { handoff } => {

@@ -306,3 +306,36 @@ mod tests {
         assert_eq!(secs(Duration::from_millis(1250)), "1.2s");
     }
 }
+
+/// `s` with every control character but newline and tab escaped (`\u{1b}`), so a string
+/// from a host or a file (a process name, a log line, a value) cannot move the cursor,
+/// retitle the terminal or clear the screen. The JSON output escapes them already.
+pub fn sanitize(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod sanitize_tests {
+    use super::sanitize;
+
+    #[test]
+    fn escape_sequences_from_hosts_are_made_inert() {
+        let s = sanitize("ok \u{1b}]0;title\u{7}\u{1b}[2J\r\u{9b}x\nnext\tcol");
+        assert_eq!(
+            s,
+            "ok \\u{1b}]0;title\\u{7}\\u{1b}[2J\\u{d}\\u{9b}x\nnext\tcol"
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! Issue 17: hostile input and hostile neighbours on the workstation, from the outside (the
+//! binary) and through the library's writers.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn installer(home: &Path) -> Command {
+    let mut c = Command::new(installer_tests::payload::workspace_binary("installer").unwrap());
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("USER", "admin")
+        .env("COLUMNS", "100")
+        .env("SSH_AUTH_SOCK", home.join("agent.sock"));
+    c
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const HEAD: &str = "apiVersion: installer.dev/v1\nkind: Cluster\nmetadata: {name: demo}\nspec:\n  hosts: [{address: 10.0.0.1}]\n";
+
+#[test]
+fn alias_bomb_exits_2_without_expanding() {
+    let home = tempfile::tempdir().unwrap();
+    let mut s = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    for w in names.windows(2) {
+        let (p, n) = (w[0], w[1]);
+        s.push_str(&format!(
+            "{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+        ));
+    }
+    let f = home.path().join("bomb.yaml");
+    std::fs::write(&f, s).unwrap();
+    let o = installer(home.path())
+        .current_dir(home.path())
+        .args(["validate", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("aliases"), "{}", stderr(&o));
+}
+
+#[test]
+fn hundred_thousand_keys_exit_2_with_a_capped_report() {
+    let home = tempfile::tempdir().unwrap();
+    let mut s = String::from(HEAD);
+    for i in 0..100_000 {
+        s.push_str(&format!("  k{i}: 1\n"));
+    }
+    let f = home.path().join("keys.yaml");
+    std::fs::write(&f, s).unwrap();
+    let o = installer(home.path())
+        .current_dir(home.path())
+        .args(["validate", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.lines().count() < 200, "{} lines", err.lines().count());
+    assert!(err.contains("more problems"), "{err:.2000}");
+}
+
+#[test]
+fn fifty_megabyte_value_gives_an_error_line_under_1_kb() {
+    let home = tempfile::tempdir().unwrap();
+    let f = home.path().join("big.yaml");
+    std::fs::write(
+        &f,
+        format!("{HEAD}  enforcer: {}\n", "x".repeat(50 * 1024 * 1024)),
+    )
+    .unwrap();
+    let o = installer(home.path())
+        .current_dir(home.path())
+        .args(["validate", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.lines().all(|l| l.len() < 1024), "{err:.3000}");
+    let log = std::fs::read_to_string(home.path().join("installer.log")).unwrap();
+    assert!(
+        log.lines().all(|l| l.len() < 2048),
+        "a log line is too long"
+    );
+}
+
+#[test]
+fn log_file_option_does_not_destroy_an_existing_file() {
+    let home = tempfile::tempdir().unwrap();
+    let precious = home.path().join("passwd");
+    std::fs::write(&precious, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    let o = installer(home.path())
+        .args(["version", "--log-file"])
+        .arg(&precious)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(&precious).unwrap(),
+        "root:x:0:0:root:/root:/bin/bash\n"
+    );
+    assert!(!home.path().join("passwd.1").exists());
+}
+
+// ---- planted files and links, as another user ----
+
+/// `nobody`'s uid and gid, when we are root. Not root: fails under `LAB_REQUIRED=1`.
+fn other_user() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var("LAB_REQUIRED").is_ok_and(|v| v.trim() == "1") {
+            panic!("LAB_REQUIRED=1 but this test needs root (to plant files as another user)");
+        }
+        eprintln!(
+            "SKIPPED: planting files as another user needs root. Set LAB_REQUIRED=1 to make this a failure."
+        );
+        return None;
+    }
+    let u = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    Some((u.uid.as_raw(), u.gid.as_raw()))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Plant {
+    /// A file of the other user, mode 0666.
+    File,
+    /// A link (owned by the other user) to a root-only file.
+    Link,
+    /// A dangling link into a root-only directory.
+    Dangling,
+}
+
+struct Site {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    victim: PathBuf,
+    vault: PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+impl Site {
+    fn new(uid: u32, gid: u32) -> Site {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("site");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let vault = tmp.path().join("vault");
+        std::fs::create_dir(&vault).unwrap();
+        std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let victim = vault.join("victim");
+        std::fs::write(&victim, "root only\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(
+            dir.join("cluster.yaml"),
+            "apiVersion: installer.dev/v1\nkind: Cluster\nmetadata: {name: demo}\nspec:\n  hosts: [{address: 10.0.0.1}]\n",
+        )
+        .unwrap();
+        Site {
+            _tmp: tmp,
+            dir,
+            victim,
+            vault,
+            uid,
+            gid,
+        }
+    }
+
+    fn plant(&self, rel: &str, how: Plant) {
+        let p = self.dir.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        match how {
+            Plant::File => {
+                std::fs::write(&p, "planted\n").unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+            }
+            Plant::Link => std::os::unix::fs::symlink(&self.victim, &p).unwrap(),
+            Plant::Dangling => std::os::unix::fs::symlink(
+                self.vault.join(format!("made-{}", rel.replace('/', "_"))),
+                &p,
+            )
+            .unwrap(),
+        }
+        std::os::unix::fs::lchown(&p, Some(self.uid), Some(self.gid)).unwrap();
+    }
+
+    /// Nothing followed, nothing reused, nothing the installer wrote is the other user's.
+    fn check(&self, rel: &str, how: Plant) {
+        assert_eq!(
+            std::fs::read_to_string(&self.victim).unwrap(),
+            "root only\n",
+            "{rel} ({how:?}): the link was followed"
+        );
+        let m = std::fs::metadata(&self.victim).unwrap();
+        assert_eq!(
+            m.permissions().mode() & 0o777,
+            0o600,
+            "{rel}: victim chmodded"
+        );
+        let made: Vec<_> = std::fs::read_dir(&self.vault)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "victim")
+            .collect();
+        assert!(
+            made.is_empty(),
+            "{rel} ({how:?}): created through a dangling link: {made:?}"
+        );
+        for entry in walk(&self.dir) {
+            let m = std::fs::symlink_metadata(&entry).unwrap();
+            if m.uid() == self.uid && m.is_file() {
+                // Only an untouched plant may still belong to the other user.
+                assert_eq!(
+                    std::fs::read_to_string(&entry).unwrap(),
+                    "planted\n",
+                    "{rel} ({how:?}): {} was written while owned by the other user",
+                    entry.display()
+                );
+            }
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn files_planted_by_another_user_are_neither_followed_nor_reused() {
+    let Some((uid, gid)) = other_user() else {
+        return;
+    };
+    // Every path written next to the answer file and in the state directory.
+    type Writer<'a> = (&'a str, &'a dyn Fn(&Site));
+    let writes: &[Writer] = &[
+        ("demo-kubeconfig.yaml", &|s: &Site| {
+            let _ = installer::fsx::write_atomic(
+                &s.dir.join("demo-kubeconfig.yaml"),
+                b"kubeconfig\n",
+                0o600,
+            );
+        }),
+        (".demo-kubeconfig.yaml.tmp", &|s: &Site| {
+            installer::fsx::write_atomic(
+                &s.dir.join("demo-kubeconfig.yaml"),
+                b"kubeconfig\n",
+                0o600,
+            )
+            .unwrap();
+        }),
+        ("appliance-ca.crt", &|s: &Site| {
+            let _ = installer::fsx::write_atomic(&s.dir.join("appliance-ca.crt"), b"ca\n", 0o644);
+        }),
+        (".appliance-ca.crt.tmp", &|s: &Site| {
+            installer::fsx::write_atomic(&s.dir.join("appliance-ca.crt"), b"ca\n", 0o644).unwrap();
+        }),
+        ("answers.yaml", &|s: &Site| {
+            let _ = installer::config::wizard::save(&s.dir.join("answers.yaml"), "saved: 1\n");
+        }),
+        ("answers.yaml.tmp", &|s: &Site| {
+            installer::config::wizard::save(&s.dir.join("answers.yaml"), "saved: 1\n").unwrap();
+        }),
+        (".installer/demo/journal.jsonl", &|s: &Site| {
+            if let Ok(j) = installer::phases::journal::Journal::open(
+                &s.dir.join(".installer/demo/journal.jsonl"),
+            ) {
+                j.run_started("install");
+            }
+        }),
+        ("installer.log", &run_validate),
+        ("installer.log.1", &|s: &Site| {
+            // An earlier log of ours, to be rotated onto the planted `.1`.
+            let log = s.dir.join("installer.log");
+            std::fs::write(&log, "2026-01-01T00:00:00.000Z earlier run\n").unwrap();
+            std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600)).unwrap();
+            run_validate(s);
+        }),
+    ];
+    for how in [Plant::File, Plant::Link, Plant::Dangling] {
+        for (rel, write) in writes {
+            let site = Site::new(uid, gid);
+            site.plant(rel, how);
+            write(&site);
+            site.check(rel, how);
+        }
+    }
+}
+
+fn run_validate(s: &Site) {
+    // The working directory is root-only, so the fallback log does not land in the site.
+    let home = tempfile::tempdir().unwrap();
+    let o = installer(home.path())
+        .current_dir(home.path())
+        .args(["validate", "-f"])
+        .arg(s.dir.join("cluster.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
