@@ -884,7 +884,8 @@ pub fn compile(snap: &Snapshot, cfg: &Config, cg: &Cgroups) -> Ruleset {
     for (name, comment, rules) in &chains {
         o.line(&format!("  chain {name} {{"));
         o.line(&format!("    comment {}", q(comment)));
-        for r in rules {
+        let mut seen = BTreeSet::new();
+        for r in rules.iter().filter(|r| seen.insert(r.as_str())) {
             o.rule("    ", r);
         }
         o.line("  }");
