@@ -1,0 +1,155 @@
+//! `enforcer`: the host-network NetworkPolicy enforcer (see docs/enforcer.md).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use installer_enforcer::cgroup::CgroupFs;
+use installer_enforcer::controller::{self, KubeStores, Source};
+use installer_enforcer::model::{Config, Mode};
+use installer_enforcer::nft::Nft;
+use installer_enforcer::state::{self, State};
+
+#[derive(Parser)]
+#[command(
+    name = "enforcer",
+    version,
+    about = "Enforces NetworkPolicies on host-network pods with nftables"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// The node this enforcer programs.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// `enforce` drops; `audit` only counts and logs what would be dropped.
+    #[arg(long, env = "ENFORCER_MODE", value_enum, default_value = "enforce")]
+    mode: Mode,
+    /// The SSH port the installer uses (always open, as is 22).
+    #[arg(long, env = "ENFORCER_SSH_PORT", default_value_t = 22)]
+    ssh_port: u16,
+    /// More TCP ports always open (the installer's cluster services), comma-separated.
+    #[arg(long, env = "ENFORCER_EXTRA_TCP_PORTS", value_delimiter = ',')]
+    extra_tcp_ports: Vec<u16>,
+    /// More UDP ports always open, comma-separated.
+    #[arg(long, env = "ENFORCER_EXTRA_UDP_PORTS", value_delimiter = ',')]
+    extra_udp_ports: Vec<u16>,
+    /// The nftables table (family inet) the enforcer owns.
+    #[arg(long, default_value = "installer_enforcer")]
+    table: String,
+    /// Where the host's cgroup filesystem is mounted (nft resolves paths under /sys/fs/cgroup).
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// Components above the kubelet's tree under the cgroup v2 root (tests only).
+    #[arg(long, default_value = "", hide = true)]
+    cgroup_base: String,
+    /// Read snapshots from this JSON file instead of the API (tests, benchmarks, debugging).
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Watch the cluster and keep this node's rules applied.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// The state endpoint (`/readyz`, `/healthz`, `/state`).
+        #[arg(long, env = "ENFORCER_STATE_ADDR", default_value = "127.0.0.1:9648")]
+        state_addr: std::net::SocketAddr,
+        /// Run nft in this network namespace (`nsenter --net=PATH`; tests).
+        #[arg(long, hide = true)]
+        netns: Option<String>,
+        /// Reconcile at least this often, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        interval_ms: u64,
+    },
+    /// Print the rules a snapshot file compiles to on this node (no change is made).
+    Compile {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn config(c: &Common, extra: &[u16]) -> Config {
+    let mut tcp = c.extra_tcp_ports.clone();
+    tcp.push(c.ssh_port);
+    tcp.extend(extra);
+    Config::new(&c.node_name, c.mode, &c.table, &tcp, &c.extra_udp_ports)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "enforcer stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Compile { common } => {
+            let fs = CgroupFs::detect(&common.cgroup_root, &common.cgroup_base)?;
+            let path = common
+                .snapshot
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("compile needs --snapshot FILE"))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let snap = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: line {}, column {}: {e}",
+                    path.display(),
+                    e.line(),
+                    e.column()
+                )
+            })?;
+            let cg = controller::resolve(&snap, &common.node_name, &fs);
+            let rs = installer_enforcer::compile::compile(&snap, &config(&common, &[]), &cg);
+            print!("{}", rs.text);
+            for w in rs.warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            common,
+            state_addr,
+            netns,
+            interval_ms,
+        } => {
+            let cfg = config(&common, &[state_addr.port()]);
+            let fs = CgroupFs::detect(&common.cgroup_root, &common.cgroup_base)?;
+            let nft = Nft::new(&common.table, netns.as_deref());
+            let shared = Arc::new(Mutex::new(State {
+                node: cfg.node_name.clone(),
+                mode: cfg.mode.as_str().into(),
+                ..State::default()
+            }));
+            let server = tokio::spawn(state::serve(state_addr, shared.clone()));
+            let changed = Arc::new(tokio::sync::Notify::new());
+            let source = match &common.snapshot {
+                Some(p) => Source::File(p.clone()),
+                None => Source::Kube(KubeStores::start(changed.clone()).await?),
+            };
+            tokio::select! {
+                r = controller::run(cfg, fs, nft, shared, source, changed, Duration::from_millis(interval_ms)) => r,
+                r = server => r.map_err(|e| anyhow::anyhow!("state endpoint: {e}"))?,
+            }
+        }
+    }
+}
