@@ -265,7 +265,9 @@ fn matrix_killed_enforcer_invalid_batch_recreated_cgroup_unknown_pod() {
     apply(&lab, &snap, 0, Mode::Enforce);
     apply(&lab, &snap, 1, Mode::Enforce);
 
-    let matrix: Vec<(&str, usize, Option<&Path>, &str, u16, bool)> = vec![
+    // (what, from node, from cgroup, to address, port, allowed)
+    type Probe<'a> = (&'a str, usize, Option<&'a Path>, &'a str, u16, bool);
+    let matrix: Vec<Probe> = vec![
         (
             "api on a -> store (same node, by cgroup)",
             0,
