@@ -397,7 +397,13 @@ impl<'s> Walker<'s> {
                         let known: Vec<&str> = props
                             .map(|p| p.keys().map(String::as_str).collect())
                             .unwrap_or_default();
-                        let mut msg_hint = match closest(&key.text, known.iter().copied()) {
+                        // "Did you mean" only for the first few: a report lists 50 anyway.
+                        let guess = if self.diags.len() < crate::config::diagnostics::MAX_SHOWN * 2 {
+                            closest(&key.text, known.iter().copied())
+                        } else {
+                            None
+                        };
+                        let mut msg_hint = match guess {
                             Some(c) => format!("did you mean `{c}`? "),
                             None => String::new(),
                         };
