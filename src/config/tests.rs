@@ -408,6 +408,8 @@ fn per_host_settings_override_the_shared_ones_and_bastions_inherit() {
         "    - address: 10.0.0.12\n",
         "      ssh: {port: 2222, user: root, sudo: {mode: none}}\n",
         "    - address: fd00::13\n",
+        // Reached over IPv6, in the (IPv4) cluster with an IPv4 node address.
+        "      nodeIp: 10.0.0.13\n",
     ));
     let p = f
         .run_with(&text, &[("PW", "ssh-pass-123")], None)
@@ -622,4 +624,56 @@ fn utf16_file_is_named_as_utf16() {
         .collect();
     let d = super::validate::decode("a.yaml", &bytes).unwrap_err();
     assert!(d.items[0].message.contains("UTF-16"), "{}", d.items[0].message);
+}
+
+#[test]
+fn ipv6_host_with_the_default_ipv4_networks_is_refused_as_dual_stack() {
+    let f = Fixture::new();
+    let errs = f.errors(&doc("  hosts:\n    - address: fd00::11\n"));
+    assert!(
+        errs.iter().any(|e| e.contains("fd00::11 is an IPv6 address, but the cluster networks are IPv4")),
+        "{errs:?}"
+    );
+    let errs = f.errors(&doc("  hosts:\n    - address: 10.0.0.11\n      nodeIp: fd00::11\n"));
+    assert!(errs.iter().any(|e| e.contains("nodeIp")), "{errs:?}");
+}
+
+#[test]
+fn same_host_written_as_ipv4_mapped_ipv6_is_a_duplicate() {
+    let f = Fixture::new();
+    let errs = f.errors(&doc("  hosts:\n    - address: 10.0.0.11\n    - address: \"::ffff:10.0.0.11\"\n    - address: 10.0.0.13\n"));
+    assert!(errs.iter().any(|e| e.contains("duplicate address 10.0.0.11")), "{errs:?}");
+}
+
+#[test]
+fn node_ip_that_is_another_hosts_address_is_refused() {
+    let f = Fixture::new();
+    let errs = f.errors(&doc("  hosts:\n    - address: 10.0.0.11\n      nodeIp: 10.0.0.12\n    - address: 10.0.0.12\n    - address: 10.0.0.13\n"));
+    assert!(
+        errs.iter().any(|e| e.contains("hosts[0].nodeIp") && e.contains("address of spec.hosts[1]")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn ipv6_zone_id_says_it_is_unsupported() {
+    let f = Fixture::new();
+    let errs = f.errors(&doc("  hosts:\n    - address: \"fe80::1%eth0\"\n"));
+    assert!(errs.iter().any(|e| e.contains("zone ids are not supported")), "{errs:?}");
+}
+
+#[test]
+fn yaml_1_2_capitalised_booleans_are_booleans() {
+    let f = Fixture::new();
+    for (text, want) in [("True", true), ("TRUE", true), ("False", false), ("true", true)] {
+        let l = f.ok(&doc(&format!("{}  k3s:\n    allowCgroupV1: {text}\n", hosts(1))));
+        assert_eq!(l.plan.allow_cgroup_v1, want, "{text}");
+    }
+}
+
+#[test]
+fn quoted_number_says_it_was_quoted() {
+    let f = Fixture::new();
+    let errs = f.errors(&doc(&format!("{}  ssh:\n    port: \"22\"\n", hosts(1))));
+    assert!(errs.iter().any(|e| e.contains("written in quotes")), "{errs:?}");
 }

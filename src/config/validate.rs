@@ -825,6 +825,9 @@ impl<'a> Validator<'a> {
         let mut seen_name: HashMap<String, usize> = HashMap::new();
         let mut seen_ip: HashMap<IpAddr, usize> = HashMap::new();
         let mut host_ips: Vec<(IpAddr, Path)> = Vec::new();
+        // The address each node uses for cluster traffic: `nodeIp`, else an IP `address`.
+        let mut cluster_ips: Vec<(IpAddr, Path)> = Vec::new();
+        let mut node_ips: Vec<(usize, IpAddr, Path)> = Vec::new();
         let mut hosts = Vec::new();
         for (i, (h, role)) in a.spec.hosts.iter().zip(&roles).enumerate() {
             let p = hp.index(i);
@@ -896,7 +899,8 @@ impl<'a> Validator<'a> {
                                 .hint("each node needs its own IP address"),
                             );
                         }
-                        host_ips.push((ip, ip_path));
+                        host_ips.push((ip, ip_path.clone()));
+                        node_ips.push((i, ip, ip_path));
                         Some(ip)
                     }
                     Err(pr) => {
@@ -907,6 +911,11 @@ impl<'a> Validator<'a> {
             });
             ok &= h.node_name.is_none() || node_name.is_some();
             ok &= h.node_ip.is_none() || node_ip.is_some();
+            match (node_ip, &address) {
+                (Some(ip), _) => cluster_ips.push((ip, p.key("nodeIp"))),
+                (None, Some((_, Address::Ip(ip)))) => cluster_ips.push((*ip, ap.clone())),
+                _ => {}
+            }
             let host_key = match &h.host_key {
                 Some(k) => {
                     let r = self.host_key(&p.key("hostKey"), k);
@@ -1013,7 +1022,22 @@ impl<'a> Validator<'a> {
             }
         }
 
-        let network = self.network(a, &host_ips);
+        // A `nodeIp` that is another host's address: two nodes would claim one address.
+        for (i, ip, path) in &node_ips {
+            if let Some(j) = seen_addr.get(&ip.to_canonical().to_string())
+                && j != i
+            {
+                self.error(
+                    path,
+                    Problem::new(format!(
+                        "node IP {ip} is the address of spec.hosts[{j}]"
+                    ))
+                    .hint("nodeIp is this host's own address for cluster traffic"),
+                );
+                ok = false;
+            }
+        }
+        let network = self.network(a, &host_ips, &cluster_ips);
         let tp = Path::parse("spec.timeouts");
         let node_timeout = self.duration(&tp.key("node"), a.spec.timeouts.node.as_ref());
         let rollout_timeout = self.duration(&tp.key("rollout"), a.spec.timeouts.rollout.as_ref());
@@ -1096,7 +1120,12 @@ impl<'a> Validator<'a> {
         Some((net, given))
     }
 
-    fn network(&mut self, a: &AnswerFile, host_ips: &[(IpAddr, Path)]) -> Option<NetworkPlan> {
+    fn network(
+        &mut self,
+        a: &AnswerFile,
+        host_ips: &[(IpAddr, Path)],
+        cluster_ips: &[(IpAddr, Path)],
+    ) -> Option<NetworkPlan> {
         let np = Path::parse("spec.network");
         let cp = np.key("clusterCidr");
         let sp = np.key("serviceCidr");
@@ -1173,6 +1202,26 @@ impl<'a> Validator<'a> {
                     .hint("give them separate ranges, for example 10.42.0.0/16 and 10.43.0.0/16"),
                 );
                 ok = false;
+            }
+            // kube-apiserver refuses node addresses of another family than its networks.
+            let v4 = c.addr().is_ipv4();
+            for (ip, path) in cluster_ips {
+                if ip.to_canonical().is_ipv4() != v4 {
+                    self.error(
+                        path,
+                        Problem::new(format!(
+                            "{ip} is an {} address, but the cluster networks are {} ({c}, {s})",
+                            if v4 { "IPv6" } else { "IPv4" },
+                            if v4 { "IPv4" } else { "IPv6" }
+                        ))
+                        .hint(if v4 {
+                            "dual-stack is not supported: give the host an IPv4 `nodeIp`, or set spec.network.clusterCidr and serviceCidr to IPv6 ranges (for example fd42::/56 and fd43::/112)"
+                        } else {
+                            "dual-stack is not supported: give the host an IPv6 `nodeIp`, or use IPv4 networks"
+                        }),
+                    );
+                    ok = false;
+                }
             }
             let mut avoid: Vec<IpNet> = host_ips.iter().map(|(ip, _)| IpNet::from(*ip)).collect();
             avoid.push(*c);
