@@ -677,3 +677,33 @@ fn quoted_number_says_it_was_quoted() {
     let errs = f.errors(&doc(&format!("{}  ssh:\n    port: \"22\"\n", hosts(1))));
     assert!(errs.iter().any(|e| e.contains("written in quotes")), "{errs:?}");
 }
+
+#[test]
+fn private_key_readable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let key = f.dir.path().join("id_ed25519");
+    std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let l = f.ok(&doc(&format!(
+        "  ssh:\n    auth: {{type: key, keyFile: {}}}\n{}",
+        key.display(),
+        hosts(1)
+    )));
+    assert!(
+        l.warnings.items.iter().any(|w| w.message.contains("can be read by other users")),
+        "{:?}",
+        l.warnings.items
+    );
+}
+
+#[test]
+fn answer_file_writable_by_others_is_warned_about_when_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("answers.yaml");
+    std::fs::write(&p, "x").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(super::validate::writable_by_others(&p, true).is_some());
+    assert!(super::validate::writable_by_others(&p, false).is_none());
+}

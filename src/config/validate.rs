@@ -181,7 +181,32 @@ pub fn load_file(
         prompter,
         declaration,
     };
-    validate_text(&path.display().to_string(), Some(path), &text, &ctx).map_err(LoadError::Invalid)
+    let mut loaded = validate_text(&path.display().to_string(), Some(path), &text, &ctx)
+        .map_err(LoadError::Invalid)?;
+    if let Some(w) = writable_by_others(path, crate::fsx::euid() == 0) {
+        loaded.warnings.items.insert(0, w);
+    }
+    Ok(loaded)
+}
+
+/// A warning when root runs an answer file others can change (they would choose what root
+/// runs on every host).
+pub(crate) fn writable_by_others(path: &std::path::Path, root: bool) -> Option<Diagnostic> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata(path).ok()?;
+    let mode = m.permissions().mode() & 0o777;
+    let others = mode & 0o002 != 0 || (mode & 0o020 != 0 && m.gid() != 0);
+    (root && others).then(|| {
+        Diagnostic::warning(
+            yaml::Loc { line: 1, column: 1 },
+            Path::root(),
+            format!(
+                "the answer file can be changed by other users (mode {mode:o}, owner uid {}), and the installer runs as root",
+                m.uid()
+            ),
+        )
+        .with_hint(format!("`chmod go-w {}`", path.display()))
+    })
 }
 
 /// The file's bytes as UTF-8 text, or a problem naming the line of the first invalid byte
@@ -424,7 +449,18 @@ impl<'a> Validator<'a> {
             yaml::shown(&p.display().to_string())
         };
         match std::fs::metadata(&p) {
-            Ok(m) if m.is_file() => Some(p),
+            Ok(m) if m.is_file() => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 && (what == "key file" || what == "password file") {
+                    self.warn(
+                        path,
+                        format!("the {what} {shown_path} can be read by other users (mode {mode:o})"),
+                        &format!("`chmod 600 {shown_path}`: OpenSSH refuses private keys others can read"),
+                    );
+                }
+                Some(p)
+            }
             Ok(_) => {
                 self.error(
                     path,
