@@ -707,3 +707,52 @@ fn answer_file_writable_by_others_is_warned_about_when_root() {
     assert!(super::validate::writable_by_others(&p, true).is_some());
     assert!(super::validate::writable_by_others(&p, false).is_none());
 }
+
+mod reader_properties {
+    //! The answer-file reader over arbitrary input: never a panic, and bounded (the case
+    //! count and sizes are small and the seed fixed, so this runs in seconds in CI).
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+    /// Fragments of answer files, so the input reaches past the YAML parser.
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("apiVersion: installer.dev/v1\n".to_string()),
+            Just("kind: Cluster\n".to_string()),
+            Just("metadata: {name: demo}\n".to_string()),
+            Just("spec:\n".to_string()),
+            Just("  hosts:\n".to_string()),
+            Just("    - address: 10.0.0.11\n".to_string()),
+            Just("      nodeIp: fd00::1\n".to_string()),
+            Just("  ssh: {port: \"22\", sudo: {mode: password, passwordFile: ${X}}}\n".to_string()),
+            Just("  app:\n    values:\n      gatewayPort: ${GATEWAY_PORT}\n".to_string()),
+            Just("a: &a [*a]\n".to_string()),
+            Just("b: &b [1, 2]\nc: [*b, *b]\n".to_string()),
+            Just("<<: {}\n".to_string()),
+            Just("---\n".to_string()),
+            "[ -~\t\n]{0,40}".prop_map(|s| s),
+            proptest::collection::vec(any::<char>(), 0..20).prop_map(|v| v.into_iter().collect()),
+        ]
+    }
+
+    #[test]
+    fn arbitrary_answer_files_never_panic() {
+        let f = Fixture::new();
+        let config = Config {
+            cases: 256,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[17; 32]);
+        let mut runner = TestRunner::new_with_rng(config, rng);
+        runner
+            .run(&proptest::collection::vec(fragment(), 0..24), |parts| {
+                let text = parts.concat();
+                let _ = f.run_with(&text, &[("GATEWAY_PORT", "8443"), ("X", "x")], None);
+                let _ = super::super::validate::decode("a.yaml", text.as_bytes());
+                Ok(())
+            })
+            .unwrap();
+    }
+}
