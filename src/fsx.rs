@@ -112,10 +112,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     }
     check_dir(&dir)?;
     check_target(path)?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("file");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
@@ -184,9 +181,7 @@ pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
 /// installer may replace or rotate. `None` if it does not exist.
 pub fn own_regular_file(path: &Path) -> io::Result<Option<bool>> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) => Ok(Some(
-            m.is_file() && m.uid() == euid() && m.nlink() == 1,
-        )),
+        Ok(m) => Ok(Some(m.is_file() && m.uid() == euid() && m.nlink() == 1)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(with_path(path, e)),
     }

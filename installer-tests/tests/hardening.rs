@@ -27,11 +27,15 @@ const HEAD: &str = "apiVersion: installer.dev/v1\nkind: Cluster\nmetadata: {name
 #[test]
 fn alias_bomb_exits_2_without_expanding() {
     let home = tempfile::tempdir().unwrap();
-    let mut s = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut s = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
     for w in names.windows(2) {
         let (p, n) = (w[0], w[1]);
-        s.push_str(&format!("{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"));
+        s.push_str(&format!(
+            "{n}: &{n} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+        ));
     }
     let f = home.path().join("bomb.yaml");
     std::fs::write(&f, s).unwrap();
@@ -70,7 +74,11 @@ fn hundred_thousand_keys_exit_2_with_a_capped_report() {
 fn fifty_megabyte_value_gives_an_error_line_under_1_kb() {
     let home = tempfile::tempdir().unwrap();
     let f = home.path().join("big.yaml");
-    std::fs::write(&f, format!("{HEAD}  enforcer: {}\n", "x".repeat(50 * 1024 * 1024))).unwrap();
+    std::fs::write(
+        &f,
+        format!("{HEAD}  enforcer: {}\n", "x".repeat(50 * 1024 * 1024)),
+    )
+    .unwrap();
     let o = installer(home.path())
         .current_dir(home.path())
         .args(["validate", "-f"])
@@ -81,7 +89,10 @@ fn fifty_megabyte_value_gives_an_error_line_under_1_kb() {
     let err = stderr(&o);
     assert!(err.lines().all(|l| l.len() < 1024), "{err:.3000}");
     let log = std::fs::read_to_string(home.path().join("installer.log")).unwrap();
-    assert!(log.lines().all(|l| l.len() < 2048), "a log line is too long");
+    assert!(
+        log.lines().all(|l| l.len() < 2048),
+        "a log line is too long"
+    );
 }
 
 #[test]
@@ -110,7 +121,9 @@ fn other_user() -> Option<(u32, u32)> {
         if std::env::var("LAB_REQUIRED").is_ok_and(|v| v.trim() == "1") {
             panic!("LAB_REQUIRED=1 but this test needs root (to plant files as another user)");
         }
-        eprintln!("SKIPPED: planting files as another user needs root. Set LAB_REQUIRED=1 to make this a failure.");
+        eprintln!(
+            "SKIPPED: planting files as another user needs root. Set LAB_REQUIRED=1 to make this a failure."
+        );
         return None;
     }
     let u = nix::unistd::User::from_name("nobody").unwrap().unwrap();
@@ -174,10 +187,11 @@ impl Site {
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
             }
             Plant::Link => std::os::unix::fs::symlink(&self.victim, &p).unwrap(),
-            Plant::Dangling => {
-                std::os::unix::fs::symlink(self.vault.join(format!("made-{}", rel.replace('/', "_"))), &p)
-                    .unwrap()
-            }
+            Plant::Dangling => std::os::unix::fs::symlink(
+                self.vault.join(format!("made-{}", rel.replace('/', "_"))),
+                &p,
+            )
+            .unwrap(),
         }
         std::os::unix::fs::lchown(&p, Some(self.uid), Some(self.gid)).unwrap();
     }
@@ -190,13 +204,20 @@ impl Site {
             "{rel} ({how:?}): the link was followed"
         );
         let m = std::fs::metadata(&self.victim).unwrap();
-        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{rel}: victim chmodded");
+        assert_eq!(
+            m.permissions().mode() & 0o777,
+            0o600,
+            "{rel}: victim chmodded"
+        );
         let made: Vec<_> = std::fs::read_dir(&self.vault)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .filter(|n| n != "victim")
             .collect();
-        assert!(made.is_empty(), "{rel} ({how:?}): created through a dangling link: {made:?}");
+        assert!(
+            made.is_empty(),
+            "{rel} ({how:?}): created through a dangling link: {made:?}"
+        );
         for entry in walk(&self.dir) {
             let m = std::fs::symlink_metadata(&entry).unwrap();
             if m.uid() == self.uid && m.is_file() {
@@ -233,10 +254,19 @@ fn files_planted_by_another_user_are_neither_followed_nor_reused() {
     // Every path written next to the answer file and in the state directory.
     let writes: &[(&str, &dyn Fn(&Site))] = &[
         ("demo-kubeconfig.yaml", &|s: &Site| {
-            let _ = installer::fsx::write_atomic(&s.dir.join("demo-kubeconfig.yaml"), b"kubeconfig\n", 0o600);
+            let _ = installer::fsx::write_atomic(
+                &s.dir.join("demo-kubeconfig.yaml"),
+                b"kubeconfig\n",
+                0o600,
+            );
         }),
         (".demo-kubeconfig.yaml.tmp", &|s: &Site| {
-            installer::fsx::write_atomic(&s.dir.join("demo-kubeconfig.yaml"), b"kubeconfig\n", 0o600).unwrap();
+            installer::fsx::write_atomic(
+                &s.dir.join("demo-kubeconfig.yaml"),
+                b"kubeconfig\n",
+                0o600,
+            )
+            .unwrap();
         }),
         ("appliance-ca.crt", &|s: &Site| {
             let _ = installer::fsx::write_atomic(&s.dir.join("appliance-ca.crt"), b"ca\n", 0o644);
@@ -251,7 +281,9 @@ fn files_planted_by_another_user_are_neither_followed_nor_reused() {
             installer::config::wizard::save(&s.dir.join("answers.yaml"), "saved: 1\n").unwrap();
         }),
         (".installer/demo/journal.jsonl", &|s: &Site| {
-            if let Ok(j) = installer::phases::journal::Journal::open(&s.dir.join(".installer/demo/journal.jsonl")) {
+            if let Ok(j) = installer::phases::journal::Journal::open(
+                &s.dir.join(".installer/demo/journal.jsonl"),
+            ) {
                 j.run_started("install");
             }
         }),

@@ -125,7 +125,9 @@ pub fn write_pins(answer_file: &Path, pins: &[(String, String)]) -> std::io::Res
             None => missed.push(format!("{host} {fp}")),
         }
     }
-    let mode = std::fs::metadata(answer_file).map_or(0o600, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777 & !0o022);
+    let mode = std::fs::metadata(answer_file).map_or(0o600, |m| {
+        std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777 & !0o022
+    });
     crate::fsx::write_atomic(answer_file, text.as_bytes(), mode)?;
     Ok(missed)
 }

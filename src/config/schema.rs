@@ -417,7 +417,8 @@ impl<'s> Walker<'s> {
                             .map(|p| p.keys().map(String::as_str).collect())
                             .unwrap_or_default();
                         // "Did you mean" only for the first few: a report lists 50 anyway.
-                        let guess = if self.diags.len() < crate::config::diagnostics::MAX_SHOWN * 2 {
+                        let guess = if self.diags.len() < crate::config::diagnostics::MAX_SHOWN * 2
+                        {
                             closest(&key.text, known.iter().copied())
                         } else {
                             None

@@ -545,7 +545,8 @@ fn secret_put_in_password_file_field_is_not_echoed() {
         "{}  ssh:\n    sudo: {{mode: password, passwordFile: \"${{SUDO_PASSWORD}}\"}}\n",
         hosts(1)
     ));
-    let d = f.run_with(&text, &[("SUDO_PASSWORD", "hunter2-topsecret")], None)
+    let d = f
+        .run_with(&text, &[("SUDO_PASSWORD", "hunter2-topsecret")], None)
         .unwrap_err();
     let shown = d.to_string();
     assert!(!shown.contains("hunter2-topsecret"), "{shown}");
@@ -556,7 +557,10 @@ fn secret_put_in_password_file_field_is_not_echoed() {
 fn secret_named_variable_is_masked_in_any_field() {
     let f = Fixture::new();
     // A secret-named variable in a field that echoes its value (a user name).
-    let text = doc(&format!("{}  ssh:\n    user: \"${{API_TOKEN}}\"\n", hosts(1)));
+    let text = doc(&format!(
+        "{}  ssh:\n    user: \"${{API_TOKEN}}\"\n",
+        hosts(1)
+    ));
     match f.run_with(&text, &[("API_TOKEN", "bad user!tok3n-value")], None) {
         Ok(_) => {}
         Err(d) => {
@@ -576,7 +580,8 @@ fn directory_as_known_hosts_file_is_refused() {
     ));
     let errs = f.errors(&text);
     assert!(
-        errs.iter().any(|e| e.contains("knownHostsFile") && e.contains("not a regular file")),
+        errs.iter()
+            .any(|e| e.contains("knownHostsFile") && e.contains("not a regular file")),
         "{errs:?}"
     );
 }
@@ -590,7 +595,11 @@ fn many_unknown_fields_report_is_capped() {
     }
     let d = f.run_with(&doc(&spec), &[], None).unwrap_err();
     let shown = d.to_string();
-    assert!(shown.lines().count() < 150, "{} lines", shown.lines().count());
+    assert!(
+        shown.lines().count() < 150,
+        "{} lines",
+        shown.lines().count()
+    );
     assert!(shown.contains("more problems"), "{shown:.500}");
 }
 
@@ -623,7 +632,11 @@ fn utf16_file_is_named_as_utf16() {
         .chain("a: 1\n".encode_utf16().flat_map(|u| u.to_le_bytes()))
         .collect();
     let d = super::validate::decode("a.yaml", &bytes).unwrap_err();
-    assert!(d.items[0].message.contains("UTF-16"), "{}", d.items[0].message);
+    assert!(
+        d.items[0].message.contains("UTF-16"),
+        "{}",
+        d.items[0].message
+    );
 }
 
 #[test]
@@ -631,10 +644,13 @@ fn ipv6_host_with_the_default_ipv4_networks_is_refused_as_dual_stack() {
     let f = Fixture::new();
     let errs = f.errors(&doc("  hosts:\n    - address: fd00::11\n"));
     assert!(
-        errs.iter().any(|e| e.contains("fd00::11 is an IPv6 address, but the cluster networks are IPv4")),
+        errs.iter()
+            .any(|e| e.contains("fd00::11 is an IPv6 address, but the cluster networks are IPv4")),
         "{errs:?}"
     );
-    let errs = f.errors(&doc("  hosts:\n    - address: 10.0.0.11\n      nodeIp: fd00::11\n"));
+    let errs = f.errors(&doc(
+        "  hosts:\n    - address: 10.0.0.11\n      nodeIp: fd00::11\n",
+    ));
     assert!(errs.iter().any(|e| e.contains("nodeIp")), "{errs:?}");
 }
 
@@ -642,7 +658,11 @@ fn ipv6_host_with_the_default_ipv4_networks_is_refused_as_dual_stack() {
 fn same_host_written_as_ipv4_mapped_ipv6_is_a_duplicate() {
     let f = Fixture::new();
     let errs = f.errors(&doc("  hosts:\n    - address: 10.0.0.11\n    - address: \"::ffff:10.0.0.11\"\n    - address: 10.0.0.13\n"));
-    assert!(errs.iter().any(|e| e.contains("duplicate address 10.0.0.11")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("duplicate address 10.0.0.11")),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -650,7 +670,8 @@ fn node_ip_that_is_another_hosts_address_is_refused() {
     let f = Fixture::new();
     let errs = f.errors(&doc("  hosts:\n    - address: 10.0.0.11\n      nodeIp: 10.0.0.12\n    - address: 10.0.0.12\n    - address: 10.0.0.13\n"));
     assert!(
-        errs.iter().any(|e| e.contains("hosts[0].nodeIp") && e.contains("address of spec.hosts[1]")),
+        errs.iter()
+            .any(|e| e.contains("hosts[0].nodeIp") && e.contains("address of spec.hosts[1]")),
         "{errs:?}"
     );
 }
@@ -659,14 +680,26 @@ fn node_ip_that_is_another_hosts_address_is_refused() {
 fn ipv6_zone_id_says_it_is_unsupported() {
     let f = Fixture::new();
     let errs = f.errors(&doc("  hosts:\n    - address: \"fe80::1%eth0\"\n"));
-    assert!(errs.iter().any(|e| e.contains("zone ids are not supported")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("zone ids are not supported")),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn yaml_1_2_capitalised_booleans_are_booleans() {
     let f = Fixture::new();
-    for (text, want) in [("True", true), ("TRUE", true), ("False", false), ("true", true)] {
-        let l = f.ok(&doc(&format!("{}  k3s:\n    allowCgroupV1: {text}\n", hosts(1))));
+    for (text, want) in [
+        ("True", true),
+        ("TRUE", true),
+        ("False", false),
+        ("true", true),
+    ] {
+        let l = f.ok(&doc(&format!(
+            "{}  k3s:\n    allowCgroupV1: {text}\n",
+            hosts(1)
+        )));
         assert_eq!(l.plan.allow_cgroup_v1, want, "{text}");
     }
 }
@@ -675,7 +708,10 @@ fn yaml_1_2_capitalised_booleans_are_booleans() {
 fn quoted_number_says_it_was_quoted() {
     let f = Fixture::new();
     let errs = f.errors(&doc(&format!("{}  ssh:\n    port: \"22\"\n", hosts(1))));
-    assert!(errs.iter().any(|e| e.contains("written in quotes")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.contains("written in quotes")),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -691,7 +727,10 @@ fn private_key_readable_by_others_is_warned_about() {
         hosts(1)
     )));
     assert!(
-        l.warnings.items.iter().any(|w| w.message.contains("can be read by other users")),
+        l.warnings
+            .items
+            .iter()
+            .any(|w| w.message.contains("can be read by other users")),
         "{:?}",
         l.warnings.items
     );

@@ -215,17 +215,17 @@ pub fn decode(file: &str, bytes: &[u8]) -> Result<String, Diagnostics> {
     let at = |line: usize, column: usize, msg: String, hint: &str| {
         Diagnostics::new(
             file,
-            vec![
-                Diagnostic::error(yaml::Loc { line, column }, Path::root(), msg).with_hint(hint),
-            ],
+            vec![Diagnostic::error(yaml::Loc { line, column }, Path::root(), msg).with_hint(hint)],
         )
     };
     let resave = "save the file as UTF-8 (most editors offer it under \"Save as\" or \"Encoding\"), e.g. `iconv -f <encoding> -t UTF-8`";
-    let named = if bytes.starts_with(&[0xFF, 0xFE, 0, 0]) || bytes.starts_with(&[0, 0, 0xFE, 0xFF]) {
+    let named = if bytes.starts_with(&[0xFF, 0xFE, 0, 0]) || bytes.starts_with(&[0, 0, 0xFE, 0xFF])
+    {
         Some("UTF-32")
     } else if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
         Some("UTF-16")
-    } else if bytes.len() >= 4 && (bytes[1] == 0 && bytes[3] == 0 || bytes[0] == 0 && bytes[2] == 0) {
+    } else if bytes.len() >= 4 && (bytes[1] == 0 && bytes[3] == 0 || bytes[0] == 0 && bytes[2] == 0)
+    {
         Some("UTF-16 (without byte order mark)")
     } else {
         None
@@ -250,7 +250,9 @@ pub fn decode(file: &str, bytes: &[u8]) -> Result<String, Diagnostics> {
                 line,
                 column,
                 format!("the file is not valid UTF-8 (byte 0x{bad:02x} at this position)"),
-                &format!("the file may be in another encoding, such as Latin-1 (ISO-8859-1) or Windows-1252: {resave}"),
+                &format!(
+                    "the file may be in another encoding, such as Latin-1 (ISO-8859-1) or Windows-1252: {resave}"
+                ),
             ))
         }
     }
@@ -455,8 +457,12 @@ impl<'a> Validator<'a> {
                 if mode & 0o077 != 0 && (what == "key file" || what == "password file") {
                     self.warn(
                         path,
-                        format!("the {what} {shown_path} can be read by other users (mode {mode:o})"),
-                        &format!("`chmod 600 {shown_path}`: OpenSSH refuses private keys others can read"),
+                        format!(
+                            "the {what} {shown_path} can be read by other users (mode {mode:o})"
+                        ),
+                        &format!(
+                            "`chmod 600 {shown_path}`: OpenSSH refuses private keys others can read"
+                        ),
                     );
                 }
                 Some(p)
@@ -1065,10 +1071,8 @@ impl<'a> Validator<'a> {
             {
                 self.error(
                     path,
-                    Problem::new(format!(
-                        "node IP {ip} is the address of spec.hosts[{j}]"
-                    ))
-                    .hint("nodeIp is this host's own address for cluster traffic"),
+                    Problem::new(format!("node IP {ip} is the address of spec.hosts[{j}]"))
+                        .hint("nodeIp is this host's own address for cluster traffic"),
                 );
                 ok = false;
             }

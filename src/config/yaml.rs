@@ -427,9 +427,7 @@ impl Builder {
                 if self.alias_nodes > MAX_ALIAS_NODES {
                     return Err(too_big(
                         loc,
-                        format!(
-                            "aliases (`*name`) expand to more than {MAX_ALIAS_NODES} values"
-                        ),
+                        format!("aliases (`*name`) expand to more than {MAX_ALIAS_NODES} values"),
                     ));
                 }
                 self.count(loc, size)?;
@@ -624,10 +622,17 @@ mod tests {
 
     /// The 478-byte "billion laughs" of issue 17.
     fn alias_bomb() -> String {
-        let mut s = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
-        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h", "i"].windows(1).zip(["b", "c", "d", "e", "f", "g", "h", "i", "j"]) {
+        let mut s = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
+            .windows(1)
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i", "j"])
+        {
             let p = prev[0];
-            s.push_str(&format!("{name}: &{name} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"));
+            s.push_str(&format!(
+                "{name}: &{name} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+            ));
         }
         s
     }
@@ -649,7 +654,11 @@ mod tests {
         }
         s.push_str("k5: 2\n");
         let err = parse(&s).unwrap_err();
-        assert!(err.message.contains("duplicate key `k5` (first at line 6)"), "{}", err.message);
+        assert!(
+            err.message.contains("duplicate key `k5` (first at line 6)"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

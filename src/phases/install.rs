@@ -1294,7 +1294,8 @@ async fn cluster_gate(
                 &spec.cluster_name,
             )
             .map_err(step_err)?;
-            let same = crate::fsx::own_regular_file(&path).ok().flatten() == Some(true) && std::fs::read(&path).is_ok_and(|b| b == rewritten.expose().as_bytes());
+            let same = crate::fsx::own_regular_file(&path).ok().flatten() == Some(true)
+                && std::fs::read(&path).is_ok_and(|b| b == rewritten.expose().as_bytes());
             let detail = format!(
                 "{} nodes Ready; kubeconfig {}",
                 expected.len(),

@@ -217,7 +217,10 @@ mod tests {
         log.line("this run");
         assert_eq!(std::fs::read_to_string(&one).unwrap(), "precious\n");
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("previous") && text.contains("this run"), "{text}");
+        assert!(
+            text.contains("previous") && text.contains("this run"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -227,7 +230,10 @@ mod tests {
         let log = LogFile::create(&path).unwrap();
         log.line("process \u{1b}]0;pwned\u{7}\u{1b}[2J holds port 6443");
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text:?}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
         assert!(text.contains("pwned"), "{text}");
     }
 }

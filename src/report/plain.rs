@@ -365,7 +365,10 @@ mod tests {
         r.warn(Some("h1"), "process \u{1b}[31mred");
         r.finish();
         let text = err.text();
-        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text:?}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
         assert!(text.contains("\\u{1b}]0;owned"), "{text}");
     }
 }

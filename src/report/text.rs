@@ -333,6 +333,9 @@ mod sanitize_tests {
     #[test]
     fn escape_sequences_from_hosts_are_made_inert() {
         let s = sanitize("ok \u{1b}]0;title\u{7}\u{1b}[2J\r\u{9b}x\nnext\tcol");
-        assert_eq!(s, "ok \\u{1b}]0;title\\u{7}\\u{1b}[2J\\u{d}\\u{9b}x\nnext\tcol");
+        assert_eq!(
+            s,
+            "ok \\u{1b}]0;title\\u{7}\\u{1b}[2J\\u{d}\\u{9b}x\nnext\tcol"
+        );
     }
 }
