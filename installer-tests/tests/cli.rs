@@ -72,6 +72,12 @@ fn the_schema_is_printed_and_the_checked_in_copy_is_current() {
 fn example_env(home: &Path) -> Command {
     std::fs::create_dir_all(home.join(".ssh")).unwrap();
     std::fs::write(home.join(".ssh/id_ed25519"), "not a real key").unwrap();
+    // A private key readable only by its owner, as OpenSSH wants (else a warning).
+    std::fs::set_permissions(
+        home.join(".ssh/id_ed25519"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let mut c = installer(home);
     c.env("SUDO_PASSWORD", "example-sudo-password")
         .env("APP_ADMIN_PASSWORD", "example-admin-password");

@@ -246,13 +246,15 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A path the installer writes, and how to make it write there.
+type Writer<'a> = (&'a str, &'a dyn Fn(&Site));
+
 #[test]
 fn files_planted_by_another_user_are_neither_followed_nor_reused() {
     let Some((uid, gid)) = other_user() else {
         return;
     };
     // Every path written next to the answer file and in the state directory.
-    type Writer<'a> = (&'a str, &'a dyn Fn(&Site));
     let writes: &[Writer] = &[
         ("demo-kubeconfig.yaml", &|s: &Site| {
             let _ = installer::fsx::write_atomic(

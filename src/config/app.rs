@@ -456,7 +456,34 @@ impl Declaration {
             if v.is_secret() {
                 p.insert("writeOnly".into(), true.into());
             }
-            props.insert(v.name.clone(), p.into());
+            // A number or a boolean may also be a `${VAR}` reference (checked once
+            // interpolated), as the installer accepts: `gatewayPort: ${GATEWAY_PORT}`.
+            let p: serde_json::Value = if ty == "string" {
+                p.into()
+            } else {
+                let description = p.remove("description").unwrap_or_default();
+                let default = p.remove("default");
+                let mut wrapped = serde_json::json!({
+                    "description": description,
+                    "anyOf": [
+                        p,
+                        {
+                            "type": "string",
+                            "pattern": if ty == "boolean" {
+                                r"^\s*(true|false)\s*$|\$\{[A-Za-z_][A-Za-z0-9_]*\}"
+                            } else {
+                                r"^\s*[+-]?[0-9]+\s*$|\$\{[A-Za-z_][A-Za-z0-9_]*\}"
+                            },
+                            "description": "the value as text, or a ${VAR} reference to an environment variable holding it"
+                        }
+                    ]
+                });
+                if let Some(d) = default {
+                    wrapped["default"] = d;
+                }
+                wrapped
+            };
+            props.insert(v.name.clone(), p);
         }
         let required: Vec<serde_json::Value> = self
             .values

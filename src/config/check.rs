@@ -44,7 +44,8 @@ impl Address {
     /// The form used to compare addresses: the IP, or the lower-case name without a final dot.
     pub fn key(&self) -> String {
         match self {
-            Address::Ip(ip) => ip.to_string(),
+            // `::ffff:10.0.0.1` is 10.0.0.1: the same host written another way.
+            Address::Ip(ip) => ip.to_canonical().to_string(),
             Address::Dns(n) => n.trim_end_matches('.').to_ascii_lowercase(),
         }
     }
@@ -71,6 +72,7 @@ pub fn address(s: &str) -> Result<Address, Problem> {
     if let Ok(ip) = unbracketed.parse::<IpAddr>() {
         return Ok(Address::Ip(ip));
     }
+    zone_id(unbracketed)?;
     if s.contains(':') {
         return Err(Problem::new(format!("`{s}` is not a valid IPv6 address")).hint(
             "write the address alone (no port: the SSH port goes in `ssh.port`), for example fd00::11",
@@ -149,8 +151,22 @@ pub fn node_name(s: &str) -> Result<String, Problem> {
     }
 }
 
+/// Refuses an IPv6 address with a zone id (`fe80::1%eth0`), which the cluster cannot use.
+fn zone_id(s: &str) -> Result<(), Problem> {
+    if let Some((ip, zone)) = s.split_once('%')
+        && ip.parse::<std::net::Ipv6Addr>().is_ok()
+    {
+        return Err(Problem::new(format!(
+            "`{s}` has an IPv6 zone id (`%{zone}`): zone ids are not supported"
+        ))
+        .hint("use a global or unique-local address of the host (not a link-local fe80:: one), without `%`"));
+    }
+    Ok(())
+}
+
 /// A node IP override: an IP address, nothing else.
 pub fn node_ip(s: &str) -> Result<IpAddr, Problem> {
+    zone_id(s.trim())?;
     s.trim().parse::<IpAddr>().map_err(|_| {
         Problem::new(format!("`{s}` is not an IP address"))
             .hint("nodeIp is the IPv4 or IPv6 address this host uses for cluster traffic, for example 10.0.0.11 (no name, no prefix length)")

@@ -225,12 +225,30 @@ impl<'s> Walker<'s> {
                     .filter(|t| **t != "null")
                     .map(|t| describe_type(t, schema))
                     .collect();
-                self.error(
-                    node,
-                    path,
-                    format!("expected {}, found {}", expected.join(" or "), found(node)),
-                    hint,
-                );
+                // A number or a boolean written in quotes is text.
+                let quoted = match &node.kind {
+                    NodeKind::Scalar {
+                        text,
+                        style: Style::Quoted,
+                        ..
+                    } => {
+                        (types.contains(&"integer") && parse_int(text).is_some())
+                            || (types.contains(&"boolean")
+                                && matches!(text.to_ascii_lowercase().as_str(), "true" | "false"))
+                    }
+                    _ => false,
+                };
+                let msg = format!("expected {}, found {}", expected.join(" or "), found(node));
+                if quoted {
+                    self.error(
+                        node,
+                        path,
+                        format!("{msg} (written in quotes, so it is text)"),
+                        Some("remove the quotes"),
+                    );
+                } else {
+                    self.error(node, path, msg, hint);
+                }
             }
             return None;
         };
@@ -296,9 +314,10 @@ impl<'s> Walker<'s> {
             return Some(Value::from(n));
         }
         if types.contains(&"boolean") && style == Style::Plain {
+            // YAML 1.2 core schema: true|True|TRUE, false|False|FALSE.
             match text {
-                "true" => return Some(Value::Bool(true)),
-                "false" => return Some(Value::Bool(false)),
+                "true" | "True" | "TRUE" => return Some(Value::Bool(true)),
+                "false" | "False" | "FALSE" => return Some(Value::Bool(false)),
                 _ => {}
             }
         }
@@ -334,7 +353,14 @@ impl<'s> Walker<'s> {
                         let known: Vec<&str> = props
                             .map(|p| p.keys().map(String::as_str).collect())
                             .unwrap_or_default();
-                        let mut msg_hint = match closest(&key.text, known.iter().copied()) {
+                        // "Did you mean" only for the first few: a report lists 50 anyway.
+                        let guess = if self.diags.len() < crate::config::diagnostics::MAX_SHOWN * 2
+                        {
+                            closest(&key.text, known.iter().copied())
+                        } else {
+                            None
+                        };
+                        let mut msg_hint = match guess {
                             Some(c) => format!("did you mean `{c}`? "),
                             None => String::new(),
                         };

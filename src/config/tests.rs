@@ -408,6 +408,8 @@ fn per_host_settings_override_the_shared_ones_and_bastions_inherit() {
         "    - address: 10.0.0.12\n",
         "      ssh: {port: 2222, user: root, sudo: {mode: none}}\n",
         "    - address: fd00::13\n",
+        // Reached over IPv6, in the (IPv4) cluster with an IPv4 node address.
+        "      nodeIp: 10.0.0.13\n",
     ));
     let p = f
         .run_with(&text, &[("PW", "ssh-pass-123")], None)
@@ -635,4 +637,161 @@ fn utf16_file_is_named_as_utf16() {
         "{}",
         d.items[0].message
     );
+}
+
+#[test]
+fn ipv6_host_with_the_default_ipv4_networks_is_refused_as_dual_stack() {
+    let f = Fixture::new();
+    let errs = f.errors(&doc("  hosts:\n    - address: fd00::11\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("fd00::11 is an IPv6 address, but the cluster networks are IPv4")),
+        "{errs:?}"
+    );
+    let errs = f.errors(&doc(
+        "  hosts:\n    - address: 10.0.0.11\n      nodeIp: fd00::11\n",
+    ));
+    assert!(errs.iter().any(|e| e.contains("nodeIp")), "{errs:?}");
+}
+
+#[test]
+fn same_host_written_as_ipv4_mapped_ipv6_is_a_duplicate() {
+    let f = Fixture::new();
+    let errs = f.errors(&doc("  hosts:\n    - address: 10.0.0.11\n    - address: \"::ffff:10.0.0.11\"\n    - address: 10.0.0.13\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("duplicate address 10.0.0.11")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn node_ip_that_is_another_hosts_address_is_refused() {
+    let f = Fixture::new();
+    let errs = f.errors(&doc("  hosts:\n    - address: 10.0.0.11\n      nodeIp: 10.0.0.12\n    - address: 10.0.0.12\n    - address: 10.0.0.13\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("hosts[0].nodeIp") && e.contains("address of spec.hosts[1]")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn ipv6_zone_id_says_it_is_unsupported() {
+    let f = Fixture::new();
+    let errs = f.errors(&doc("  hosts:\n    - address: \"fe80::1%eth0\"\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("zone ids are not supported")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn yaml_1_2_capitalised_booleans_are_booleans() {
+    let f = Fixture::new();
+    for (text, want) in [
+        ("True", true),
+        ("TRUE", true),
+        ("False", false),
+        ("true", true),
+    ] {
+        let l = f.ok(&doc(&format!(
+            "{}  k3s:\n    allowCgroupV1: {text}\n",
+            hosts(1)
+        )));
+        assert_eq!(l.plan.allow_cgroup_v1, want, "{text}");
+    }
+}
+
+#[test]
+fn quoted_number_says_it_was_quoted() {
+    let f = Fixture::new();
+    let errs = f.errors(&doc(&format!("{}  ssh:\n    port: \"22\"\n", hosts(1))));
+    assert!(
+        errs.iter().any(|e| e.contains("written in quotes")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn private_key_readable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let key = f.dir.path().join("id_ed25519");
+    std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let l = f.ok(&doc(&format!(
+        "  ssh:\n    auth: {{type: key, keyFile: {}}}\n{}",
+        key.display(),
+        hosts(1)
+    )));
+    assert!(
+        l.warnings
+            .items
+            .iter()
+            .any(|w| w.message.contains("can be read by other users")),
+        "{:?}",
+        l.warnings.items
+    );
+}
+
+#[test]
+fn answer_file_writable_by_others_is_warned_about_when_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("answers.yaml");
+    std::fs::write(&p, "x").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(super::validate::writable_by_others(&p, true).is_some());
+    assert!(super::validate::writable_by_others(&p, false).is_none());
+}
+
+mod reader_properties {
+    //! The answer-file reader over arbitrary input: never a panic, and bounded (the case
+    //! count and sizes are small and the seed fixed, so this runs in seconds in CI).
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+    /// Fragments of answer files, so the input reaches past the YAML parser.
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("apiVersion: installer.dev/v1\n".to_string()),
+            Just("kind: Cluster\n".to_string()),
+            Just("metadata: {name: demo}\n".to_string()),
+            Just("spec:\n".to_string()),
+            Just("  hosts:\n".to_string()),
+            Just("    - address: 10.0.0.11\n".to_string()),
+            Just("      nodeIp: fd00::1\n".to_string()),
+            Just("  ssh: {port: \"22\", sudo: {mode: password, passwordFile: ${X}}}\n".to_string()),
+            Just("  app:\n    values:\n      gatewayPort: ${GATEWAY_PORT}\n".to_string()),
+            Just("a: &a [*a]\n".to_string()),
+            Just("b: &b [1, 2]\nc: [*b, *b]\n".to_string()),
+            Just("<<: {}\n".to_string()),
+            Just("---\n".to_string()),
+            "[ -~\t\n]{0,40}".prop_map(|s| s),
+            proptest::collection::vec(any::<char>(), 0..20).prop_map(|v| v.into_iter().collect()),
+        ]
+    }
+
+    #[test]
+    fn arbitrary_answer_files_never_panic() {
+        let f = Fixture::new();
+        let config = Config {
+            cases: 256,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[17; 32]);
+        let mut runner = TestRunner::new_with_rng(config, rng);
+        runner
+            .run(&proptest::collection::vec(fragment(), 0..24), |parts| {
+                let text = parts.concat();
+                let _ = f.run_with(&text, &[("GATEWAY_PORT", "8443"), ("X", "x")], None);
+                let _ = super::super::validate::decode("a.yaml", text.as_bytes());
+                Ok(())
+            })
+            .unwrap();
+    }
 }

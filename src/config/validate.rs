@@ -181,7 +181,32 @@ pub fn load_file(
         prompter,
         declaration,
     };
-    validate_text(&path.display().to_string(), Some(path), &text, &ctx).map_err(LoadError::Invalid)
+    let mut loaded = validate_text(&path.display().to_string(), Some(path), &text, &ctx)
+        .map_err(LoadError::Invalid)?;
+    if let Some(w) = writable_by_others(path, crate::fsx::euid() == 0) {
+        loaded.warnings.items.insert(0, w);
+    }
+    Ok(loaded)
+}
+
+/// A warning when root runs an answer file others can change (they would choose what root
+/// runs on every host).
+pub(crate) fn writable_by_others(path: &std::path::Path, root: bool) -> Option<Diagnostic> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata(path).ok()?;
+    let mode = m.permissions().mode() & 0o777;
+    let others = mode & 0o002 != 0 || (mode & 0o020 != 0 && m.gid() != 0);
+    (root && others).then(|| {
+        Diagnostic::warning(
+            yaml::Loc { line: 1, column: 1 },
+            Path::root(),
+            format!(
+                "the answer file can be changed by other users (mode {mode:o}, owner uid {}), and the installer runs as root",
+                m.uid()
+            ),
+        )
+        .with_hint(format!("`chmod go-w {}`", path.display()))
+    })
 }
 
 /// The file's bytes as UTF-8 text, or a problem naming the line of the first invalid byte
@@ -426,7 +451,22 @@ impl<'a> Validator<'a> {
             yaml::shown(&p.display().to_string())
         };
         match std::fs::metadata(&p) {
-            Ok(m) if m.is_file() => Some(p),
+            Ok(m) if m.is_file() => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 && (what == "key file" || what == "password file") {
+                    self.warn(
+                        path,
+                        format!(
+                            "the {what} {shown_path} can be read by other users (mode {mode:o})"
+                        ),
+                        &format!(
+                            "`chmod 600 {shown_path}`: OpenSSH refuses private keys others can read"
+                        ),
+                    );
+                }
+                Some(p)
+            }
             Ok(_) => {
                 self.error(
                     path,
@@ -827,6 +867,9 @@ impl<'a> Validator<'a> {
         let mut seen_name: HashMap<String, usize> = HashMap::new();
         let mut seen_ip: HashMap<IpAddr, usize> = HashMap::new();
         let mut host_ips: Vec<(IpAddr, Path)> = Vec::new();
+        // The address each node uses for cluster traffic: `nodeIp`, else an IP `address`.
+        let mut cluster_ips: Vec<(IpAddr, Path)> = Vec::new();
+        let mut node_ips: Vec<(usize, IpAddr, Path)> = Vec::new();
         let mut hosts = Vec::new();
         for (i, (h, role)) in a.spec.hosts.iter().zip(&roles).enumerate() {
             let p = hp.index(i);
@@ -898,7 +941,8 @@ impl<'a> Validator<'a> {
                                 .hint("each node needs its own IP address"),
                             );
                         }
-                        host_ips.push((ip, ip_path));
+                        host_ips.push((ip, ip_path.clone()));
+                        node_ips.push((i, ip, ip_path));
                         Some(ip)
                     }
                     Err(pr) => {
@@ -909,6 +953,11 @@ impl<'a> Validator<'a> {
             });
             ok &= h.node_name.is_none() || node_name.is_some();
             ok &= h.node_ip.is_none() || node_ip.is_some();
+            match (node_ip, &address) {
+                (Some(ip), _) => cluster_ips.push((ip, p.key("nodeIp"))),
+                (None, Some((_, Address::Ip(ip)))) => cluster_ips.push((*ip, ap.clone())),
+                _ => {}
+            }
             let host_key = match &h.host_key {
                 Some(k) => {
                     let r = self.host_key(&p.key("hostKey"), k);
@@ -1015,7 +1064,20 @@ impl<'a> Validator<'a> {
             }
         }
 
-        let network = self.network(a, &host_ips);
+        // A `nodeIp` that is another host's address: two nodes would claim one address.
+        for (i, ip, path) in &node_ips {
+            if let Some(j) = seen_addr.get(&ip.to_canonical().to_string())
+                && j != i
+            {
+                self.error(
+                    path,
+                    Problem::new(format!("node IP {ip} is the address of spec.hosts[{j}]"))
+                        .hint("nodeIp is this host's own address for cluster traffic"),
+                );
+                ok = false;
+            }
+        }
+        let network = self.network(a, &host_ips, &cluster_ips);
         let tp = Path::parse("spec.timeouts");
         let node_timeout = self.duration(&tp.key("node"), a.spec.timeouts.node.as_ref());
         let rollout_timeout = self.duration(&tp.key("rollout"), a.spec.timeouts.rollout.as_ref());
@@ -1098,7 +1160,12 @@ impl<'a> Validator<'a> {
         Some((net, given))
     }
 
-    fn network(&mut self, a: &AnswerFile, host_ips: &[(IpAddr, Path)]) -> Option<NetworkPlan> {
+    fn network(
+        &mut self,
+        a: &AnswerFile,
+        host_ips: &[(IpAddr, Path)],
+        cluster_ips: &[(IpAddr, Path)],
+    ) -> Option<NetworkPlan> {
         let np = Path::parse("spec.network");
         let cp = np.key("clusterCidr");
         let sp = np.key("serviceCidr");
@@ -1175,6 +1242,26 @@ impl<'a> Validator<'a> {
                     .hint("give them separate ranges, for example 10.42.0.0/16 and 10.43.0.0/16"),
                 );
                 ok = false;
+            }
+            // kube-apiserver refuses node addresses of another family than its networks.
+            let v4 = c.addr().is_ipv4();
+            for (ip, path) in cluster_ips {
+                if ip.to_canonical().is_ipv4() != v4 {
+                    self.error(
+                        path,
+                        Problem::new(format!(
+                            "{ip} is an {} address, but the cluster networks are {} ({c}, {s})",
+                            if v4 { "IPv6" } else { "IPv4" },
+                            if v4 { "IPv4" } else { "IPv6" }
+                        ))
+                        .hint(if v4 {
+                            "dual-stack is not supported: give the host an IPv4 `nodeIp`, or set spec.network.clusterCidr and serviceCidr to IPv6 ranges (for example fd42::/56 and fd43::/112)"
+                        } else {
+                            "dual-stack is not supported: give the host an IPv6 `nodeIp`, or use IPv4 networks"
+                        }),
+                    );
+                    ok = false;
+                }
             }
             let mut avoid: Vec<IpNet> = host_ips.iter().map(|(ip, _)| IpNet::from(*ip)).collect();
             avoid.push(*c);
