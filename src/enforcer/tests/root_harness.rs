@@ -237,6 +237,9 @@ fn mkcg(lab: &Lab, uid: &str) -> PathBuf {
     p
 }
 
+/// (what, source node, source cgroup (None: a host process), address, port, expected to connect)
+type Probe<'a> = (&'a str, usize, Option<&'a Path>, &'a str, u16, bool);
+
 #[test]
 fn matrix_killed_enforcer_invalid_batch_recreated_cgroup_unknown_pod() {
     if !prerequisites() {
@@ -265,8 +268,6 @@ fn matrix_killed_enforcer_invalid_batch_recreated_cgroup_unknown_pod() {
     apply(&lab, &snap, 0, Mode::Enforce);
     apply(&lab, &snap, 1, Mode::Enforce);
 
-    // (what, from node, from cgroup, to address, port, allowed)
-    type Probe<'a> = (&'a str, usize, Option<&'a Path>, &'a str, u16, bool);
     let matrix: Vec<Probe> = vec![
         (
             "api on a -> store (same node, by cgroup)",
