@@ -219,7 +219,10 @@ mod tests {
         };
         let hint = e.hint().unwrap();
         assert!(hint.contains("password for admin is wrong"), "{hint}");
-        assert!(!hint.contains("authorized_keys") && !hint.contains("ssh-agent"), "{hint}");
+        assert!(
+            !hint.contains("authorized_keys") && !hint.contains("ssh-agent"),
+            "{hint}"
+        );
         let off = HostError::Auth {
             host: "10.0.0.1".into(),
             user: "admin".into(),
