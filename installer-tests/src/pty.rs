@@ -61,6 +61,13 @@ impl Pty {
         }
     }
 
+    /// [`Pty::expect`] with a longer wait (an install).
+    pub fn expect_within(&mut self, text: &str, secs: u64) {
+        self.s.set_expect_timeout(Some(Duration::from_secs(secs)));
+        self.expect(text);
+        self.s.set_expect_timeout(Some(Duration::from_secs(30)));
+    }
+
     pub fn send(&mut self, keys: &str) {
         self.s.send(keys).expect("send keys");
     }

@@ -51,6 +51,7 @@ pub fn run(out: &Output) -> Result<(), Error> {
         prompts: prompts.clone(),
         decl: &decl,
         cwd: cwd.clone(),
+        decided: Mutex::default(),
     };
     let outcome = guard_interrupt(|| wizard::run(&prompts, &decl, &ProcessEnv, &cwd, &check))
         .map_err(io_error)?;
@@ -244,38 +245,33 @@ struct SshCheck<'a> {
     prompts: Prompts,
     decl: &'a Declaration,
     cwd: PathBuf,
+    /// Host keys decided so far: a key is asked about once, whatever is asked again.
+    decided: Mutex<Vec<(String, String, HostKeyDecision)>>,
 }
 
-/// Records the keys offered and refuses them (the first pass), or accepts the ones the
-/// person accepted (the second).
+/// Answers for the host keys already decided (by this person, in this wizard), and
+/// records (and refuses) any other key offered, to be shown together.
 #[derive(Default)]
 struct KeyVote {
+    decided: Vec<(String, String, HostKeyDecision)>,
     seen: Mutex<Vec<(String, HostKeyInfo)>>,
-    accept: Option<(HostKeyDecision, Vec<(String, String)>)>,
 }
 
 #[async_trait]
 impl SshPrompt for KeyVote {
     async fn unknown_host_key(&self, host: &str, key: &HostKeyInfo) -> HostKeyDecision {
-        match &self.accept {
-            None => {
-                if let Ok(mut s) = self.seen.lock() {
-                    s.push((host.to_owned(), key.clone()));
-                }
-                HostKeyDecision::Reject
-            }
-            Some((decision, keys)) => {
-                // Only the key that was shown: another one now is refused.
-                if keys
-                    .iter()
-                    .any(|(h, fp)| h == host && fp == &key.fingerprint)
-                {
-                    *decision
-                } else {
-                    HostKeyDecision::Reject
-                }
-            }
+        // Only the key that was shown: another one now is shown again.
+        if let Some((_, _, d)) = self
+            .decided
+            .iter()
+            .find(|(h, fp, _)| h == host && fp == &key.fingerprint)
+        {
+            return *d;
         }
+        if let Ok(mut s) = self.seen.lock() {
+            s.push((host.to_owned(), key.clone()));
+        }
+        HostKeyDecision::Reject
     }
 }
 
@@ -378,91 +374,92 @@ impl LoginCheck for SshCheck<'_> {
             "Trying SSH login and sudo on {} host(s)...",
             plan.hosts.len()
         ));
-        let first = Arc::new(KeyVote::default());
+        let decided = self.decided.lock().map(|d| d.clone()).unwrap_or_default();
+        let first = Arc::new(KeyVote {
+            decided: decided.clone(),
+            seen: Mutex::default(),
+        });
         let results = rt.block_on(Self::try_hosts(&plan, first.clone(), None));
         let seen = first.seen.lock().map(|s| s.clone()).unwrap_or_default();
-        let mut retry: Vec<String> = Vec::new();
-        for (name, r) in results {
-            match r {
-                Ok(()) => {}
-                Err(_) if seen.iter().any(|(h, _)| h == &name) => retry.push(name),
-                Err(e) => checked.problems.push(problem(&e)),
+        let mut results = results;
+        if !seen.is_empty() {
+            // Every key nothing vouches for, shown together; one answer for all.
+            let mut text = format!(
+                "{} host(s) offer an SSH host key nothing vouches for:",
+                seen.len()
+            );
+            for (h, k) in &seen {
+                text.push_str(&format!("\n  {h}  {} {}", k.key_type, k.fingerprint));
             }
-        }
-        if seen.is_empty() {
-            return checked;
-        }
-        // Every key nothing vouches for, shown together; one answer for all.
-        let mut text = format!(
-            "{} host(s) offer an SSH host key nothing vouches for:",
-            seen.len()
-        );
-        for (h, k) in &seen {
-            text.push_str(&format!("\n  {h}  {} {}", k.key_type, k.fingerprint));
-        }
-        text.push_str(
-            "\nCompare them with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on each host.",
-        );
-        self.prompts.say(&text);
-        let choice = self
-            .prompts
-            .select(
-                "Trust these host keys?",
-                &[
-                    "trust them and pin them in the answer file",
-                    "trust them and remember them in ~/.ssh/known_hosts",
-                    "refuse them",
-                ],
-                0,
-            )
-            .unwrap_or(2);
-        let keys: Vec<(String, String)> = seen
-            .iter()
-            .map(|(h, k)| (h.clone(), k.fingerprint.clone()))
-            .collect();
-        let decision = match choice {
-            0 => HostKeyDecision::AcceptOnce,
-            1 => HostKeyDecision::AcceptAndRemember,
-            _ => {
+            text.push_str(
+                "\nCompare them with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on each host.",
+            );
+            self.prompts.say(&text);
+            let choice = self
+                .prompts
+                .select(
+                    "Trust these host keys?",
+                    &[
+                        "trust them and pin them in the answer file",
+                        "trust them and remember them in ~/.ssh/known_hosts",
+                        "refuse them",
+                    ],
+                    0,
+                )
+                .unwrap_or(2);
+            let decision = match choice {
+                0 => HostKeyDecision::AcceptOnce,
+                1 => HostKeyDecision::AcceptAndRemember,
+                _ => HostKeyDecision::Reject,
+            };
+            let mut all = decided.clone();
+            if decision != HostKeyDecision::Reject {
+                all.extend(
+                    seen.iter()
+                        .map(|(h, k)| (h.clone(), k.fingerprint.clone(), decision)),
+                );
+                if let Ok(mut d) = self.decided.lock() {
+                    *d = all.clone();
+                }
+                let retry: Vec<String> = seen.iter().map(|(h, _)| h.clone()).collect();
+                let second = Arc::new(KeyVote {
+                    decided: all,
+                    seen: Mutex::default(),
+                });
+                let again = rt.block_on(Self::try_hosts(&plan, second, Some(&retry)));
+                for (name, r) in again {
+                    if let Some(slot) = results.iter_mut().find(|(n, _)| n == &name) {
+                        slot.1 = r;
+                    }
+                }
+            } else {
                 for (h, _) in &seen {
-                    checked.problems.push(Problem {
-                        host: h.clone(),
-                        refused: Refused::HostKey,
-                        message: format!("{h}: host key refused"),
-                    });
-                }
-                return checked;
-            }
-        };
-        let second = Arc::new(KeyVote {
-            seen: Mutex::default(),
-            accept: Some((decision, keys.clone())),
-        });
-        let results = rt.block_on(Self::try_hosts(&plan, second, Some(&retry)));
-        for (name, r) in results {
-            match r {
-                Ok(()) => {
-                    if decision == HostKeyDecision::AcceptOnce
-                        && let Some((_, fp)) = keys.iter().find(|(h, _)| h == &name)
-                    {
-                        checked.pins.push((name.clone(), fp.clone()));
+                    if let Some(slot) = results.iter_mut().find(|(n, _)| n == h) {
+                        slot.1 = Err(HostError::Other {
+                            host: h.clone(),
+                            message: "host key refused".into(),
+                        });
                     }
-                }
-                Err(e) => {
-                    // Keys already decided stay decided on the next attempt.
-                    if decision == HostKeyDecision::AcceptOnce
-                        && !matches!(
-                            e,
-                            HostError::HostKeyUnknown { .. } | HostError::HostKeyChanged { .. }
-                        )
-                        && let Some((_, fp)) = keys.iter().find(|(h, _)| h == &name)
-                    {
-                        checked.pins.push((name.clone(), fp.clone()));
-                    }
-                    checked.problems.push(problem(&e))
                 }
             }
         }
+        for (_, r) in results {
+            if let Err(e) = r {
+                let mut p = problem(&e);
+                if matches!(e, HostError::Other { .. }) {
+                    p.refused = Refused::HostKey;
+                }
+                checked.problems.push(p);
+            }
+        }
+        let decided = self.decided.lock().map(|d| d.clone()).unwrap_or_default();
+        checked.pins = decided
+            .into_iter()
+            .filter(|(h, _, d)| {
+                *d == HostKeyDecision::AcceptOnce && plan.hosts.iter().any(|p| &p.name == h)
+            })
+            .map(|(h, fp, _)| (h, fp))
+            .collect();
         checked
     }
 }
