@@ -1,13 +1,16 @@
 //! The wizard: `installer` with no arguments on a terminal.
 //!
-//! It asks the fewest questions that can work (the hosts, the SSH user and how to log in,
-//! how to become root, then the application's values with their defaults pre-filled),
-//! checks each answer as it is typed with the same checks the answer-file validation uses,
-//! shows the plan, and saves an [`AnswerFile`] (mode 0600). Secrets typed at a prompt are
-//! saved as `${VAR}` references (or, only if the user insists, in clear text); the values
-//! stay in memory so the install offered at the end can use them. The saved file is then
-//! loaded back through the normal validation, so a wizard install and an unattended install
-//! of the saved file are the same thing.
+//! It asks only what cannot be defaulted or discovered (the hosts, the SSH user, how to log
+//! in and the secret for it, how to become root), checks each answer as it is typed with the
+//! same checks the answer-file validation uses, then tries them on the hosts through
+//! [`LoginCheck`] (host keys, login, sudo) and asks again only what a host refused. The rest
+//! (the application's values, the file name) is one "change the defaults" step after the
+//! plan is shown. It saves an [`AnswerFile`] (mode 0600). Secrets typed at a prompt are saved
+//! as `${VAR}` references (or, only if the user insists, in clear text); the values stay in
+//! memory so the install offered at the end can use them. The saved file is then loaded
+//! back through the normal validation, so a wizard install and an unattended install of the
+//! saved file are the same thing. [`Relaxation`] is what the file can allow when preflight
+//! refuses the hosts (asked by the commands layer after a failed preflight).
 //!
 //! The wizard talks to the user only through [`Ask`], implemented on the terminal by
 //! [`crate::report::Prompts`]; it is tested through a pseudo-terminal with real keystrokes.
@@ -871,6 +874,17 @@ mod tests {
             .values
             .insert("gatewayPort".into(), "9443".into());
         assert_eq!(loaded.answers, expected);
+    }
+
+    #[test]
+    fn the_cgroup_v1_escape_is_written_into_the_file_and_the_rest_kept() {
+        let text = "# Answer file written by the installer's wizard.\napiVersion: installer.dev/v1\nkind: Cluster\nmetadata:\n  name: demo\nspec:\n  ssh:\n    user: admin\n  hosts:\n    - address: 10.0.0.1\n      hostKey: SHA256:abc\n";
+        let out = Relaxation::CgroupV1.apply(text).unwrap();
+        assert!(out.starts_with("# Answer file written"), "{out}");
+        let tree: AnswerFile = serde_saphyr::from_str(&out).unwrap();
+        assert_eq!(tree.spec.k3s.allow_cgroup_v1, Some(true));
+        assert_eq!(tree.spec.hosts[0].host_key.as_deref(), Some("SHA256:abc"));
+        assert_eq!(tree.spec.ssh.user.as_deref(), Some("admin"));
     }
 
     #[test]
