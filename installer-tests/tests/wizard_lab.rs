@@ -135,6 +135,18 @@ fn the_wizard_reaches_a_healthy_cluster_in_at_most_8_answers_on_defaults() {
     assert!(text.contains("${SSH_PASSWORD}"), "{text}");
     assert!(!text.contains(lab::PASSWORD_SUDO_USER_PASSWORD), "{text}");
     assert!(status_ok(home.path()), "status after the wizard's install");
+    // The typed password is in no debug log either.
+    let mut logs = 0;
+    for e in std::fs::read_dir(home.path()).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("installer") && name.contains(".log") {
+            logs += 1;
+            let log = std::fs::read_to_string(&path).unwrap();
+            assert!(!log.contains(lab::PASSWORD_SUDO_USER_PASSWORD), "{name}");
+        }
+    }
+    assert!(logs > 0, "no debug log in {}", home.path().display());
 
     // `install -f` without a terminal and without the variable: exit 2, naming it.
     let installer = installer_tests::payload::workspace_binary("installer").unwrap();
