@@ -18,7 +18,18 @@ pub struct Pty {
 impl Pty {
     /// Starts `program` in `home` (also its HOME), with only PATH, TERM and `extra_env`.
     pub fn spawn(program: &Path, home: &Path, extra_env: &[(&str, &str)]) -> Pty {
+        Pty::spawn_args(program, home, extra_env, &[])
+    }
+
+    /// [`Pty::spawn`] with command-line arguments.
+    pub fn spawn_args(
+        program: &Path,
+        home: &Path,
+        extra_env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Pty {
         let mut cmd = Command::new(program);
+        cmd.args(args);
         cmd.current_dir(home)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -48,6 +59,13 @@ impl Pty {
                 self.seen
             ),
         }
+    }
+
+    /// [`Pty::expect`] with a longer wait (an install).
+    pub fn expect_within(&mut self, text: &str, secs: u64) {
+        self.s.set_expect_timeout(Some(Duration::from_secs(secs)));
+        self.expect(text);
+        self.s.set_expect_timeout(Some(Duration::from_secs(30)));
     }
 
     pub fn send(&mut self, keys: &str) {

@@ -1,7 +1,9 @@
 //! The wizard, driven through a pseudo-terminal with real keystrokes (expectrl): it must
-//! check answers as they are typed, save an answer file (mode 0600, secrets as `${VAR}`
-//! references) that validates, and run it as a dry run that prints the plan. The saved
-//! file must then work unattended (`installer install --dry-run -f`).
+//! check answers as they are typed, try the login on the hosts (here loopback addresses
+//! where nothing listens: the refusal is reported per host and the person may keep them),
+//! offer everything else as one "change the defaults" step, and save an answer file (mode
+//! 0600, secrets as `${VAR}` references) that validates. The saved file must then work
+//! unattended, and `installer` run again beside it offers to reuse it.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
 
@@ -38,10 +40,10 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
 
     p.expect("Host addresses");
     // Two hosts are refused as typed, with the reason; then three.
-    p.send("10.0.0.11 10.0.0.12");
+    p.send("127.0.0.11 127.0.0.12");
     p.send(ENTER);
     p.expect("2 hosts cannot form a highly available cluster");
-    p.send("10.0.0.11 10.0.0.12 10.0.0.13");
+    p.send("127.0.0.11 127.0.0.12 127.0.0.13");
     p.send(ENTER);
 
     p.expect("SSH user on the hosts");
@@ -54,11 +56,27 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
     p.send_secret("wizard-ssh-password");
 
     p.expect("How does admin become root?");
-    p.send(DOWN);
+    p.send(DOWN); // "sudo with the SSH password"
     p.send(ENTER);
-    p.expect("Is the sudo password the SSH password?");
-    p.send("y");
 
+    // Tried at once: nothing listens on these loopback addresses, each host is named.
+    p.expect("What now?");
+    for h in ["127.0.0.11", "127.0.0.12", "127.0.0.13"] {
+        assert!(
+            p.seen.contains(&format!("✗ {h}: cannot connect")),
+            "{h} not reported:\n{}",
+            p.seen
+        );
+    }
+    p.send(DOWN); // keep them
+    p.send(ENTER);
+
+    // The plan on defaults, then the one step for everything else.
+    p.expect("Plan for cluster `appliance`");
+    p.expect("127.0.0.13");
+    p.expect("Install now with these settings?");
+    p.send(DOWN); // change the defaults first
+    p.send(ENTER);
     p.expect("hostname (");
     p.send("appliance.test.internal");
     p.send(ENTER);
@@ -79,17 +97,15 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
     p.send(ENTER);
     p.expect("adminPassword (");
     p.send_secret("wizard-admin-password");
-
-    // The summary is the validated plan.
-    p.expect("Plan for cluster `appliance`");
-    p.expect("10.0.0.13");
     p.expect("Save the answer file as");
     p.send(ENTER);
     p.expect("clear text?");
     p.send("n");
+    p.expect("Install now with these settings?");
+    p.send(DOWN);
+    p.send(DOWN); // save and stop
+    p.send(ENTER);
     p.expect("Saved answers.yaml");
-    p.expect("Install now?");
-    p.send("n");
     let code = p.finish();
     assert_eq!(code, 0, "{}", p.seen);
     assert!(
@@ -144,7 +160,7 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
         .iter()
         .map(|h| h["address"].as_str().unwrap())
         .collect();
-    assert_eq!(hosts, ["10.0.0.11", "10.0.0.12", "10.0.0.13"]);
+    assert_eq!(hosts, ["127.0.0.11", "127.0.0.12", "127.0.0.13"]);
     let h0 = &plan["plan"]["hosts"][0];
     assert_eq!(
         (
@@ -174,6 +190,26 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("${SSH_PASSWORD} not set"));
+
+    // On a terminal, the same variables are asked for instead (hidden, once each).
+    let mut p = Pty::spawn_args(
+        &installer(),
+        home.path(),
+        &[("NO_COLOR", "1")],
+        &["validate", "-f", "answers.yaml"],
+    );
+    p.expect("references ${SSH_PASSWORD}, which is not set");
+    p.send_secret("wizard-ssh-password");
+    p.expect("references ${APP_ADMIN_PASSWORD}, which is not set");
+    p.send_secret("wizard-admin-password");
+    p.expect("the answer file is valid");
+    assert_eq!(p.finish(), 0, "{}", p.seen);
+    // Asked once: dialoguer draws a prompt, then its answered line (`✔ ... · ****`).
+    assert_eq!(
+        p.seen.matches("${SSH_PASSWORD}, which is not set").count(),
+        2
+    );
+    assert!(!p.seen.contains("wizard-ssh-password"));
 }
 
 #[test]
@@ -200,38 +236,43 @@ fn a_single_root_host_with_the_agent_needs_few_questions() {
         ],
     );
     p.expect("Host addresses");
-    p.send("node1.example");
+    p.send("127.0.0.5");
     p.send(ENTER);
     p.expect("SSH user on the hosts");
     p.send(ENTER);
     p.expect("How does the installer log in?");
     p.send(ENTER); // the agent is the default when SSH_AUTH_SOCK is set
-    // root: no sudo question. The application values with their defaults:
-    for v in [
-        "hostname (",
-        "gatewayPort (",
-        "apiPort (",
-        "storePort (",
-        "apiReplicas (",
-        "adminEmail (",
-    ] {
-        p.expect(v);
-        p.send(ENTER);
-    }
-    p.expect("adminPassword (");
-    p.send_secret(""); // empty: left unset
-    p.expect("Save the answer file as");
-    p.send("site.yaml");
+    // root: no sudo question. The login is tried (nothing listens there).
+    p.expect("What now?");
+    p.send(DOWN);
     p.send(ENTER);
-    p.expect("Install now?");
-    p.send("n");
+    // The application's values are defaults, not questions.
+    p.expect("Install now with these settings?");
+    p.send(DOWN);
+    p.send(DOWN);
+    p.send(ENTER);
+    p.expect("Saved answers.yaml");
     let code = p.finish();
     assert_eq!(code, 0, "{}", p.seen);
     assert!(!p.seen.contains("become root"), "{}", p.seen);
     assert!(!p.seen.contains("clear text"), "no secrets, no question");
     // Without NO_COLOR the prompts are coloured (so the NO_COLOR check above can fail).
     assert!(has_colour(&p.seen));
-    let saved = std::fs::read_to_string(home.path().join("site.yaml")).unwrap();
+    assert!(
+        !p.seen.contains("hostname ("),
+        "values were asked:\n{}",
+        p.seen
+    );
+    let saved = std::fs::read_to_string(home.path().join("answers.yaml")).unwrap();
     assert!(saved.contains("type: agent"), "{saved}");
     assert!(!saved.contains("adminPassword"), "{saved}");
+
+    // `installer` again here offers to reuse the saved answers; declining starts afresh.
+    let mut p = Pty::spawn(&installer(), home.path(), &[("USER", "root")]);
+    p.expect("answers.yaml from an earlier run is here. Use it?");
+    p.send(DOWN);
+    p.send(ENTER);
+    p.expect("Host addresses");
+    p.send("\x03");
+    assert_eq!(p.finish(), 130, "{}", p.seen);
 }

@@ -1,135 +1,257 @@
-//! The wizard against real hosts (the lab), through a pseudo-terminal: it installs what it
-//! saved, asks about each host key nothing vouches for (showing the fingerprint), writes
-//! the pins the person chose into the answer file, and that file then runs unattended.
+//! The wizard against real hosts (the lab), through a pseudo-terminal, as a new user meets
+//! it: 3 hosts with password login and password sudo (the lab's `admin`), on the lab's
+//! cgroup v1 nodes. It must reach a healthy cluster in at most 8 answers on defaults (host
+//! keys shown together and accepted with one answer, the cgroup v1 escape offered and
+//! written into the file), report a wrong SSH password at once naming the host and ask it
+//! again, offer the saved answers when run again after an interrupted install, and ask for
+//! an unset `${SSH_PASSWORD}` at `install -f` on a terminal (exit 2 without one).
 //! Needs root (fails instead of skipping under LAB_REQUIRED=1).
 
 #![allow(clippy::unwrap_used)]
 
 use installer_tests::e2e::Env;
+use installer_tests::lab::{self, Lab};
 use installer_tests::lab_or_skip;
-use installer_tests::pty::{ENTER, Pty};
+use installer_tests::pty::{DOWN, ENTER, Pty};
+use std::path::Path;
+use std::time::Instant;
 
-const UP: &str = "\x1b[A";
+/// Counts the answers the person gives.
+struct Person<'a> {
+    p: &'a mut Pty,
+    answers: usize,
+}
 
-#[test]
-fn the_wizard_asks_about_unknown_host_keys_and_pins_them_in_the_answer_file() {
-    let Some(lab) = lab_or_skip!(3) else { return };
-    let env = Env::new().unwrap();
-    let home = tempfile::tempdir().unwrap();
+impl Person<'_> {
+    fn at(&mut self, prompt: &str) -> &mut Self {
+        self.p.expect(prompt);
+        self
+    }
+    fn keys(&mut self, keys: &str) {
+        self.p.send(keys);
+        self.answers += 1;
+    }
+    fn line(&mut self, text: &str) {
+        self.p.send(text);
+        self.p.send(ENTER);
+        self.answers += 1;
+    }
+    fn secret(&mut self, text: &str) {
+        self.p.send_secret(text);
+        self.answers += 1;
+    }
+}
+
+fn spawn_wizard(env: &Env, home: &Path, args: &[&str]) -> Pty {
     let installer = installer_tests::payload::workspace_binary("installer").unwrap();
     let payload_dir = env.payload.dir.display().to_string();
     let payload_lock = env.payload.lock.display().to_string();
-    let mut p = Pty::spawn(
+    Pty::spawn_args(
         &installer,
-        home.path(),
+        home,
         &[
             ("USER", "root"),
             ("NO_COLOR", "1"),
             ("INSTALLER_ASSETS", &payload_dir),
             ("INSTALLER_ASSETS_LOCK", &payload_lock),
         ],
-    );
+        args,
+    )
+}
+
+/// The wizard's questions up to "Install now", on defaults, for the lab's admin user.
+fn answer_the_wizard(person: &mut Person<'_>, lab: &Lab, password: &str) {
     let addrs: Vec<String> = lab.nodes().iter().map(|n| n.addr.to_string()).collect();
-    p.expect("Host addresses");
-    p.send(&addrs.join(" "));
-    p.send(ENTER);
-    p.expect("SSH user on the hosts");
-    p.send(ENTER); // root
-    p.expect("How does the installer log in?");
-    p.send(ENTER); // a private key file (no agent)
-    p.expect("Private key file");
-    p.send(&lab.key_path().display().to_string());
-    p.send(ENTER);
-    for v in [
-        "hostname (",
-        "gatewayPort (",
-        "apiPort (",
-        "storePort (",
-        "apiReplicas (",
-        "adminEmail (",
-    ] {
-        p.expect(v);
-        p.send(ENTER);
-    }
-    p.expect("adminPassword (");
-    p.send_secret("");
-    p.expect("Save the answer file as");
-    p.send(ENTER);
-    p.expect("Install now?");
-    p.send("y");
-    // Three questions, one per host, in whatever order the connections come.
-    let mut asked = Vec::new();
-    for i in 0..3 {
-        p.expect("offers an SSH host key nothing vouches for");
-        let tail: String = p
-            .seen
-            .chars()
-            .rev()
-            .take(200)
-            .collect::<String>()
-            .chars()
-            .rev()
-            .collect();
-        asked.push(tail);
-        p.expect("What to do?");
-        if i == 0 {
-            // Remember the first in known_hosts...
-            p.send(UP);
-            p.send(UP);
-        } else {
-            // ...and pin the others in the answer file.
-            p.send(UP);
-        }
-        p.send(ENTER);
-    }
-    // The lab's nodes boot with cgroup v1, which the wizard's file does not allow:
-    // preflight stops the install (nothing changed), after the keys were decided.
-    p.expect("cgroup-v2");
-    let code = p.finish();
-    assert_eq!(code, 1, "{}", p.seen);
+    person.at("Host addresses").line(&addrs.join(" "));
+    person
+        .at("SSH user on the hosts")
+        .line(lab::PASSWORD_SUDO_USER);
+    person.at("How does the installer log in?");
+    person.keys(&format!("{DOWN}{ENTER}")); // key file -> a password
+    person.at("SSH password for admin").secret(password);
+    person.at("How does admin become root?");
+    person.keys(&format!("{DOWN}{ENTER}")); // sudo with the SSH password
+}
+
+fn status_ok(home: &Path) -> bool {
+    let installer = installer_tests::payload::workspace_binary("installer").unwrap();
+    let o = std::process::Command::new(installer)
+        .current_dir(home)
+        .env("HOME", home)
+        .env("SSH_PASSWORD", lab::PASSWORD_SUDO_USER_PASSWORD)
+        .args(["status", "-f", "answers.yaml", "--output", "plain"])
+        .output()
+        .unwrap();
+    o.status.success()
+}
+
+#[test]
+fn the_wizard_reaches_a_healthy_cluster_in_at_most_8_answers_on_defaults() {
+    let Some(lab) = lab_or_skip!(3) else { return };
+    let env = Env::new().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut p = spawn_wizard(&env, home.path(), &[]);
+    let mut person = Person {
+        p: &mut p,
+        answers: 0,
+    };
+    answer_the_wizard(&mut person, &lab, lab::PASSWORD_SUDO_USER_PASSWORD);
+    // Every host key together, each with its fingerprint, then one answer.
+    person.at("Trust these host keys?");
     for n in lab.nodes() {
         assert!(
-            p.seen.contains(&n.host_key_fingerprint),
+            person.p.seen.contains(&n.host_key_fingerprint),
             "fingerprint of {} not shown:\n{}",
             n.name,
-            p.seen
+            person.p.seen
         );
     }
+    person.keys(ENTER); // pin them in the answer file
+    person.at("Install now with these settings?").keys(ENTER);
+    // The lab boots cgroup v1: preflight finds it, the wizard offers the escape.
+    person.p.expect_within("spec.k3s.allowCgroupV1: true", 120);
+    person.at("Allow it and continue?").keys("y");
+    person
+        .p
+        .expect_within("the cluster and the application are Ready", 600);
+    let answers = person.answers;
+    let code = p.finish();
+    let elapsed = started.elapsed();
+    assert_eq!(code, 0, "{}", p.seen);
+    assert!(answers <= 8, "{answers} answers");
+    println!(
+        "wizard to a healthy cluster: {answers} answers, {:.1} s from `installer` to its end",
+        elapsed.as_secs_f64()
+    );
+    assert!(!p.seen.contains(lab::PASSWORD_SUDO_USER_PASSWORD));
 
-    // Two pins in the answer file, one key in known_hosts: together, all three hosts.
-    let answers = home.path().join("answers.yaml");
-    let text = std::fs::read_to_string(&answers).unwrap();
-    let pinned: Vec<&str> = lab
-        .nodes()
-        .iter()
-        .filter(|n| text.contains(&format!("hostKey: \"{}\"", n.host_key_fingerprint)))
-        .map(|n| n.name.as_str())
-        .collect();
-    assert_eq!(pinned.len(), 2, "{text}");
-    let known = std::fs::read_to_string(home.path().join(".ssh/known_hosts")).unwrap_or_default();
-    let remembered: Vec<&str> = lab
-        .nodes()
-        .iter()
-        .filter(|n| known.contains(n.host_public_key.split_whitespace().nth(1).unwrap_or("-")))
-        .map(|n| n.name.as_str())
-        .collect();
-    assert_eq!(remembered.len(), 1, "{known}");
-    assert!(!pinned.contains(&remembered[0]));
+    // The answers are in the file: pins, the escape, the password as a reference.
+    let text = std::fs::read_to_string(home.path().join("answers.yaml")).unwrap();
+    assert!(text.contains("allowCgroupV1: true"), "{text}");
+    for n in lab.nodes() {
+        assert!(text.contains(&n.host_key_fingerprint), "{text}");
+    }
+    assert!(text.contains("${SSH_PASSWORD}"), "{text}");
+    assert!(!text.contains(lab::PASSWORD_SUDO_USER_PASSWORD), "{text}");
+    assert!(status_ok(home.path()), "status after the wizard's install");
+    // The typed password is in no debug log either.
+    let mut logs = 0;
+    for e in std::fs::read_dir(home.path()).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("installer") && name.contains(".log") {
+            logs += 1;
+            let log = std::fs::read_to_string(&path).unwrap();
+            assert!(!log.contains(lab::PASSWORD_SUDO_USER_PASSWORD), "{name}");
+        }
+    }
+    assert!(logs > 0, "no debug log in {}", home.path().display());
 
-    // The same file, allowed to run on these hosts, now runs unattended: no question, no
-    // --accept-new-host-keys, every key vouched for.
-    std::fs::write(&answers, format!("{text}  k3s:\n    allowCgroupV1: true\n")).unwrap();
-    let out = std::process::Command::new(&installer)
+    // `install -f` without a terminal and without the variable: exit 2, naming it.
+    let installer = installer_tests::payload::workspace_binary("installer").unwrap();
+    let o = std::process::Command::new(&installer)
         .current_dir(home.path())
         .env("HOME", home.path())
-        .args(["preflight", "--output", "plain", "-f", "answers.yaml"])
+        .env_remove("SSH_PASSWORD")
+        .args(["install", "-f", "answers.yaml"])
         .args(env.payload.args())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("${SSH_PASSWORD} not set"));
+    // On a terminal it is asked for, and the rerun converges.
+    let args: Vec<String> = ["install", "-f", "answers.yaml"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(env.payload.args())
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = spawn_wizard(&env, home.path(), &args);
+    p.expect("references ${SSH_PASSWORD}, which is not set");
+    p.send_secret(lab::PASSWORD_SUDO_USER_PASSWORD);
+    p.expect_within("the cluster and the application are Ready", 300);
+    assert_eq!(p.finish(), 0, "{}", p.seen);
+}
+
+#[test]
+fn a_wrong_ssh_password_is_reported_at_once_naming_the_host_and_asked_again() {
+    let Some(lab) = lab_or_skip!(3) else { return };
+    let env = Env::new().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut p = spawn_wizard(&env, home.path(), &[]);
+    let mut person = Person {
+        p: &mut p,
+        answers: 0,
+    };
+    answer_the_wizard(&mut person, &lab, "not-the-password");
+    person.at("Trust these host keys?").keys(ENTER);
+    // At once, before anything else is asked: each host named, the cause as it is.
+    person.at("SSH password for admin");
+    let seen = person.p.seen.clone();
+    for n in lab.nodes() {
+        assert!(
+            seen.contains(&format!("✗ {}: SSH login as admin failed", n.addr)),
+            "{} not named:\n{seen}",
+            n.addr
+        );
+    }
+    assert!(seen.contains("the password for admin is wrong"), "{seen}");
+    assert!(!seen.contains("authorized_keys"), "{seen}");
+    person.secret(lab::PASSWORD_SUDO_USER_PASSWORD);
+    // Nothing before it is asked again: not the hosts, the user, the method, the keys.
+    person.at("Install now with these settings?");
+    let seen = person.p.seen.clone();
+    assert_eq!(seen.matches("Trust these host keys?").count(), 2, "{seen}"); // drawn, answered
+    assert_eq!(seen.matches("SSH user on the hosts").count(), 2, "{seen}");
+    person.keys(&format!("{DOWN}{DOWN}{ENTER}")); // save and stop
+    assert_eq!(p.finish(), 0, "{}", p.seen);
+    let text = std::fs::read_to_string(home.path().join("answers.yaml")).unwrap();
+    for n in lab.nodes() {
+        assert!(text.contains(&n.addr.to_string()), "{text}");
+    }
+    assert!(text.contains("user: admin"), "{text}");
+}
+
+#[test]
+fn an_interrupted_wizard_install_is_offered_again_and_finishes() {
+    let Some(lab) = lab_or_skip!(3) else { return };
+    let env = Env::new().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let mut p = spawn_wizard(&env, home.path(), &[]);
+    let mut person = Person {
+        p: &mut p,
+        answers: 0,
+    };
+    answer_the_wizard(&mut person, &lab, lab::PASSWORD_SUDO_USER_PASSWORD);
+    person.at("Trust these host keys?").keys(ENTER);
+    person.at("Install now with these settings?").keys(ENTER);
+    person.p.expect_within("Allow it and continue?", 120);
+    person.keys("y");
+    // Interrupted once the cluster is being formed.
+    person.p.expect_within("bootstrap", 300);
+    person.p.send("\x03");
+    // The last words: the command that continues from the saved file, its variable named.
+    p.expect_within(
+        "continue from the saved answers with `installer install -f",
+        60,
     );
+    p.expect("export SSH_PASSWORD");
+    let code = p.finish();
+    assert_eq!(code, 130, "{}", p.seen);
+
+    // `installer` again, in the same directory: the saved answers are offered.
+    let mut p = spawn_wizard(&env, home.path(), &[]);
+    p.expect("answers.yaml from an earlier run is here. Use it?");
+    p.send(ENTER);
+    p.expect("references ${SSH_PASSWORD}, which is not set");
+    p.send_secret(lab::PASSWORD_SUDO_USER_PASSWORD);
+    p.expect_within("the cluster and the application are Ready", 600);
+    assert_eq!(p.finish(), 0, "{}", p.seen);
+    assert!(
+        !p.seen.contains("Host addresses"),
+        "the wizard restarted:\n{}",
+        p.seen
+    );
+    assert!(status_ok(home.path()));
 }

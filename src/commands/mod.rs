@@ -15,6 +15,7 @@ pub mod schema;
 pub mod session;
 pub mod status;
 pub mod version;
+pub mod wizard;
 
 use crate::cli::{Cli, Command, GlobalArgs};
 use crate::config::app::Declaration;
@@ -33,7 +34,7 @@ pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         None => {
             if prompt::interactive() {
-                with_output(g, settings, None, wizard)
+                with_output(g, settings, None, wizard::run)
             } else {
                 let help = Cli::command().render_help();
                 #[allow(clippy::print_stderr, reason = "usage, before any renderer exists")]
@@ -271,16 +272,59 @@ fn load(out: &Output, file: &Path, overlay: Option<&MapEnv<'_>>) -> Result<Plan,
     } else {
         None
     };
-    let env: &dyn crate::config::interpolate::Env = match overlay {
+    let base: &dyn crate::config::interpolate::Env = match overlay {
         Some(o) => o,
         None => &ProcessEnv,
     };
-    let loaded = guard_interrupt(|| load_file(file, env, prompter, &decl))?;
+    // On a terminal, a `${VAR}` the file references and nobody set is asked for.
+    let typed = ask_unset_vars(out, file, base)?;
+    let asked = MapEnv {
+        vars: typed,
+        fallback: Some(base),
+    };
+    let loaded = guard_interrupt(|| load_file(file, &asked, prompter, &decl))?;
     for w in loaded.warnings.warnings() {
         out.reporter.warn(None, w.render(&loaded.warnings.file));
     }
     check_app(&loaded.plan)?;
     Ok(loaded.plan)
+}
+
+/// Asks on the terminal (hidden, once per variable) for each `${VAR}` the answer file
+/// references that `env` does not set. Without a terminal nothing is asked: validation
+/// then refuses the file, naming the variable (exit 2).
+fn ask_unset_vars(
+    out: &Output,
+    file: &Path,
+    env: &dyn crate::config::interpolate::Env,
+) -> Result<std::collections::HashMap<String, String>, Error> {
+    let mut typed = std::collections::HashMap::new();
+    if !prompt::interactive() {
+        return Ok(typed);
+    }
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Ok(typed);
+    };
+    let prompts = out.prompts();
+    for var in wizard::referenced_vars(&text) {
+        if env.var(&var).is_some() {
+            continue;
+        }
+        let question = format!(
+            "{} references ${{{var}}}, which is not set; type its value",
+            file.display()
+        );
+        let value = guard_interrupt(|| prompts.password(&question, false)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                Error::Interrupted
+            } else {
+                Error::failed(e, None)
+            }
+        })?;
+        // `password` wraps it in a `Secret`: registered, so it is masked wherever it shows.
+        typed.insert(var, value.expose().to_owned());
+    }
+    Ok(typed)
 }
 
 /// Runs a command's future on a fresh runtime; Ctrl-C ends it with [`Error::Interrupted`].
@@ -309,44 +353,6 @@ pub fn block_on(fut: impl Future<Output = Result<(), Error>>) -> Result<(), Erro
             }
         }
     })
-}
-
-/// The wizard, then (if asked) the install of what it saved, read back from the file.
-fn wizard(out: &Output) -> Result<(), Error> {
-    let decl = Declaration::embedded().map_err(|e| Error::failed(e, None))?;
-    let prompts = out.prompts();
-    let cwd = std::env::current_dir().map_err(|e| Error::failed(e, None))?;
-    let outcome =
-        guard_interrupt(|| crate::config::wizard::run(&prompts, &decl, &ProcessEnv, &cwd))
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::Interrupted => Error::Interrupted,
-                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::AlreadyExists => {
-                    Error::usage(e.to_string(), None)
-                }
-                _ => Error::failed(e, None),
-            })?;
-    out.log(&format!("wizard saved {}", outcome.path.display()));
-    if !outcome.run_now {
-        return Ok(());
-    }
-    let overlay = MapEnv {
-        vars: outcome
-            .secrets
-            .iter()
-            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
-            .collect(),
-        fallback: Some(&ProcessEnv),
-    };
-    let plan = load(out, &outcome.path, Some(&overlay))?;
-    let opts = install::InstallOptions {
-        ask_host_keys: Some(hostkeys::AskHostKeys::new(out.prompts())),
-        // As `install --assets/--assets-lock` read them (the wizard takes no flags).
-        assets_dir: std::env::var_os("INSTALLER_ASSETS").map(Into::into),
-        assets_lock: std::env::var_os("INSTALLER_ASSETS_LOCK").map(Into::into),
-        log_file: out.log.as_ref().map(|l| l.path().to_owned()),
-        ..Default::default()
-    };
-    block_on(install::run(plan, opts, out.reporter.clone()))
 }
 
 /// Runs blocking prompt code so that a Ctrl-C ends the process with exit code 130 and the

@@ -111,6 +111,28 @@ fn format_attempts(attempts: &[AuthAttempt]) -> String {
         .join("; ")
 }
 
+/// The hint for a failed login, matching the methods that were tried: a refused password
+/// is a wrong password (or password login switched off), not a missing key.
+fn auth_hint(user: &str, attempts: &[AuthAttempt]) -> String {
+    let password = |a: &AuthAttempt| a.method == "password";
+    if !attempts.is_empty() && attempts.iter().all(password) {
+        let refused_by_config = attempts
+            .iter()
+            .all(|a| a.reason.contains("does not accept passwords"));
+        if refused_by_config {
+            return format!(
+                "the host does not allow password login: enable `PasswordAuthentication yes` in its sshd_config, or log in as {user} with a key (`auth: {{type: key}}`)"
+            );
+        }
+        return format!(
+            "the password for {user} is wrong: check it (the one typed, or the environment variable the answer file names for `auth.password`)"
+        );
+    }
+    format!(
+        "check that {user}'s public key is in ~/.ssh/authorized_keys on the host, that ssh-agent holds the key (`ssh-add -l`), or set `auth:` for this host in the answer file"
+    )
+}
+
 impl HostError {
     /// The host this error is about.
     pub fn host(&self) -> &str {
@@ -136,7 +158,7 @@ impl HostError {
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             HostError::Connect { .. } => "check that the host is up, that the address and port are right, and that no firewall blocks SSH from this workstation (try `ssh -v` to the same address)".into(),
-            HostError::Auth { user, .. } => format!("check that {user}'s public key is in ~/.ssh/authorized_keys on the host, that ssh-agent holds the key (`ssh-add -l`), or set `auth:` for this host in the answer file"),
+            HostError::Auth { user, attempts, .. } => auth_hint(user, attempts),
             HostError::HostKeyUnknown { .. } => "compare the fingerprint with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host; then pin it in the answer file (`hostKey:`), add it to ~/.ssh/known_hosts, or rerun with --accept-new-host-keys".into(),
             HostError::HostKeyChanged { source_of_expected, .. } => format!("if the host was reinstalled, remove the old key from {source_of_expected} and rerun; otherwise do not continue and ask your network team"),
             HostError::SudoWrongPassword { .. } => "check the sudo password (answer file `sudo.password`, or the environment variable it names)".into(),
@@ -183,6 +205,33 @@ mod tests {
         );
         assert_eq!(e.host(), "10.0.0.1");
         assert!(e.hint().is_some());
+    }
+
+    #[test]
+    fn a_refused_password_is_hinted_as_a_wrong_password_not_a_missing_key() {
+        let e = HostError::Auth {
+            host: "10.0.0.1".into(),
+            user: "admin".into(),
+            attempts: vec![AuthAttempt {
+                method: "password".into(),
+                reason: "the server rejected the password".into(),
+            }],
+        };
+        let hint = e.hint().unwrap();
+        assert!(hint.contains("password for admin is wrong"), "{hint}");
+        assert!(
+            !hint.contains("authorized_keys") && !hint.contains("ssh-agent"),
+            "{hint}"
+        );
+        let off = HostError::Auth {
+            host: "10.0.0.1".into(),
+            user: "admin".into(),
+            attempts: vec![AuthAttempt {
+                method: "password".into(),
+                reason: "the server does not accept passwords (it offers: publickey)".into(),
+            }],
+        };
+        assert!(off.hint().unwrap().contains("PasswordAuthentication"));
     }
 
     #[test]

@@ -218,6 +218,14 @@ impl Reporter {
         }
     }
 
+    /// The same sinks plus `sink` (a command that watches its own events, as the
+    /// wizard's install does for preflight findings it can offer to allow).
+    pub fn with_sink(&self, sink: Arc<dyn EventSink>) -> Self {
+        let mut sinks: Vec<Arc<dyn EventSink>> = self.sinks.iter().cloned().collect();
+        sinks.push(sink);
+        Reporter::new(sinks)
+    }
+
     /// A reporter that drops every event (for library users and tests that do not care).
     pub fn silent() -> Self {
         Reporter::default()

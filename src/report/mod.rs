@@ -17,7 +17,9 @@ pub mod terminal;
 pub mod text;
 pub mod trace;
 
-pub use events::{ChangeAction, Event, EventSink, HostOutcome, Level, Reporter, StreamKind};
+pub use events::{
+    ChangeAction, Collector, Event, EventSink, HostOutcome, Level, Reporter, StreamKind,
+};
 pub use logfile::LogFile;
 pub use prompt::Prompts;
 
