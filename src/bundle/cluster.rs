@@ -38,7 +38,11 @@ fn item(id: &str, path: &str, started: Instant, r: &Result<Vec<u8>, String>) -> 
         id: id.into(),
         node: None,
         path: path.into(),
-        status: if r.is_ok() { Status::Ok } else { Status::Failed },
+        status: match r {
+            Ok(_) => Status::Ok,
+            Err(e) if e.starts_with(NOT_SERVED) => Status::Skipped,
+            Err(_) => Status::Failed,
+        },
         exit_code: None,
         duration_ms: started.elapsed().as_millis() as u64,
         bytes_kept: r.as_ref().map_or(0, |d| d.len() as u64),
@@ -62,10 +66,14 @@ where
 {
     match tokio::time::timeout(REQUEST_TIMEOUT, api.list(&ListParams::default())).await {
         Ok(Ok(l)) => Ok(l.items),
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => Err(format!("{NOT_SERVED}: {}", s.message)),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
     }
 }
+
+/// The reason given when the API server does not serve a kind (404): `skipped`, not failed.
+const NOT_SERVED: &str = "not served by this API server";
 
 fn to_json<K: Serialize>(items: &[K]) -> Result<Vec<u8>, String> {
     let mut v = serde_json::to_value(items).map_err(|e| e.to_string())?;

@@ -82,8 +82,8 @@ pub async fn run_one(remote: &dyn Remote, node: &str, c: &Collector, limit: Dura
                     ));
                 }
                 Some(127) => {
-                    item.status = Status::Failed;
-                    item.reason = Some("a command it needs is not installed (exit 127)".into());
+                    item.status = Status::Skipped;
+                    item.reason = Some("not applicable: a command it needs is not installed on this host (exit 127)".into());
                 }
                 Some(n) => {
                     item.status = Status::Failed;

@@ -32,23 +32,7 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
         cluster: plan.cluster_name.clone(),
         ..Default::default()
     };
-    let connector = SshConnector::new(plan, opts.accept_new_host_keys, reporter.clone());
-    let tries = plan.hosts.iter().map(|h| {
-        let spec = HostSpec {
-            name: h.name.clone(),
-            address: h.ssh.address.clone(),
-            is_server: h.role == Role::Server,
-            node_name: h.node_name.clone(),
-            node_ip: h.node_ip,
-        };
-        let connector = &connector;
-        async move {
-            let remote = connector.connect(&spec).await?;
-            let f = facts::gather(remote.as_ref()).await?;
-            Ok::<_, crate::host::HostError>((remote, f))
-        }
-    });
-    let results = futures::future::join_all(tries).await;
+    let results = connect_hosts(plan, opts.accept_new_host_keys, reporter).await;
     let mut api_host: Option<Arc<dyn Remote>> = None;
     for (h, r) in plan.hosts.iter().zip(results) {
         let mut hs = HostStatus {
@@ -115,7 +99,35 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
     s
 }
 
-async fn connect(remote: Arc<dyn Remote>) -> Result<Cluster, String> {
+/// Connects to every host of the plan and gathers its facts, in parallel; one result per
+/// host, in the plan's order (also used by `support-bundle`).
+pub(crate) async fn connect_hosts(
+    plan: &Plan,
+    accept_new_host_keys: bool,
+    reporter: &Reporter,
+) -> Vec<Result<(Arc<dyn Remote>, facts::Facts), crate::host::HostError>> {
+    let connector = SshConnector::new(plan, accept_new_host_keys, reporter.clone());
+    let tries = plan.hosts.iter().map(|h| {
+        let spec = HostSpec {
+            name: h.name.clone(),
+            address: h.ssh.address.clone(),
+            is_server: h.role == Role::Server,
+            node_name: h.node_name.clone(),
+            node_ip: h.node_ip,
+        };
+        let connector = &connector;
+        async move {
+            let remote = connector.connect(&spec).await?;
+            let f = facts::gather(remote.as_ref()).await?;
+            Ok::<_, crate::host::HostError>((remote, f))
+        }
+    });
+    futures::future::join_all(tries).await
+}
+
+/// The cluster's API through a server, with the kubeconfig k3s wrote there (read into
+/// memory only; also used by `support-bundle`).
+pub(crate) async fn connect(remote: Arc<dyn Remote>) -> Result<Cluster, String> {
     let k = remote
         .read_file(paths::KUBECONFIG, true)
         .await

@@ -184,7 +184,9 @@ pub fn line(event: &Event, verbosity: i8) -> Option<String> {
                 None => format!("{prefix}{text}"),
             }
         }
-        Event::PlanReady { .. } | Event::StatusReady { .. } => return None,
+        Event::PlanReady { .. } | Event::StatusReady { .. } | Event::BundleReady { .. } => {
+            return None;
+        }
         Event::CommandFinished {
             command,
             ok,
@@ -201,6 +203,7 @@ impl EventSink for PlainRenderer {
         match event {
             Event::PlanReady { plan } => self.out(&text::plan(plan)),
             Event::StatusReady { status } => self.out(&text::status(status)),
+            Event::BundleReady { summary } => self.out(&text::bundle(summary)),
             Event::HostProgress {
                 phase,
                 host,

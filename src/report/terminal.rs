@@ -286,6 +286,10 @@ impl EventSink for TerminalRenderer {
                 let t = text::status(status);
                 self.mp.suspend(|| print!("{t}"));
             }
+            Event::BundleReady { summary } => {
+                let t = text::bundle(summary);
+                self.mp.suspend(|| print!("{t}"));
+            }
             Event::CommandFinished {
                 command,
                 ok,
