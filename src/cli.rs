@@ -86,7 +86,7 @@ pub enum Command {
     Preflight(PreflightArgs),
     /// Show the cluster's health: hosts, nodes, workloads, endpoints, the last run
     Status(StatusArgs),
-    /// Collect one redacted archive (.tar.gz) from every host and the cluster, for support
+    /// Collect one redacted .tar.gz from every host and the cluster, for a support ticket
     SupportBundle(SupportBundleArgs),
     /// Check an answer file and print the plan, without connecting to any host
     Validate(ValidateArgs),
@@ -159,8 +159,10 @@ pub struct StatusArgs {
 
 /// `installer support-bundle`.
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Exit codes: 0 complete, 3 written but partial (a node unreachable, the API down, \
-a collector failed or timed out: manifest.json says which and why), 1 no archive written.")]
+#[command(
+    after_help = "Exit codes: 0 complete, 3 written but partial (a node unreachable, the API down, \
+a collector failed or timed out: manifest.json says which and why), 1 no archive written."
+)]
 pub struct SupportBundleArgs {
     #[command(flatten)]
     pub answers: AnswerFileArg,

@@ -146,7 +146,12 @@ pub type RuleCounts = std::collections::BTreeMap<&'static str, usize>;
 pub fn redact_counted(text: &str, extra: &[String]) -> (String, RuleCounts) {
     let mut counts = RuleCounts::new();
     let mut literals: Vec<String> = registered();
-    literals.extend(extra.iter().filter(|e| e.len() >= MIN_REGISTERED_LEN).cloned());
+    literals.extend(
+        extra
+            .iter()
+            .filter(|e| e.len() >= MIN_REGISTERED_LEN)
+            .cloned(),
+    );
     let mut out = text.to_owned();
     let mut forms: Vec<String> = literals.iter().flat_map(|l| encoded_forms(l)).collect();
     forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
@@ -217,7 +222,7 @@ fn base64_private_key(v: &str) -> bool {
 fn patterns() -> &'static [Pattern] {
     static P: OnceLock<Vec<Pattern>> = OnceLock::new();
     P.get_or_init(|| {
-        const KEYS: &str = r"pass(?:word|wd|phrase)?|secret|token|api[_-]?key|credentials?|private[_-]?key|auth";
+        const KEYS: &str = r"pass(?:word|wd|phrase)?|secret|token|api[_-]?key|credentials?|private[_-]?key";
         let table: [(&'static str, String, fn(&str) -> bool); 8] = [
             ("jwt", r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}".into(), real_value),
             ("auth-header", r"(?i)(?P<pre>(?:authorization|proxy-authorization)[\x22']?\s*[:=]\s*[\x22']?(?:bearer|basic)\s+)(?P<v>[A-Za-z0-9._~+/=-]+)".into(), real_value),
@@ -239,16 +244,34 @@ fn patterns() -> &'static [Pattern] {
 
 /// The ids of every rule [`redact_counted`] applies, with what each masks.
 pub const RULES: &[(&str, &str)] = &[
-    ("known-secret", "a secret the installer knows (answer file, generated, k3s token), raw, base64, URL-encoded or JSON-escaped"),
+    (
+        "known-secret",
+        "a secret the installer knows (answer file, generated, k3s token), raw, base64, URL-encoded or JSON-escaped",
+    ),
     ("k3s-token", "a k3s join token K10<hash>::user:password"),
     ("pem-private-key", "a PEM private-key block"),
-    ("key-value", "a password/token/client-key-data value at the start of a line"),
+    (
+        "key-value",
+        "a password/token/client-key-data value at the start of a line",
+    ),
     ("jwt", "a JSON Web Token (service-account tokens)"),
-    ("auth-header", "the credentials of a Bearer or Basic Authorization header"),
+    (
+        "auth-header",
+        "the credentials of a Bearer or Basic Authorization header",
+    ),
     ("url-credentials", "user:password in a URL"),
-    ("json-secret", "a JSON value whose key names a password, token, secret or API key"),
-    ("json-escaped-secret", "the same inside an escaped JSON string"),
-    ("key-value-inline", "password=, token:, apiKey= ... values anywhere in a line"),
+    (
+        "json-secret",
+        "a JSON value whose key names a password, token, secret or API key",
+    ),
+    (
+        "json-escaped-secret",
+        "the same inside an escaped JSON string",
+    ),
+    (
+        "key-value-inline",
+        "password=, token:, apiKey= ... values anywhere in a line",
+    ),
     ("base64-private-key", "a base64-encoded PEM private key"),
     ("aws-access-key", "an AWS access key id"),
 ];
@@ -396,8 +419,14 @@ mod tests {
             serde_json::to_string(&json).unwrap(),
         ] {
             let (out, counts) = redact_counted(&text, &[s.to_owned()]);
-            assert!(counts.get("known-secret").copied().unwrap_or(0) >= 1, "{text} -> {out}");
-            assert!(!out.contains(s) && !out.contains(&b64[4..20]), "{text} -> {out}");
+            assert!(
+                counts.get("known-secret").copied().unwrap_or(0) >= 1,
+                "{text} -> {out}"
+            );
+            assert!(
+                !out.contains(s) && !out.contains(&b64[4..20]),
+                "{text} -> {out}"
+            );
         }
     }
 
@@ -427,20 +456,59 @@ mod tests {
     #[test]
     fn secret_shapes_are_masked_and_counted() {
         let cases: &[(&str, &str, &str)] = &[
-            ("jwt", "tok eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhYmMifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ end", "c2lnbmF0dXJl"),
-            ("auth-header", "Authorization: Bearer abcDEF123456789", "abcDEF123456789"),
-            ("auth-header", "authorization: basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA"),
-            ("url-credentials", "datastore https://admin:hunter2hunter@db:5432/k3s", "hunter2hunter"),
-            ("json-secret", r#"{"level":"info","apiKey":"ak-123456789","x":1}"#, "ak-123456789"),
-            ("json-escaped-secret", r#"{"log":"{\"apiKey\":\"ak-987654321\"}"}"#, "ak-987654321"),
-            ("key-value-inline", "Dec 02 host root[1]: token=tk-5555555555 done", "tk-5555555555"),
-            ("key-value-inline", "/usr/bin/app --db-password=pw-7777777 --x", "pw-7777777"),
-            ("aws-access-key", "key AKIAABCDEFGHIJKLMNOP", "AKIAABCDEFGHIJKLMNOP"),
+            (
+                "jwt",
+                "tok eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhYmMifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ end",
+                "c2lnbmF0dXJl",
+            ),
+            (
+                "auth-header",
+                "Authorization: Bearer abcDEF123456789",
+                "abcDEF123456789",
+            ),
+            (
+                "auth-header",
+                "authorization: basic dXNlcjpwYXNzd29yZA==",
+                "dXNlcjpwYXNzd29yZA",
+            ),
+            (
+                "url-credentials",
+                "datastore https://admin:hunter2hunter@db:5432/k3s",
+                "hunter2hunter",
+            ),
+            (
+                "json-secret",
+                r#"{"level":"info","apiKey":"ak-123456789","x":1}"#,
+                "ak-123456789",
+            ),
+            (
+                "json-escaped-secret",
+                r#"{"log":"{\"apiKey\":\"ak-987654321\"}"}"#,
+                "ak-987654321",
+            ),
+            (
+                "key-value-inline",
+                "Dec 02 host root[1]: token=tk-5555555555 done",
+                "tk-5555555555",
+            ),
+            (
+                "key-value-inline",
+                "/usr/bin/app --db-password=pw-7777777 --x",
+                "pw-7777777",
+            ),
+            (
+                "aws-access-key",
+                "key AKIAABCDEFGHIJKLMNOP",
+                "AKIAABCDEFGHIJKLMNOP",
+            ),
         ];
         for (rule, text, secret) in cases {
             let (out, counts) = redact_counted(text, &[]);
             assert!(!out.contains(secret), "{rule}: {text} -> {out}");
-            assert!(counts.get(rule).copied().unwrap_or(0) >= 1, "{rule}: {counts:?} {out}");
+            assert!(
+                counts.get(rule).copied().unwrap_or(0) >= 1,
+                "{rule}: {counts:?} {out}"
+            );
         }
         // Paths and placeholders are not secrets.
         let (out, _) = redact_counted("agent-token-file=/etc/rancher/k3s/agent-token", &[]);

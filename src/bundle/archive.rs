@@ -27,7 +27,12 @@ fn err(dir: &Path, e: impl std::fmt::Display) -> ArchiveError {
 
 /// Writes `entries` as `<dir>/<name>.tar.gz` under the top directory `<name>/`, sorted.
 /// Returns the final path.
-pub fn write(dir: &Path, name: &str, mut entries: Vec<Entry>, mtime: u64) -> Result<PathBuf, ArchiveError> {
+pub fn write(
+    dir: &Path,
+    name: &str,
+    mut entries: Vec<Entry>,
+    mtime: u64,
+) -> Result<PathBuf, ArchiveError> {
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     let suffix: u64 = rand::random();
     let tmp = dir.join(format!(".{name}.{suffix:016x}.partial"));
@@ -81,15 +86,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = || {
             vec![
-                Entry { path: "b.txt".into(), data: b"b".to_vec() },
-                Entry { path: "a/x.json".into(), data: b"{}".to_vec() },
+                Entry {
+                    path: "b.txt".into(),
+                    data: b"b".to_vec(),
+                },
+                Entry {
+                    path: "a/x.json".into(),
+                    data: b"{}".to_vec(),
+                },
             ]
         };
         let p = write(dir.path(), "sb", e(), 0).unwrap();
         assert_eq!(p.metadata().unwrap().permissions().mode() & 0o777, 0o600);
         let p2 = write(dir.path(), "sb", e(), 0).unwrap();
         assert_ne!(p, p2);
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(&p).unwrap()));
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(
+            std::fs::File::open(&p).unwrap(),
+        ));
         let names: Vec<String> = tar
             .entries()
             .unwrap()
@@ -97,7 +110,11 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["sb/a/x.json", "sb/b.txt"]);
         // No temporary file is left behind.
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".partial")).collect();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .collect();
         assert!(left.is_empty());
     }
 

@@ -66,7 +66,9 @@ where
 {
     match tokio::time::timeout(REQUEST_TIMEOUT, api.list(&ListParams::default())).await {
         Ok(Ok(l)) => Ok(l.items),
-        Ok(Err(kube::Error::Api(s))) if s.code == 404 => Err(format!("{NOT_SERVED}: {}", s.message)),
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => {
+            Err(format!("{NOT_SERVED}: {}", s.message))
+        }
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
     }
@@ -116,17 +118,35 @@ impl Out {
 }
 
 /// Collects everything from the cluster, within `budget`.
-pub async fn collect(cluster: &Cluster, since: Duration, budget: Duration) -> (Vec<Collected>, ClusterData) {
+pub async fn collect(
+    cluster: &Cluster,
+    since: Duration,
+    budget: Duration,
+) -> (Vec<Collected>, ClusterData) {
     let mut out = Out { files: Vec::new() };
     let mut data = ClusterData::default();
     let deadline = Instant::now() + budget;
     let c = cluster.client().clone();
 
     let t = Instant::now();
-    let v = c.apiserver_version().await.map_err(|e| e.to_string()).and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| e.to_string()));
+    let v = c
+        .apiserver_version()
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|v| serde_json::to_vec_pretty(&v).map_err(|e| e.to_string()));
     out.push("cluster/version", "cluster/version.json", t, v);
     let t = Instant::now();
-    let ready = cluster.readyz().await.map(|r| if r { b"ok\n".to_vec() } else { b"not ready\n".to_vec() }).map_err(|e| e.to_string());
+    let ready = cluster
+        .readyz()
+        .await
+        .map(|r| {
+            if r {
+                b"ok\n".to_vec()
+            } else {
+                b"not ready\n".to_vec()
+            }
+        })
+        .map_err(|e| e.to_string());
     out.push("cluster/readyz", "cluster/readyz.txt", t, ready);
 
     let t = Instant::now();
@@ -134,16 +154,27 @@ pub async fn collect(cluster: &Cluster, since: Duration, budget: Duration) -> (V
     if let Ok(n) = &nodes {
         data.nodes = n.clone();
     }
-    out.push("cluster/nodes", "cluster/nodes.json", t, nodes.and_then(|n| to_json(&n)));
+    out.push(
+        "cluster/nodes",
+        "cluster/nodes.json",
+        t,
+        nodes.and_then(|n| to_json(&n)),
+    );
     let t = Instant::now();
     let members = cluster.etcd_members().await.map_err(|e| e.to_string());
-    data.etcd_members = members.as_ref().ok().map(|m| m.iter().filter(|m| !m.is_learner).count());
+    data.etcd_members = members
+        .as_ref()
+        .ok()
+        .map(|m| m.iter().filter(|m| !m.is_learner).count());
     out.push(
         "cluster/etcd-members",
         "cluster/etcd-members.json",
         t,
         members.map(|m| {
-            let names: Vec<serde_json::Value> = m.iter().map(|m| serde_json::json!({"name": m.name, "learner": m.is_learner})).collect();
+            let names: Vec<serde_json::Value> = m
+                .iter()
+                .map(|m| serde_json::json!({"name": m.name, "learner": m.is_learner}))
+                .collect();
             serde_json::to_vec_pretty(&names).unwrap_or_default()
         }),
     );
@@ -156,7 +187,12 @@ pub async fn collect(cluster: &Cluster, since: Duration, budget: Duration) -> (V
                 .filter_map(|n| n.metadata.name.clone())
                 .filter(|n| !SKIP_NAMESPACES.contains(&n.as_str()))
                 .collect();
-            out.push("cluster/namespaces", "cluster/namespaces.json", t, to_json(&ns));
+            out.push(
+                "cluster/namespaces",
+                "cluster/namespaces.json",
+                t,
+                to_json(&ns),
+            );
             names
         }
         Err(e) => {
@@ -169,8 +205,15 @@ pub async fn collect(cluster: &Cluster, since: Duration, budget: Duration) -> (V
         macro_rules! kind {
             ($k:ty, $name:literal) => {{
                 let t = Instant::now();
-                let r = list(Api::<$k>::namespaced(c.clone(), ns)).await.and_then(|l| to_json(&l));
-                out.push(concat!("cluster/", $name), &format!("cluster/{ns}/{}.json", $name), t, r);
+                let r = list(Api::<$k>::namespaced(c.clone(), ns))
+                    .await
+                    .and_then(|l| to_json(&l));
+                out.push(
+                    concat!("cluster/", $name),
+                    &format!("cluster/{ns}/{}.json", $name),
+                    t,
+                    r,
+                );
             }};
         }
         kind!(Event, "events");
@@ -182,21 +225,49 @@ pub async fn collect(cluster: &Cluster, since: Duration, budget: Duration) -> (V
         kind!(NetworkPolicy, "networkpolicies");
         kind!(ConfigMap, "configmaps");
         let t = Instant::now();
-        let r = list(Api::<Secret>::namespaced(c.clone(), ns)).await.and_then(|l| secret_keys(&l));
-        out.push("cluster/secrets", &format!("cluster/{ns}/secrets.json"), t, r);
+        let r = list(Api::<Secret>::namespaced(c.clone(), ns))
+            .await
+            .and_then(|l| secret_keys(&l));
+        out.push(
+            "cluster/secrets",
+            &format!("cluster/{ns}/secrets.json"),
+            t,
+            r,
+        );
         let t = Instant::now();
         let pods = list(Api::<Pod>::namespaced(c.clone(), ns)).await;
         let pod_list = pods.as_ref().ok().cloned().unwrap_or_default();
-        out.push("cluster/pods", &format!("cluster/{ns}/pods.json"), t, pods.and_then(|p| to_json(&p)));
+        out.push(
+            "cluster/pods",
+            &format!("cluster/{ns}/pods.json"),
+            t,
+            pods.and_then(|p| to_json(&p)),
+        );
         let api: Api<Pod> = Api::namespaced(c.clone(), ns);
         for pod in &pod_list {
-            let Some(name) = pod.metadata.name.clone() else { continue };
-            let statuses = pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten().chain(s.init_container_statuses.iter().flatten()));
-            let containers: Vec<(String, bool)> = statuses.map(|s| (s.name.clone(), s.restart_count > 0)).collect();
+            let Some(name) = pod.metadata.name.clone() else {
+                continue;
+            };
+            let statuses = pod.status.iter().flat_map(|s| {
+                s.container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.init_container_statuses.iter().flatten())
+            });
+            let containers: Vec<(String, bool)> = statuses
+                .map(|s| (s.name.clone(), s.restart_count > 0))
+                .collect();
             for (container, restarted) in containers {
                 for previous in [false, true] {
-                    let path = format!("cluster/{ns}/logs/{name}/{container}{}.log", if previous { ".previous" } else { "" });
-                    let id = if previous { "cluster/logs-previous" } else { "cluster/logs" };
+                    let path = format!(
+                        "cluster/{ns}/logs/{name}/{container}{}.log",
+                        if previous { ".previous" } else { "" }
+                    );
+                    let id = if previous {
+                        "cluster/logs-previous"
+                    } else {
+                        "cluster/logs"
+                    };
                     if previous && !restarted {
                         continue;
                     }
@@ -204,8 +275,14 @@ pub async fn collect(cluster: &Cluster, since: Duration, budget: Duration) -> (V
                     if Instant::now() >= deadline {
                         let mut i = item(id, &path, t, &Err(String::new()));
                         i.status = Status::Timeout;
-                        i.reason = Some(format!("the cluster's budget of {} s was spent", budget.as_secs()));
-                        out.files.push(Collected { item: i, data: Vec::new() });
+                        i.reason = Some(format!(
+                            "the cluster's budget of {} s was spent",
+                            budget.as_secs()
+                        ));
+                        out.files.push(Collected {
+                            item: i,
+                            data: Vec::new(),
+                        });
                         continue;
                     }
                     let lp = LogParams {
@@ -216,7 +293,8 @@ pub async fn collect(cluster: &Cluster, since: Duration, budget: Duration) -> (V
                         since_seconds: Some(since.as_secs() as i64),
                         ..Default::default()
                     };
-                    let r = match tokio::time::timeout(REQUEST_TIMEOUT, api.logs(&name, &lp)).await {
+                    let r = match tokio::time::timeout(REQUEST_TIMEOUT, api.logs(&name, &lp)).await
+                    {
                         Ok(Ok(s)) => Ok(s.into_bytes()),
                         Ok(Err(e)) => Err(e.to_string()),
                         Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),

@@ -102,7 +102,10 @@ pub const NEVER_READ: &[&str] = &[
 
 /// The node collectors, in the order they run.
 pub fn node_collectors(ctx: &Context) -> Vec<Collector> {
-    let since = format!("--since @{} --no-pager -o short-iso-precise --utc", ctx.since_epoch);
+    let since = format!(
+        "--since @{} --no-pager -o short-iso-precise --utc",
+        ctx.since_epoch
+    );
     let mut reach = String::from("for t in");
     for (name, addr) in &ctx.peers {
         for p in &ctx.ports {
@@ -170,7 +173,10 @@ mod tests {
         for c in &all {
             assert!(c.timeout.as_secs() > 0 && c.cap > 0, "{}", c.id);
             let w = c.wrapped();
-            assert!(w.contains("timeout -k 5") && w.contains(&format!("tail -c {}", c.cap)), "{w}");
+            assert!(
+                w.contains("timeout -k 5") && w.contains(&format!("tail -c {}", c.cap)),
+                "{w}"
+            );
         }
     }
 
@@ -198,7 +204,11 @@ mod tests {
         let all = node_collectors(&ctx());
         let r = all.iter().find(|c| c.id == "network/reachability").unwrap();
         for p in CLUSTER_PORTS {
-            assert!(r.script.contains(&format!("b,10.0.0.2,{p}")), "{}", r.script);
+            assert!(
+                r.script.contains(&format!("b,10.0.0.2,{p}")),
+                "{}",
+                r.script
+            );
         }
     }
 }

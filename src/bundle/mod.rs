@@ -135,7 +135,12 @@ async fn learn_node_secrets(remote: &dyn Remote, redactor: &mut Redactor) {
         if f == paths::KUBECONFIG {
             for line in text.lines() {
                 let t = line.trim();
-                for key in ["client-key-data:", "client-certificate-data:", "token:", "password:"] {
+                for key in [
+                    "client-key-data:",
+                    "client-certificate-data:",
+                    "token:",
+                    "password:",
+                ] {
                     if let Some(v) = t.strip_prefix(key) {
                         let v = v.trim();
                         redactor.learn(v);
@@ -143,7 +148,10 @@ async fn learn_node_secrets(remote: &dyn Remote, redactor: &mut Redactor) {
                         if let Ok(pem) = base64::engine::general_purpose::STANDARD.decode(v) {
                             let pem = String::from_utf8_lossy(&pem).into_owned();
                             // The key's body lines, one by one (they are what a leak shows).
-                            for l in pem.lines().filter(|l| !l.starts_with("-----") && l.len() >= 16) {
+                            for l in pem
+                                .lines()
+                                .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+                            {
                                 redactor.learn(l);
                             }
                         }
@@ -163,7 +171,11 @@ async fn learn_node_secrets(remote: &dyn Remote, redactor: &mut Redactor) {
 }
 
 fn clock_offset(c: &Collected, t0: i64, t1: i64) -> Option<i64> {
-    let first = String::from_utf8_lossy(&c.data).lines().next()?.trim().to_owned();
+    let first = String::from_utf8_lossy(&c.data)
+        .lines()
+        .next()?
+        .trim()
+        .to_owned();
     let remote: f64 = first.parse().ok()?;
     Some((remote * 1000.0) as i64 - (t0 + t1) / 2)
 }
@@ -257,12 +269,24 @@ pub async fn collect(input: Input<'_>, reporter: &Reporter) -> Result<Summary, B
                 message: "collecting from the Kubernetes API".into(),
             });
             let (files, data) = cluster::collect(c, opts.since, opts.cluster_budget).await;
-            (files, Some(data), ApiEntry { reachable: true, via: Some(c.via().to_owned()), reason: None })
+            (
+                files,
+                Some(data),
+                ApiEntry {
+                    reachable: true,
+                    via: Some(c.via().to_owned()),
+                    reason: None,
+                },
+            )
         }
         Err(e) => (
             Vec::new(),
             None,
-            ApiEntry { reachable: false, via: None, reason: Some(crate::secret::redact(&e)) },
+            ApiEntry {
+                reachable: false,
+                via: None,
+                reason: Some(crate::secret::redact(&e)),
+            },
         ),
     };
 
@@ -280,7 +304,12 @@ pub async fn collect(input: Input<'_>, reporter: &Reporter) -> Result<Summary, B
             name: n.name.clone(),
             role: if n.is_server { "server" } else { "agent" }.into(),
             address: n.address.clone(),
-            ssh: if n.remote.is_ok() { "ok" } else { "unreachable" }.into(),
+            ssh: if n.remote.is_ok() {
+                "ok"
+            } else {
+                "unreachable"
+            }
+            .into(),
             error: n.remote.as_ref().err().map(|e| crate::secret::redact(e)),
             clock_offset_ms: offset,
             duration_ms: took.as_millis() as u64,
@@ -300,7 +329,12 @@ pub async fn collect(input: Input<'_>, reporter: &Reporter) -> Result<Summary, B
     }
     findings.extend(analysis::nodes(&node_entries));
     if let Some(d) = &cluster_data {
-        findings.extend(analysis::cluster(&d.nodes, &d.pods, d.etcd_members, opts.expected_servers));
+        findings.extend(analysis::cluster(
+            &d.nodes,
+            &d.pods,
+            d.etcd_members,
+            opts.expected_servers,
+        ));
     }
     for c in cluster_files {
         add(&mut entries, &mut items, &mut redactor, c);
@@ -339,14 +373,27 @@ pub async fn collect(input: Input<'_>, reporter: &Reporter) -> Result<Summary, B
     findings.sort_by(|a, b| a.severity.cmp(&b.severity).then(a.id.cmp(&b.id)));
     redactor.report.selfcheck = "passed".into();
     let json = |v: &dyn erased::Json| v.to_json();
-    entries.push(Entry { path: "manifest.json".into(), data: json(&manifest) });
-    entries.push(Entry { path: "analysis.json".into(), data: json(&findings) });
-    entries.push(Entry { path: "redactions.json".into(), data: json(&redactor.report) });
+    entries.push(Entry {
+        path: "manifest.json".into(),
+        data: json(&manifest),
+    });
+    entries.push(Entry {
+        path: "analysis.json".into(),
+        data: json(&findings),
+    });
+    entries.push(Entry {
+        path: "redactions.json".into(),
+        data: json(&redactor.report),
+    });
 
     let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
         .to_string()
         .replace(['-', ':'], "");
-    let name = format!("support-bundle-{}-{}", input.cluster_name, stamp.trim_end_matches('Z'));
+    let name = format!(
+        "support-bundle-{}-{}",
+        input.cluster_name,
+        stamp.trim_end_matches('Z')
+    );
     let path = archive::write(&opts.out_dir, &format!("{name}Z"), entries, now as u64)?;
     if opts.redact
         && let Err(e) = redact::scan_archive(&path, &redactor.literals())
@@ -360,7 +407,10 @@ pub async fn collect(input: Input<'_>, reporter: &Reporter) -> Result<Summary, B
         bytes,
         complete: manifest.complete(),
         seconds: started.elapsed().as_secs_f64(),
-        nodes: node_entries.iter().map(|n| (n.name.clone(), n.ssh.clone())).collect(),
+        nodes: node_entries
+            .iter()
+            .map(|n| (n.name.clone(), n.ssh.clone()))
+            .collect(),
         api: match &api.via {
             Some(v) => format!("answered through {v}"),
             None => format!("not reachable: {}", api.reason.as_deref().unwrap_or("?")),
@@ -380,7 +430,10 @@ fn add(entries: &mut Vec<Entry>, items: &mut Vec<Item>, redactor: &mut Redactor,
     let mut item = c.item;
     if !c.data.is_empty() {
         match redactor.file(&item.path, &c.data) {
-            Some(data) => entries.push(Entry { path: item.path.clone(), data }),
+            Some(data) => entries.push(Entry {
+                path: item.path.clone(),
+                data,
+            }),
             None => {
                 item.status = Status::Failed;
                 item.reason = Some("binary output dropped (cannot be redacted)".into());

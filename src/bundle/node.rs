@@ -120,7 +120,11 @@ pub async fn run_one(remote: &dyn Remote, node: &str, c: &Collector, limit: Dura
 /// Runs every applicable collector on a node, in order, within the node's budget: once the
 /// budget is spent, what is left is recorded as `timeout`. A dropped connection marks what
 /// is left `unreachable` rather than waiting on each.
-pub async fn run_node(remote: Arc<dyn Remote>, run: &NodeRun<'_>, collectors: &[Collector]) -> Vec<Collected> {
+pub async fn run_node(
+    remote: Arc<dyn Remote>,
+    run: &NodeRun<'_>,
+    collectors: &[Collector],
+) -> Vec<Collected> {
     let deadline = Instant::now() + run.budget;
     let mut out = Vec::new();
     let mut lost: Option<String> = None;
@@ -161,10 +165,7 @@ pub async fn run_node(remote: Arc<dyn Remote>, run: &NodeRun<'_>, collectors: &[
         let limit = (c.timeout + Duration::from_secs(10)).min(left);
         let got = run_one(remote.as_ref(), run.name, c, limit).await;
         if got.item.status == Status::Unreachable {
-            lost = Some(format!(
-                "the connection was lost during {}",
-                got.item.id
-            ));
+            lost = Some(format!("the connection was lost during {}", got.item.id));
         }
         out.push(got);
     }
@@ -182,33 +183,75 @@ mod tests {
 
     #[test]
     fn the_trailer_gives_exit_code_and_raw_bytes() {
-        let (rc, n) = parse_trailer("__bundle_rc=124\n2+1 records in\n2+1 records out\n70000 bytes (70 kB, 68 KiB) copied, 0.1 s, 1 MB/s\n");
+        let (rc, n) = parse_trailer(
+            "__bundle_rc=124\n2+1 records in\n2+1 records out\n70000 bytes (70 kB, 68 KiB) copied, 0.1 s, 1 MB/s\n",
+        );
         assert_eq!((rc, n), (Some(124), Some(70000)));
     }
 
     #[tokio::test]
     async fn statuses_follow_the_exit_codes_and_caps_count_dropped_bytes() {
         let fake = FakeRemote::new("a")
-            .on_contains("echo ok", Reply::exit(0, "12345678", "__bundle_rc=0\n20 bytes copied\n"))
-            .on_contains("echo slow", Reply::exit(0, "partial", "__bundle_rc=124\n7 bytes copied\n"))
-            .on_contains("echo bad", Reply::exit(0, "", "__bundle_rc=2\n0 bytes copied\n"));
+            .on_contains(
+                "echo ok",
+                Reply::exit(0, "12345678", "__bundle_rc=0\n20 bytes copied\n"),
+            )
+            .on_contains(
+                "echo slow",
+                Reply::exit(0, "partial", "__bundle_rc=124\n7 bytes copied\n"),
+            )
+            .on_contains(
+                "echo bad",
+                Reply::exit(0, "", "__bundle_rc=2\n0 bytes copied\n"),
+            );
         let remote: Arc<dyn Remote> = Arc::new(fake);
-        let run = NodeRun { name: "a", is_server: false, api_up: true, budget: Duration::from_secs(60) };
+        let run = NodeRun {
+            name: "a",
+            is_server: false,
+            api_up: true,
+            budget: Duration::from_secs(60),
+        };
         let mut etcd = c("etcd", 1);
         etcd.applies = Applies::Servers;
         let got = run_node(remote, &run, &[c("ok", 1), c("slow", 1), c("bad", 1), etcd]).await;
-        let s: Vec<(Status, u64, u64)> = got.iter().map(|g| (g.item.status, g.item.bytes_kept, g.item.bytes_dropped)).collect();
-        assert_eq!(s, vec![(Status::Ok, 8, 12), (Status::Timeout, 7, 0), (Status::Failed, 0, 0), (Status::Skipped, 0, 0)]);
-        assert!(got.iter().all(|g| g.item.status == Status::Ok || g.item.reason.is_some()));
+        let s: Vec<(Status, u64, u64)> = got
+            .iter()
+            .map(|g| (g.item.status, g.item.bytes_kept, g.item.bytes_dropped))
+            .collect();
+        assert_eq!(
+            s,
+            vec![
+                (Status::Ok, 8, 12),
+                (Status::Timeout, 7, 0),
+                (Status::Failed, 0, 0),
+                (Status::Skipped, 0, 0)
+            ]
+        );
+        assert!(
+            got.iter()
+                .all(|g| g.item.status == Status::Ok || g.item.reason.is_some())
+        );
     }
 
     #[tokio::test]
     async fn a_spent_budget_records_the_rest_as_timeout() {
         let fake = FakeRemote::new("a").on_contains("echo", Reply::exit(0, "x", "__bundle_rc=0\n"));
         let remote: Arc<dyn Remote> = Arc::new(fake);
-        let run = NodeRun { name: "a", is_server: true, api_up: true, budget: Duration::ZERO };
+        let run = NodeRun {
+            name: "a",
+            is_server: true,
+            api_up: true,
+            budget: Duration::ZERO,
+        };
         let got = run_node(remote, &run, &[c("one", 1), c("two", 1)]).await;
         assert!(got.iter().all(|g| g.item.status == Status::Timeout));
-        assert!(got[0].item.reason.as_deref().unwrap_or("").contains("budget"));
+        assert!(
+            got[0]
+                .item
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("budget")
+        );
     }
 }

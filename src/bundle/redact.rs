@@ -116,7 +116,9 @@ impl Redactor {
 /// A known secret found in the finished archive.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("a known secret survived redaction in {path} (rule forms: raw/base64/URL/JSON); the archive was deleted")]
+    #[error(
+        "a known secret survived redaction in {path} (rule forms: raw/base64/URL/JSON); the archive was deleted"
+    )]
     Leak { path: String },
     #[error("cannot read back the archive for the final secret scan: {0}")]
     Read(String),
@@ -158,10 +160,16 @@ mod tests {
     fn counts_per_file_and_rule_never_values() {
         let mut r = Redactor::new(vec!["learnt-token-value-1".into()], true);
         let out = r
-            .file("nodes/a/x.txt", b"a learnt-token-value-1 b\npassword: pw-123456\n")
+            .file(
+                "nodes/a/x.txt",
+                b"a learnt-token-value-1 b\npassword: pw-123456\n",
+            )
             .unwrap();
         let out = String::from_utf8(out).unwrap();
-        assert!(!out.contains("learnt-token-value-1") && !out.contains("pw-123456"), "{out}");
+        assert!(
+            !out.contains("learnt-token-value-1") && !out.contains("pw-123456"),
+            "{out}"
+        );
         assert_eq!(r.report.files["nodes/a/x.txt"]["known-secret"], 1);
         assert_eq!(r.report.totals["key-value"], 1);
         let json = serde_json::to_string(&r.report).unwrap();
@@ -188,7 +196,10 @@ mod scan_tests {
         let ok = super::super::archive::write(
             dir.path(),
             "ok",
-            vec![super::super::archive::Entry { path: "a.txt".into(), data: b"nothing here".to_vec() }],
+            vec![super::super::archive::Entry {
+                path: "a.txt".into(),
+                data: b"nothing here".to_vec(),
+            }],
             0,
         )
         .unwrap();
@@ -197,7 +208,10 @@ mod scan_tests {
         let bad = super::super::archive::write(
             dir.path(),
             "bad",
-            vec![super::super::archive::Entry { path: "nodes/a/f.txt".into(), data: format!("x {b64} y").into_bytes() }],
+            vec![super::super::archive::Entry {
+                path: "nodes/a/f.txt".into(),
+                data: format!("x {b64} y").into_bytes(),
+            }],
             0,
         )
         .unwrap();

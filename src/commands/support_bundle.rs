@@ -35,7 +35,8 @@ pub async fn run(
     let mut seen = Vec::new();
     let mut api_candidates: Vec<Arc<dyn Remote>> = Vec::new();
     for (h, r) in plan.hosts.iter().zip(results) {
-        let mut row = serde_json::json!({"host": h.name, "role": h.role.as_str(), "address": h.ssh.address});
+        let mut row =
+            serde_json::json!({"host": h.name, "role": h.role.as_str(), "address": h.ssh.address});
         let remote = match r {
             Ok((remote, f)) => {
                 row["reachable"] = true.into();
@@ -68,7 +69,10 @@ pub async fn run(
     }
     if nodes.is_empty() {
         return Err(Error::usage(
-            format!("--nodes {} names no host of the answer file", args.nodes.join(",")),
+            format!(
+                "--nodes {} names no host of the answer file",
+                args.nodes.join(",")
+            ),
             Some("name hosts as the answer file does, or their node names".to_string()),
         ));
     }
@@ -102,6 +106,12 @@ pub async fn run(
         "plan.json".into(),
         serde_json::to_vec_pretty(&plan.summary()).unwrap_or_default(),
     ));
+    // The answer file itself, redacted like everything else (its secrets are registered).
+    if let Some(f) = &plan.answer_file
+        && let Ok(text) = std::fs::read(f)
+    {
+        workstation.push(("answers.yaml".into(), text));
+    }
     let journal = session::state_dir(&plan).join("journal.jsonl");
     if let Ok(j) = std::fs::read(&journal) {
         workstation.push(("journal.jsonl".into(), j));
@@ -126,9 +136,12 @@ pub async fn run(
         workstation,
         options,
     };
-    let summary = bundle::collect(input, &reporter)
-        .await
-        .map_err(|e| Error::failed(e, Some("no archive was written; the log file has the details".to_string())))?;
+    let summary = bundle::collect(input, &reporter).await.map_err(|e| {
+        Error::failed(
+            e,
+            Some("no archive was written; the log file has the details".to_string()),
+        )
+    })?;
     let complete = summary.complete;
     let path = summary.path.clone();
     reporter.emit(Event::BundleReady { summary });

@@ -110,9 +110,7 @@ pub enum Event {
     },
     /// The result of `installer support-bundle`: where the archive is, what it holds, what
     /// the analysis found (paths, counts and findings: no secret).
-    BundleReady {
-        summary: crate::bundle::Summary,
-    },
+    BundleReady { summary: crate::bundle::Summary },
     /// The command is over; `ok` says whether it succeeded.
     CommandFinished {
         command: String,

@@ -55,7 +55,11 @@ pub fn bundle(s: &crate::bundle::Summary) -> String {
     let _ = writeln!(out, "  items: {}; API {}", counts.join(", "), s.api);
     let nodes: Vec<String> = s.nodes.iter().map(|(n, st)| format!("{n} {st}")).collect();
     let _ = writeln!(out, "  nodes: {}", nodes.join(", "));
-    let _ = writeln!(out, "  {} values redacted (see redactions.json); review before sending", s.redactions);
+    let _ = writeln!(
+        out,
+        "  {} values redacted (see redactions.json); review before sending",
+        s.redactions
+    );
     if s.findings.is_empty() {
         let _ = writeln!(out, "  analysis: no problem found");
     } else {
