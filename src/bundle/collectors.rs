@@ -61,7 +61,7 @@ impl Collector {
     /// on stderr (`__bundle_rc=N`, dd's `N bytes`), the newest `cap` bytes on stdout.
     pub fn wrapped(&self) -> String {
         format!(
-            "LC_ALL=C; export LC_ALL; {{ nice -n 19 timeout -k 5 {t} sh -c {s} 2>&1 </dev/null; echo \"__bundle_rc=$?\" >&2; }} | dd bs=65536 2>&2 | tail -c {cap}",
+            "LC_ALL=C PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; export LC_ALL PATH; {{ nice -n 19 timeout -k 5 {t} sh -c {s} 2>&1 </dev/null; echo \"__bundle_rc=$?\" >&2; }} | dd bs=65536 2>&2 | tail -c {cap}",
             t = self.timeout.as_secs().max(1),
             s = shell_quote(&self.script),
             cap = self.cap,
