@@ -12,6 +12,7 @@ Exit codes:
   0    success
   1    the command ran and failed (a host, a phase, a check)
   2    bad input or usage: nothing was changed on any host
+  3    support-bundle: the archive was written but is partial
   130  interrupted (Ctrl-C): rerun the same command to continue
 
 Environment:
@@ -85,6 +86,8 @@ pub enum Command {
     Preflight(PreflightArgs),
     /// Show the cluster's health: hosts, nodes, workloads, endpoints, the last run
     Status(StatusArgs),
+    /// Collect one redacted .tar.gz from every host and the cluster, for a support ticket
+    SupportBundle(SupportBundleArgs),
     /// Check an answer file and print the plan, without connecting to any host
     Validate(ValidateArgs),
     /// Print the answer file's JSON Schema
@@ -148,6 +151,41 @@ pub struct InstallArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub answers: AnswerFileArg,
+
+    /// Trust and record host keys not yet in known_hosts nor pinned in the answer file
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+}
+
+/// `installer support-bundle`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Exit codes: 0 complete, 3 written but partial (a node unreachable, the API down, \
+a collector failed or timed out: manifest.json says which and why), 1 no archive written."
+)]
+pub struct SupportBundleArgs {
+    #[command(flatten)]
+    pub answers: AnswerFileArg,
+
+    /// Write the archive in this directory
+    #[arg(short = 'o', long = "out-dir", value_name = "DIR", default_value = ".")]
+    pub out_dir: PathBuf,
+
+    /// Journals and logs from this long ago (`7d`, `12h`)
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub since: std::time::Duration,
+
+    /// Only these hosts (as named in the answer file, or their node names), comma-separated
+    #[arg(long, value_name = "HOST,...", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+
+    /// Time budget per host: what is left when it runs out is recorded as `timeout`
+    #[arg(long, value_name = "DURATION", default_value = "8m", value_parser = humantime::parse_duration)]
+    pub node_budget: std::time::Duration,
+
+    /// Do not contact the Kubernetes API (node collectors only, pod logs read on the nodes)
+    #[arg(long)]
+    pub no_cluster: bool,
 
     /// Trust and record host keys not yet in known_hosts nor pinned in the answer file
     #[arg(long)]

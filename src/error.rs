@@ -14,6 +14,9 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 /// Exit code: bad input (answer file, flags) or usage; nothing was changed on any host.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit code: `support-bundle` wrote its archive, but something is missing from it (a node
+/// unreachable, the API down, a collector failed or timed out).
+pub const EXIT_PARTIAL: i32 = 3;
 /// Exit code: interrupted (Ctrl-C); a rerun continues where this one stopped.
 pub const EXIT_INTERRUPTED: i32 = 130;
 
@@ -34,6 +37,13 @@ pub enum Error {
     /// The user pressed Ctrl-C. Exit 130.
     #[error("interrupted")]
     Interrupted,
+
+    /// The command did part of its job (a support bundle written but incomplete). Exit 3.
+    #[error("{message}")]
+    Partial {
+        message: String,
+        hint: Option<String>,
+    },
 
     /// The command ran and failed. Exit 1.
     #[error("{source:#}")]
@@ -66,6 +76,7 @@ impl Error {
             Error::Invalid(_) | Error::Usage { .. } => EXIT_USAGE,
             Error::Interrupted => EXIT_INTERRUPTED,
             Error::Failed { .. } => EXIT_FAILED,
+            Error::Partial { .. } => EXIT_PARTIAL,
         }
     }
 
@@ -73,7 +84,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Invalid(_) => None,
-            Error::Usage { hint, .. } => hint.clone(),
+            Error::Usage { hint, .. } | Error::Partial { hint, .. } => hint.clone(),
             Error::Interrupted => {
                 Some("rerun the same command to continue where this run stopped".into())
             }

@@ -74,24 +74,209 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Every registered secret, longest first (for the support bundle's literal matching and
+/// its final scan). The values stay in memory; callers must never write them anywhere.
+pub fn registered() -> Vec<String> {
+    registry().lock().map(|r| r.clone()).unwrap_or_default()
+}
+
+/// The forms in which `value` may appear in collected text: raw, base64 (standard and
+/// URL-safe alphabets, at each of the 3 byte offsets, so a secret inside a larger encoded
+/// blob is found too), percent-encoded and JSON-escaped. Deduplicated; fragments shorter
+/// than [`MIN_REGISTERED_LEN`] are left out (they would match unrelated text).
+pub fn encoded_forms(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let mut forms = vec![value.to_owned()];
+    let bytes = value.as_bytes();
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for offset in 0..3usize {
+            let mut input = vec![0u8; offset];
+            input.extend_from_slice(bytes);
+            let enc = engine.encode(&input);
+            // The characters that depend only on the value's bytes: skip those mixing in
+            // the leading filler and the trailing partial sextet.
+            let start = [0, 2, 3][offset];
+            let end = (input.len() * 8) / 6;
+            if end > start && end - start >= MIN_REGISTERED_LEN {
+                forms.push(enc[start..end].to_owned());
+            }
+        }
+    }
+    let mut pct = String::new();
+    for b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(b) {
+            pct.push(char::from(*b));
+        } else {
+            pct.push_str(&format!("%{b:02X}"));
+        }
+    }
+    forms.push(pct.clone());
+    forms.push(pct.to_ascii_lowercase().replace("%20", "+"));
+    if let Ok(json) = serde_json::to_string(value) {
+        let inner = json.trim_matches('"').to_owned();
+        // Escaped twice, as in a JSON string that holds JSON (a log line in a pod log).
+        if let Ok(twice) = serde_json::to_string(&inner) {
+            forms.push(twice.trim_matches('"').to_owned());
+        }
+        forms.push(inner);
+    }
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    forms
+}
+
 /// Masks every registered secret and every well-known secret shape in `text`:
+/// - every registered secret, in each of its [`encoded_forms`];
 /// - k3s tokens `K10<64 hex>::user:password` (the whole token);
 /// - PEM private-key blocks (`-----BEGIN ... PRIVATE KEY-----` to the matching END);
 /// - kubeconfig `client-key-data:` and `token:` values;
 /// - `password`/`passphrase`/`token` values in `key: value` or `key=value` form.
 pub fn redact(text: &str) -> String {
+    redact_counted(text, &[]).0
+}
+
+/// How many replacements each rule of [`redact_counted`] made.
+pub type RuleCounts = std::collections::BTreeMap<&'static str, usize>;
+
+/// [`redact`], also masking `extra` literals (in all their forms) and counting what each
+/// rule replaced (the support bundle's `redactions.json`: counts only, never values).
+///
+/// Rules: `known-secret`, `k3s-token`, `pem-private-key`, `key-value`.
+pub fn redact_counted(text: &str, extra: &[String]) -> (String, RuleCounts) {
+    let mut counts = RuleCounts::new();
+    let mut literals: Vec<String> = registered();
+    literals.extend(
+        extra
+            .iter()
+            .filter(|e| e.len() >= MIN_REGISTERED_LEN)
+            .cloned(),
+    );
     let mut out = text.to_owned();
-    if let Ok(reg) = registry().lock() {
-        for secret in reg.iter() {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), MASK);
-            }
+    let mut forms: Vec<String> = literals.iter().flat_map(|l| encoded_forms(l)).collect();
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    for form in &forms {
+        let n = out.matches(form.as_str()).count();
+        if n > 0 {
+            out = out.replace(form.as_str(), MASK);
+            *counts.entry("known-secret").or_default() += n;
         }
     }
-    out = redact_k3s_tokens(&out);
-    out = redact_pem_private_keys(&out);
-    redact_key_values(&out)
+    let mut stage = |name: &'static str, out: &mut String, f: fn(&str) -> String| {
+        let before = out.matches(MASK).count();
+        let next = f(out);
+        let after = next.matches(MASK).count();
+        if after > before {
+            *counts.entry(name).or_default() += after - before;
+        }
+        *out = next;
+    };
+    stage("k3s-token", &mut out, redact_k3s_tokens);
+    stage("pem-private-key", &mut out, redact_pem_private_keys);
+    stage("key-value", &mut out, redact_key_values);
+    for rule in patterns() {
+        let mut n = 0usize;
+        let next = rule.re.replace_all(&out, |c: &regex::Captures<'_>| {
+            let whole = c.get(0).map_or("", |m| m.as_str());
+            let value = c.name("v").map_or(whole, |m| m.as_str());
+            if !(rule.keep)(value) {
+                return whole.to_owned();
+            }
+            n += 1;
+            let pre = c.name("pre").map_or("", |m| m.as_str());
+            let post = c.name("post").map_or("", |m| m.as_str());
+            format!("{pre}{MASK}{post}")
+        });
+        if n > 0 {
+            out = next.into_owned();
+            *counts.entry(rule.id).or_default() += n;
+        }
+    }
+    (out, counts)
 }
+
+/// A secret-shaped pattern: `v` (or the whole match) is masked, `pre` and `post` kept.
+struct Pattern {
+    id: &'static str,
+    re: regex::Regex,
+    /// Whether a matched value really is to be masked (not already a mask, not a path).
+    keep: fn(&str) -> bool,
+}
+
+fn real_value(v: &str) -> bool {
+    let v = v.trim_matches(['"', '\'', ' ']);
+    !(v.is_empty() || v.starts_with(MASK) || v.starts_with('/') || v.starts_with("${"))
+}
+
+fn base64_private_key(v: &str) -> bool {
+    use base64::Engine as _;
+    let cut = &v[..v.len() - v.len() % 4];
+    base64::engine::general_purpose::STANDARD
+        .decode(cut)
+        .map(|d| String::from_utf8_lossy(&d).contains("PRIVATE KEY"))
+        .unwrap_or(true)
+}
+
+/// The secret shapes beyond the hand-written ones above (ids appear in `redactions.json`).
+fn patterns() -> &'static [Pattern] {
+    static P: OnceLock<Vec<Pattern>> = OnceLock::new();
+    P.get_or_init(|| {
+        const KEYS: &str = r"pass(?:word|wd|phrase)?|secret|token|api[_-]?key|credentials?|private[_-]?key";
+        // (rule id, regex, whether a match is a real value and not a placeholder)
+        type Rule = (&'static str, String, fn(&str) -> bool);
+        let table: [Rule; 8] = [
+            ("jwt", r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}".into(), real_value),
+            ("auth-header", r"(?i)(?P<pre>(?:authorization|proxy-authorization)[\x22']?\s*[:=]\s*[\x22']?(?:bearer|basic)\s+)(?P<v>[A-Za-z0-9._~+/=-]+)".into(), real_value),
+            ("url-credentials", r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://)(?P<v>[^/\s:@]+:[^/\s@]+)(?P<post>@)".into(), real_value),
+            ("json-secret", format!(r#"(?i)(?P<pre>"[A-Za-z0-9_.-]*(?:{KEYS})"\s*:\s*")(?P<v>(?:[^"\\]|\\.)+)(?P<post>")"#), real_value),
+            ("json-escaped-secret", format!(r#"(?i)(?P<pre>\\+"[A-Za-z0-9_.-]*(?:{KEYS})\\+"\s*:\s*\\+")(?P<v>[^"\\]+)(?P<post>\\+")"#), real_value),
+            ("key-value-inline", format!(r#"(?i)(?P<pre>(?:^|[\s,;&?({{])-{{0,2}}[A-Za-z0-9_.-]*(?:{KEYS})\s*[=:]\s*)(?P<v>"[^"\n]*"|'[^'\n]*'|[^\s"',;&)}}]+)"#), real_value),
+            ("base64-private-key", r"LS0tLS1CRUdJTi[A-Za-z0-9+/=]{16,}".into(), base64_private_key),
+            ("aws-access-key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b".into(), real_value),
+        ];
+        table
+            .into_iter()
+            .filter_map(|(id, re, keep)| {
+                regex::Regex::new(&re).ok().map(|re| Pattern { id, re, keep })
+            })
+            .collect()
+    })
+}
+
+/// The ids of every rule [`redact_counted`] applies, with what each masks.
+pub const RULES: &[(&str, &str)] = &[
+    (
+        "known-secret",
+        "a secret the installer knows (answer file, generated, k3s token), raw, base64, URL-encoded or JSON-escaped",
+    ),
+    ("k3s-token", "a k3s join token K10<hash>::user:password"),
+    ("pem-private-key", "a PEM private-key block"),
+    (
+        "key-value",
+        "a password/token/client-key-data value at the start of a line",
+    ),
+    ("jwt", "a JSON Web Token (service-account tokens)"),
+    (
+        "auth-header",
+        "the credentials of a Bearer or Basic Authorization header",
+    ),
+    ("url-credentials", "user:password in a URL"),
+    (
+        "json-secret",
+        "a JSON value whose key names a password, token, secret or API key",
+    ),
+    (
+        "json-escaped-secret",
+        "the same inside an escaped JSON string",
+    ),
+    (
+        "key-value-inline",
+        "password=, token:, apiKey= ... values anywhere in a line",
+    ),
+    ("base64-private-key", "a base64-encoded PEM private key"),
+    ("aws-access-key", "an AWS access key id"),
+];
 
 fn redact_k3s_tokens(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -222,6 +407,32 @@ mod tests {
     }
 
     #[test]
+    fn registered_secrets_are_masked_in_every_encoding() {
+        use base64::Engine as _;
+        let s = "canary-Pa ss/w\"rd+1";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("x{s}yz"));
+        let url = "canary-Pa%20ss%2Fw%22rd%2B1";
+        let json = serde_json::to_string(s).unwrap();
+        for text in [
+            s.to_owned(),
+            b64.clone(),
+            url.to_owned(),
+            json.clone(),
+            serde_json::to_string(&json).unwrap(),
+        ] {
+            let (out, counts) = redact_counted(&text, &[s.to_owned()]);
+            assert!(
+                counts.get("known-secret").copied().unwrap_or(0) >= 1,
+                "{text} -> {out}"
+            );
+            assert!(
+                !out.contains(s) && !out.contains(&b64[4..20]),
+                "{text} -> {out}"
+            );
+        }
+    }
+
+    #[test]
     fn short_secrets_are_not_registered() {
         let _s = Secret::new("abc");
         assert_eq!(redact("abc def"), "abc def");
@@ -234,6 +445,84 @@ mod tests {
         assert_eq!(out, "joining with *** now");
         // Not a token: too short a hash.
         assert_eq!(redact("K10abc::x"), "K10abc::x");
+    }
+
+    #[test]
+    fn every_pattern_compiles_and_is_documented() {
+        assert_eq!(patterns().len(), 8);
+        for p in patterns() {
+            assert!(RULES.iter().any(|(id, _)| *id == p.id), "{}", p.id);
+        }
+    }
+
+    #[test]
+    fn secret_shapes_are_masked_and_counted() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "jwt",
+                "tok eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhYmMifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ end",
+                "c2lnbmF0dXJl",
+            ),
+            (
+                "auth-header",
+                "Authorization: Bearer abcDEF123456789",
+                "abcDEF123456789",
+            ),
+            (
+                "auth-header",
+                "authorization: basic dXNlcjpwYXNzd29yZA==",
+                "dXNlcjpwYXNzd29yZA",
+            ),
+            (
+                "url-credentials",
+                "datastore https://admin:hunter2hunter@db:5432/k3s",
+                "hunter2hunter",
+            ),
+            (
+                "json-secret",
+                r#"{"level":"info","apiKey":"ak-123456789","x":1}"#,
+                "ak-123456789",
+            ),
+            (
+                "json-escaped-secret",
+                r#"{"log":"{\"apiKey\":\"ak-987654321\"}"}"#,
+                "ak-987654321",
+            ),
+            (
+                "key-value-inline",
+                "Dec 02 host root[1]: token=tk-5555555555 done",
+                "tk-5555555555",
+            ),
+            (
+                "key-value-inline",
+                "/usr/bin/app --db-password=pw-7777777 --x",
+                "pw-7777777",
+            ),
+            (
+                "aws-access-key",
+                "key AKIAABCDEFGHIJKLMNOP",
+                "AKIAABCDEFGHIJKLMNOP",
+            ),
+        ];
+        for (rule, text, secret) in cases {
+            let (out, counts) = redact_counted(text, &[]);
+            assert!(!out.contains(secret), "{rule}: {text} -> {out}");
+            assert!(
+                counts.get(rule).copied().unwrap_or(0) >= 1,
+                "{rule}: {counts:?} {out}"
+            );
+        }
+        // Paths and placeholders are not secrets.
+        let (out, _) = redact_counted("agent-token-file=/etc/rancher/k3s/agent-token", &[]);
+        assert_eq!(out, "agent-token-file=/etc/rancher/k3s/agent-token");
+        // A base64 certificate stays; a base64 private key goes.
+        use base64::Engine as _;
+        let key = base64::engine::general_purpose::STANDARD
+            .encode("-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIabc\n-----END EC PRIVATE KEY-----\n");
+        let cert = base64::engine::general_purpose::STANDARD
+            .encode("-----BEGIN CERTIFICATE-----\nMIIBabc\n-----END CERTIFICATE-----\n");
+        assert!(!redact(&format!("x: {key}")).contains(&key[..30]));
+        assert!(redact(&format!("certificate-authority-data: {cert}")).contains(&cert));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod preflight;
 pub mod schema;
 pub mod session;
 pub mod status;
+pub mod support_bundle;
 pub mod version;
 pub mod wizard;
 
@@ -69,6 +70,14 @@ pub fn dispatch(cli: Cli) -> i32 {
                     accept_new_host_keys: args.accept_new_host_keys,
                 };
                 block_on(status::run(plan, opts, out.reporter.clone()))
+            })
+        }
+        Some(Command::SupportBundle(args)) => {
+            let file = args.answers.file.clone();
+            with_output(g, settings, Some(&file), |out| {
+                let plan = load(out, &file, None)?;
+                let log = out.log.as_ref().map(|l| l.path().to_owned());
+                block_on(support_bundle::run(plan, args, log, out.reporter.clone()))
             })
         }
         Some(Command::Validate(args)) => {

@@ -15,6 +15,7 @@ use crate::kube::wait::node_readiness;
 use crate::phases::Journal;
 use crate::phases::connect::connect_host;
 use crate::phases::k3s_node::cluster_client;
+use crate::phases::{ConnectedHost, StepError};
 use crate::report::status::{HostStatus, NodeStatus, StatusSummary};
 use crate::report::{Event, Reporter};
 
@@ -30,10 +31,7 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
         cluster: plan.cluster_name.clone(),
         ..Default::default()
     };
-    let connector = SshConnector::new(plan, opts.accept_new_host_keys, reporter.clone());
-    let specs = session::host_specs(plan);
-    let results =
-        futures::future::join_all(specs.iter().map(|spec| connect_host(&connector, spec))).await;
+    let results = connect_hosts(plan, opts.accept_new_host_keys, reporter).await;
     let mut api_host: Option<Arc<dyn Remote>> = None;
     for (h, r) in plan.hosts.iter().zip(results) {
         let mut hs = HostStatus {
@@ -99,6 +97,19 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
     }
     s.healthy = s.problems.is_empty();
     s
+}
+
+/// Connects to every host of the plan and gathers its facts, in parallel, going on past
+/// the hosts it cannot reach: one result per host, in the plan's order (also used by
+/// `support-bundle`).
+pub(crate) async fn connect_hosts(
+    plan: &Plan,
+    accept_new_host_keys: bool,
+    reporter: &Reporter,
+) -> Vec<Result<ConnectedHost, StepError>> {
+    let connector = SshConnector::new(plan, accept_new_host_keys, reporter.clone());
+    let specs = session::host_specs(plan);
+    futures::future::join_all(specs.iter().map(|spec| connect_host(&connector, spec))).await
 }
 
 async fn nodes(cluster: &Cluster, plan: &Plan, s: &mut StatusSummary) {

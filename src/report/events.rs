@@ -143,6 +143,9 @@ pub enum Event {
     StatusReady {
         status: crate::report::status::StatusSummary,
     },
+    /// The result of `installer support-bundle`: where the archive is, what it holds, what
+    /// the analysis found (paths, counts and findings: no secret).
+    BundleReady { summary: crate::bundle::Summary },
     /// The command is over; `ok` says whether it succeeded.
     CommandFinished {
         command: String,

@@ -200,7 +200,9 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
                 None => format!("{prefix}{text}"),
             }
         }
-        Event::PlanReady { .. } | Event::StatusReady { .. } => return None,
+        Event::PlanReady { .. } | Event::StatusReady { .. } | Event::BundleReady { .. } => {
+            return None;
+        }
         Event::CommandFinished {
             command,
             ok,
@@ -224,6 +226,7 @@ impl EventSink for PlainRenderer {
                 "\n{}",
                 super::handoff::render(handoff, console::Term::stderr().is_term())
             )),
+            Event::BundleReady { summary } => self.out(&text::bundle(summary)),
             Event::HostProgress {
                 phase,
                 host,

@@ -312,6 +312,10 @@ impl EventSink for TerminalRenderer {
                 let t = super::handoff::render(handoff, true);
                 self.println(&format!("\n{}", style(t).for_stderr()));
             }
+            Event::BundleReady { summary } => {
+                let t = text::bundle(summary);
+                self.mp.suspend(|| print!("{t}"));
+            }
             Event::CommandFinished {
                 command,
                 ok,

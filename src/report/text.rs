@@ -34,6 +34,53 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The support bundle's closing note: the archive, per-node reachability, item counts and
+/// the analysis as a short table.
+pub fn bundle(s: &crate::bundle::Summary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Support bundle {} ({}, {:.1} s): {}",
+        s.path,
+        bytes(s.bytes),
+        s.seconds,
+        if s.complete { "complete" } else { "PARTIAL" }
+    );
+    let counts: Vec<String> = s
+        .counts
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    let _ = writeln!(out, "  items: {}; API {}", counts.join(", "), s.api);
+    let nodes: Vec<String> = s.nodes.iter().map(|(n, st)| format!("{n} {st}")).collect();
+    let _ = writeln!(out, "  nodes: {}", nodes.join(", "));
+    let _ = writeln!(
+        out,
+        "  {} values redacted (see redactions.json); review before sending",
+        s.redactions
+    );
+    if s.findings.is_empty() {
+        let _ = writeln!(out, "  analysis: no problem found");
+    } else {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .findings
+            .iter()
+            .map(|f| {
+                vec![
+                    format!("{:?}", f.severity).to_lowercase(),
+                    f.node.clone().unwrap_or_else(|| "-".into()),
+                    f.message.clone(),
+                    f.evidence.join(" "),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["SEVERITY", "NODE", "FINDING", "EVIDENCE"], &rows));
+    }
+    out
+}
+
 /// The dry-run plan: cluster settings, a per-host table, the application values.
 pub fn plan(p: &PlanSummary) -> String {
     let mut out = String::new();

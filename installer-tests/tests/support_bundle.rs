@@ -1,0 +1,346 @@
+//! End to end (issue 15): `installer support-bundle` against a lab cluster installed with
+//! the real installer (systemd, OpenSSH, the k3s stand-in): a healthy bundle, canaries that
+//! must not survive, a hanging collector, a dead node, k3s stopped on every server.
+//! Needs root; skips with the reason otherwise (fails instead under LAB_REQUIRED=1).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use installer_tests::e2e::{Env, Run};
+use installer_tests::lab_or_skip;
+
+const APP_CANARY: &str = "CANARY-app-7f3e9a1c-secret";
+const JOURNAL_CANARY: &str = "CANARY-journal-5b2d8e4f";
+const PROC_CANARY: &str = "CANARY-proc-9c1a7e3b";
+
+/// Runs the bundle into a fresh directory; returns the run, the archive and its extraction.
+fn bundle(
+    env: &Env,
+    answers: &Path,
+    name: &str,
+    extra: &[&str],
+) -> (Run, Option<PathBuf>, PathBuf, f64) {
+    let out = env.work.path().join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    let mut args = vec!["support-bundle", "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let t = Instant::now();
+    let run = env.run(answers, &args).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let archive = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"));
+    let x = out.join("x");
+    if let Some(a) = &archive {
+        std::fs::create_dir_all(&x).unwrap();
+        let st = std::process::Command::new("tar")
+            .arg("-xzf")
+            .arg(a)
+            .arg("-C")
+            .arg(&x)
+            .status()
+            .unwrap();
+        assert!(st.success(), "tar cannot open {}", a.display());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(a).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let size = std::fs::metadata(a).unwrap().len();
+        println!(
+            "BUNDLE {name}: {secs:.1} s, {size} bytes compressed, exit {}",
+            run.code
+        );
+    }
+    let root = std::fs::read_dir(&x)
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path())
+        .unwrap_or(x);
+    (run, archive, root, secs)
+}
+
+fn json(root: &Path, f: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(root.join(f)).unwrap()).unwrap()
+}
+
+fn items<'a>(m: &'a serde_json::Value, node: Option<&str>) -> Vec<&'a serde_json::Value> {
+    m["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["node"].as_str() == node)
+        .collect()
+}
+
+fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            all_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn support_bundle_on_a_three_host_cluster() {
+    let Some(lab) = lab_or_skip!(3) else { return };
+    let env = Env::new().unwrap();
+    let answers = env
+        .answers_variant(&lab, "bundle", |t| {
+            format!("{t}  app:\n    values:\n      adminPassword: {APP_CANARY:?}\n")
+        })
+        .unwrap();
+    let run = env.run(&answers, &["install"]).unwrap();
+    assert!(run.ok(), "{}", run.all());
+    let n = lab.nodes();
+
+    // Canaries on the nodes: a journal line, a process argument, a known secret base64'd
+    // in a file a collector reads.
+    let token = lab
+        .exec_ok(&n[0], "cat /var/lib/rancher/k3s/server/token")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let b64 = base64_std(&token);
+    lab.exec_ok(&n[0], &format!("logger token={JOURNAL_CANARY}"))
+        .unwrap();
+    lab.exec_ok(
+        &n[1],
+        &format!("systemd-run --unit bundle-canary sh -c 'sleep 900' --db-password={PROC_CANARY}"),
+    )
+    .unwrap();
+    lab.exec_ok(
+        &n[2],
+        &format!("mkdir -p /var/lib/installer && echo {b64} > /var/lib/installer/canary.b64"),
+    )
+    .unwrap();
+
+    // 1. Healthy: every collector ok (or skipped where it does not apply), opens with tar.
+    let (run, archive, root, secs) = bundle(&env, &answers, "healthy", &[]);
+    let m = json(&root, "manifest.json");
+    for i in m["items"].as_array().unwrap() {
+        if i["status"] != "ok" {
+            println!("NOT OK: {i}");
+        }
+    }
+    assert_eq!(run.code, 0, "exit {}", run.code);
+    assert!(archive.is_some());
+    let m = json(&root, "manifest.json");
+    assert_eq!(m["api"]["reachable"], true, "{m}");
+    for node in [n[0].name.as_str(), n[1].name.as_str(), n[2].name.as_str()] {
+        let its = items(&m, Some(node));
+        assert!(its.len() >= 25, "{node}: {}", its.len());
+        for i in its {
+            let st = i["status"].as_str().unwrap();
+            assert!(
+                st == "ok" || (st == "skipped" && i["id"] == "pod-logs"),
+                "{node}: {i}"
+            );
+        }
+    }
+    for i in items(&m, None) {
+        let st = i["status"].as_str().unwrap();
+        // The stand-in serves no discovery.k8s.io: recorded as skipped with the reason.
+        assert!(
+            st == "ok" || (st == "skipped" && i["id"] == "cluster/endpointslices"),
+            "{i}"
+        );
+    }
+    assert!(
+        items(&m, None)
+            .iter()
+            .any(|i| i["id"] == "cluster/nodes" && i["status"] == "ok"),
+        "{m}"
+    );
+    assert!(root.join("cluster/nodes.json").exists() && root.join("installer/plan.json").exists());
+    println!("BUNDLE healthy-3: {secs:.1} s");
+
+    // Canaries: none present in any form; counted.
+    let mut files = Vec::new();
+    all_files(&root, &mut files);
+    let canaries = [
+        APP_CANARY.to_owned(),
+        token.clone(),
+        JOURNAL_CANARY.into(),
+        PROC_CANARY.into(),
+    ];
+    let forms: Vec<String> = canaries
+        .iter()
+        .flat_map(|c| installer::secret::encoded_forms(c))
+        .collect();
+    for f in &files {
+        let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+        for form in &forms {
+            assert!(
+                !text.contains(form.as_str()),
+                "a canary form survives in {}",
+                f.display()
+            );
+        }
+    }
+    let r = json(&root, "redactions.json");
+    assert!(
+        r["totals"]["known-secret"].as_u64().unwrap_or(0) >= 2,
+        "{r}"
+    );
+    assert!(
+        r["totals"]["key-value-inline"].as_u64().unwrap_or(0) >= 2,
+        "{r}"
+    );
+    assert_eq!(r["selfcheck"], "passed");
+    assert!(
+        r["files"]["installer/answers.yaml"]["known-secret"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{r}"
+    );
+    assert!(
+        r["files"][format!("nodes/{}/installer-on-node.txt", n[2].name)]["known-secret"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{r}"
+    );
+    assert!(
+        r["files"][format!("nodes/{}/system/processes.txt", n[1].name)]["key-value-inline"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{r}"
+    );
+    assert!(
+        r["files"][format!("nodes/{}/journal/system.log", n[0].name)]["key-value-inline"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{r}"
+    );
+    let journal =
+        std::fs::read_to_string(root.join(format!("nodes/{}/journal/system.log", n[0].name)))
+            .unwrap();
+    assert!(
+        journal.contains("token=***"),
+        "the journal canary line was not collected"
+    );
+    let procs =
+        std::fs::read_to_string(root.join(format!("nodes/{}/system/processes.txt", n[1].name)))
+            .unwrap();
+    assert!(
+        procs.contains("--db-password=***"),
+        "the process canary was not collected"
+    );
+    let state =
+        std::fs::read_to_string(root.join(format!("nodes/{}/installer-on-node.txt", n[2].name)))
+            .unwrap();
+    assert!(
+        state.contains("canary.b64"),
+        "the base64 canary file was not collected"
+    );
+
+    // 2. A hanging collector is cut at its limit; the rest still runs. (`lsblk`, which only
+    //    the disks collector uses: a hung `nft` already stops connect's facts, which call it.)
+    lab.exec_ok(
+        &n[1],
+        "printf '#!/bin/sh\\nsleep 1000\\n' > /usr/local/bin/lsblk && chmod 755 /usr/local/bin/lsblk",
+    )
+    .unwrap();
+    let (run, _, root, secs) = bundle(&env, &answers, "hang", &[]);
+    lab.exec_ok(&n[1], "rm -f /usr/local/bin/lsblk").unwrap();
+    assert_eq!(run.code, 3, "{}", run.all());
+    let m = json(&root, "manifest.json");
+    for i in m["items"].as_array().unwrap() {
+        if i["status"] != "ok" && i["status"] != "skipped" {
+            println!("HANG NOT OK: {i}");
+        }
+    }
+    let hung: Vec<_> = m["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] == "timeout")
+        .collect();
+    assert_eq!(hung.len(), 1, "{hung:?}");
+    assert_eq!(hung[0]["id"], "system/disks");
+    assert!(
+        hung[0]["duration_ms"].as_u64().unwrap() < 45_000,
+        "{}",
+        hung[0]
+    );
+    assert!(
+        items(&m, Some(&n[1].name))
+            .iter()
+            .filter(|i| i["status"] == "ok")
+            .count()
+            >= 24
+    );
+    println!("BUNDLE hang: {secs:.1} s");
+
+    // 3. One node powered off: unreachable, the others complete, within budget.
+    lab.kill_node(&n[2]).unwrap();
+    let (run, _, root, secs) = bundle(&env, &answers, "dead", &["--node-budget", "2m"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    let m = json(&root, "manifest.json");
+    assert!(
+        items(&m, Some(&n[2].name))
+            .iter()
+            .all(|i| i["status"] == "unreachable")
+    );
+    for node in [&n[0].name, &n[1].name] {
+        assert!(
+            items(&m, Some(node))
+                .iter()
+                .all(|i| i["status"] == "ok" || i["status"] == "skipped"),
+            "{node}"
+        );
+    }
+    assert!(secs < 120.0 + 60.0, "{secs}");
+    let a = json(&root, "analysis.json");
+    assert!(
+        a.as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == "node-unreachable" && f["node"] == n[2].name.as_str()),
+        "{a}"
+    );
+    println!("BUNDLE dead-node: {secs:.1} s");
+
+    // 4. k3s stopped on every server: node collectors complete, cluster/ absent, partial.
+    for node in &n[..2] {
+        lab.exec_ok(node, "systemctl stop k3s").unwrap();
+    }
+    let (run, archive, root, _) = bundle(
+        &env,
+        &answers,
+        "down",
+        &["--nodes", &format!("{},{}", n[0].name, n[1].name)],
+    );
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(archive.is_some());
+    let m = json(&root, "manifest.json");
+    assert_eq!(m["api"]["reachable"], false);
+    assert!(m["api"]["reason"].as_str().unwrap().len() > 5);
+    assert!(!root.join("cluster").exists());
+    let a = json(&root, "analysis.json");
+    let stopped = a
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == "k3s-not-active")
+        .count();
+    assert_eq!(stopped, 2, "{a}");
+    assert!(run.stdout.contains("bundle_ready"), "{}", run.all());
+}
+
+fn base64_std(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
