@@ -98,6 +98,27 @@ async fn a_second_server_joins_and_serves_the_same_cluster() {
         members.iter().all(|m| m.get("isLearner").is_none()),
         "{info}"
     );
+    // Real etcd members: `<node>-<8 hex>`, each with an etcd data dir of its own.
+    let mut names: Vec<&str> = Vec::new();
+    for m in members {
+        let name = m["name"].as_str().unwrap();
+        let (prefix, hex) = name.rsplit_once('-').unwrap();
+        assert!(
+            hex.len() == 8 && u32::from_str_radix(hex, 16).is_ok(),
+            "{info}"
+        );
+        names.push(prefix);
+        assert!(
+            m["peerURLs"][0].as_str().unwrap().ends_with(":2380"),
+            "{info}"
+        );
+    }
+    names.sort();
+    assert_eq!(names, ["srv1", "srv2"], "{info}");
+    for n in [&srv1, &srv2] {
+        let wal = n.path("/var/lib/rancher/k3s/server/db/etcd/member/wal");
+        assert!(wal.is_dir(), "{} missing", wal.display());
+    }
     // srv2's API (its own kubeconfig, its own certificate SANs) shows the whole cluster.
     let c2 = client(&srv2).await;
     let names = wait_for("both nodes", Duration::from_secs(20), || {
@@ -119,6 +140,24 @@ async fn a_second_server_joins_and_serves_the_same_cluster() {
     )
     .unwrap();
     assert_eq!(db_info(&srv1).await["members"].as_array().unwrap().len(), 2);
+    // Deleting a server's Node removes its etcd member (pkg/etcd/member_controller.go); with
+    // two members both must be up for the removal to reach quorum.
+    let c1 = client(&srv1).await;
+    Api::<Node>::all(c1)
+        .delete("srv2", &Default::default())
+        .await
+        .unwrap();
+    let left = wait_for("srv2's member removed", Duration::from_secs(20), || {
+        let srv1 = &srv1;
+        async move {
+            let info = db_info(srv1).await;
+            let m = info["members"].as_array().cloned().unwrap_or_default();
+            (m.len() == 1).then_some(m)
+        }
+    })
+    .await;
+    assert!(left[0]["name"].as_str().unwrap().starts_with("srv1-"));
+    srv2.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]

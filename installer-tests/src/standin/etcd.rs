@@ -151,6 +151,8 @@ pub enum Initial {
     Existing(Vec<(String, String)>),
     /// A restart from the data dir (etcd ignores the initial-cluster flags then).
     Restart,
+    /// `--cluster-reset`: restart from the data dir as the only member (`--force-new-cluster`).
+    ForceNewCluster,
 }
 
 /// The etcd binary (`K3S_STANDIN_ETCD` overrides, for tests).
@@ -212,8 +214,58 @@ pub fn args(spec: &MemberSpec, initial: &Initial) -> Vec<String> {
             a.push("--initial-cluster-state=existing".to_string());
         }
         Initial::Restart => {}
+        Initial::ForceNewCluster => a.push("--force-new-cluster".to_string()),
     }
     a
+}
+
+/// This server's own member: its spec, certificates, a client of it, and the process.
+pub struct LocalEtcd {
+    pub spec: MemberSpec,
+    pub tls: EtcdTls,
+    /// A client of this member only (5 s deadline).
+    pub client: EtcdClient,
+    proc: tokio::sync::Mutex<Option<EtcdProcess>>,
+}
+
+impl LocalEtcd {
+    /// Write the certificates; nothing runs yet.
+    pub fn prepare(spec: MemberSpec, pki: &ClusterPki) -> Result<LocalEtcd> {
+        let tls = write_certs(&spec, pki)?;
+        let client = EtcdClient::new(&tls, vec![spec.client_url()], Duration::from_secs(5))?;
+        Ok(LocalEtcd {
+            spec,
+            tls,
+            client,
+            proc: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Start (or restart) the member.
+    pub async fn start(&self, initial: &Initial) -> Result<()> {
+        let mut p = self.proc.lock().await;
+        if let Some(mut old) = p.take() {
+            old.stop().await;
+        }
+        *p = Some(EtcdProcess::start(&self.spec, initial)?);
+        Ok(())
+    }
+
+    /// Stop the member.
+    pub async fn stop(&self) {
+        if let Some(mut p) = self.proc.lock().await.take() {
+            p.stop().await;
+        }
+    }
+
+    /// Whether the process has exited (a data dir etcd refuses, a port in use, ...).
+    pub async fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.proc
+            .lock()
+            .await
+            .as_mut()
+            .and_then(EtcdProcess::exited)
+    }
 }
 
 /// A running member (killed when dropped, and when the stand-in dies: `setpriv --pdeathsig`).
@@ -237,6 +289,8 @@ impl EtcdProcess {
             .arg(&bin)
             .args(args(spec, initial))
             .stdin(std::process::Stdio::null())
+            // etcd tells systemd READY=1 when it is up; that is k3s's to say, not etcd's.
+            .env_remove("NOTIFY_SOCKET")
             .kill_on_drop(true);
         let child = cmd
             .spawn()
