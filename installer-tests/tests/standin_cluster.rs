@@ -548,3 +548,48 @@ async fn a_second_cluster_init_server_starts_a_cluster_of_its_own() {
     assert_eq!(db_info(&srv1).await["members"].as_array().unwrap().len(), 1);
     assert_eq!(db_info(&srv2).await["members"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_reset_leaves_the_server_as_the_only_etcd_member() {
+    let mut srv1 = first_server("srv1", "");
+    let mut srv2 = joiner(JOIN_SERVER, "srv2", "server", &srv1, &token_of(&srv1), None);
+    srv2.start();
+    srv2.wait_log("k3s is up and running", Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(db_info(&srv1).await["members"].as_array().unwrap().len(), 2);
+    // Both servers down; the survivor is reset (pkg/cluster/managed.go) and exits.
+    srv2.stop();
+    srv1.stop();
+    let reset = "/etc/rancher/k3s/config.yaml.d/90-reset.yaml";
+    srv1.write(reset, "cluster-reset: true\n");
+    srv1.start();
+    let status = srv1.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", srv1.logs());
+    assert!(
+        srv1.logs()
+            .contains("Managed etcd cluster membership has been reset"),
+        "{}",
+        srv1.logs()
+    );
+    std::fs::remove_file(srv1.path(reset)).unwrap();
+    // Restarted without the flag: a cluster of one real member, with quorum on its own.
+    srv1.start();
+    let members = wait_for("srv1 alone in etcd", Duration::from_secs(30), || {
+        let srv1 = &srv1;
+        async move {
+            let http = installer_tests::standin::client::insecure().ok()?;
+            let v: serde_json::Value = http
+                .get(format!("{}/db/info", srv1.url()))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            v["members"].as_array().cloned()
+        }
+    })
+    .await;
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert!(members[0]["name"].as_str().unwrap().starts_with("srv1-"));
+}
