@@ -161,6 +161,11 @@ async fn three_members_survive_one_loss_refuse_writes_without_quorum_and_catch_u
         t0.elapsed()
     );
     assert!(m1.spec.has_data());
+    // Regression: `ss -tlnp` must show 2379/2380 held by `k3s`, as etcd is part of k3s's process
+    // (the installer's preflight refused a rerun when they were held by `etcd`).
+    let pid = m1.proc.as_ref().unwrap().id().unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "k3s");
 
     let rev = c1.put("/registry/test/a", b"one").await.unwrap();
     assert!(rev > 1);

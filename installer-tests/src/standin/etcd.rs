@@ -268,6 +268,23 @@ impl LocalEtcd {
     }
 }
 
+/// etcd is part of the k3s process on a real server, so `ss -tlnp` shows 2379 and 2380 held by
+/// `k3s` (the installer's preflight accepts ports held by k3s on a rerun). Running etcd through a
+/// symlink named `k3s` (`server/db/standin/bin/k3s`) gives the child the same process name.
+fn comm_link(spec: &MemberSpec, bin: &Path) -> Result<PathBuf> {
+    let dir = spec
+        .data_dir
+        .parent()
+        .unwrap_or(&spec.data_dir)
+        .join("standin/bin");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let link = dir.join("k3s");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(bin, &link)
+        .with_context(|| format!("link {} to {}", link.display(), bin.display()))?;
+    Ok(link)
+}
+
 /// A running member (killed when dropped, and when the stand-in dies: `setpriv --pdeathsig`).
 pub struct EtcdProcess {
     child: tokio::process::Child,
@@ -284,9 +301,10 @@ impl EtcdProcess {
         std::fs::set_permissions(&spec.data_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("chmod {}", spec.data_dir.display()))?;
         let bin = binary();
+        let link = comm_link(spec, &bin)?;
         let mut cmd = tokio::process::Command::new("setpriv");
         cmd.arg("--pdeathsig=KILL")
-            .arg(&bin)
+            .arg(&link)
             .args(args(spec, initial))
             .stdin(std::process::Stdio::null())
             // etcd tells systemd READY=1 when it is up; that is k3s's to say, not etcd's.
