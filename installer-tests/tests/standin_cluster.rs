@@ -141,7 +141,10 @@ async fn a_second_server_joins_and_serves_the_same_cluster() {
     .unwrap();
     assert_eq!(db_info(&srv1).await["members"].as_array().unwrap().len(), 2);
     // Deleting a server's Node removes its etcd member (pkg/etcd/member_controller.go); with
-    // two members both must be up for the removal to reach quorum.
+    // two members both must be up for the removal to reach quorum. srv2's kubelet is stopped
+    // first (lose-node) so that it does not register its Node again before the removal.
+    srv2.write("/etc/k3s-standin/faults.yaml", "lose-node: true\n");
+    srv2.wait_log("node lost", Duration::from_secs(20)).unwrap();
     let c1 = client(&srv1).await;
     Api::<Node>::all(c1)
         .delete("srv2", &Default::default())
