@@ -98,6 +98,27 @@ async fn a_second_server_joins_and_serves_the_same_cluster() {
         members.iter().all(|m| m.get("isLearner").is_none()),
         "{info}"
     );
+    // Real etcd members: `<node>-<8 hex>`, each with an etcd data dir of its own.
+    let mut names: Vec<&str> = Vec::new();
+    for m in members {
+        let name = m["name"].as_str().unwrap();
+        let (prefix, hex) = name.rsplit_once('-').unwrap();
+        assert!(
+            hex.len() == 8 && u32::from_str_radix(hex, 16).is_ok(),
+            "{info}"
+        );
+        names.push(prefix);
+        assert!(
+            m["peerURLs"][0].as_str().unwrap().ends_with(":2380"),
+            "{info}"
+        );
+    }
+    names.sort();
+    assert_eq!(names, ["srv1", "srv2"], "{info}");
+    for n in [&srv1, &srv2] {
+        let wal = n.path("/var/lib/rancher/k3s/server/db/etcd/member/wal");
+        assert!(wal.is_dir(), "{} missing", wal.display());
+    }
     // srv2's API (its own kubeconfig, its own certificate SANs) shows the whole cluster.
     let c2 = client(&srv2).await;
     let names = wait_for("both nodes", Duration::from_secs(20), || {
@@ -119,6 +140,27 @@ async fn a_second_server_joins_and_serves_the_same_cluster() {
     )
     .unwrap();
     assert_eq!(db_info(&srv1).await["members"].as_array().unwrap().len(), 2);
+    // Deleting a server's Node removes its etcd member (pkg/etcd/member_controller.go); with
+    // two members both must be up for the removal to reach quorum. srv2's kubelet is stopped
+    // first (lose-node) so that it does not register its Node again before the removal.
+    srv2.write("/etc/k3s-standin/faults.yaml", "lose-node: true\n");
+    srv2.wait_log("node lost", Duration::from_secs(20)).unwrap();
+    let c1 = client(&srv1).await;
+    Api::<Node>::all(c1)
+        .delete("srv2", &Default::default())
+        .await
+        .unwrap();
+    let left = wait_for("srv2's member removed", Duration::from_secs(20), || {
+        let srv1 = &srv1;
+        async move {
+            let info = db_info(srv1).await;
+            let m = info["members"].as_array().cloned().unwrap_or_default();
+            (m.len() == 1).then_some(m)
+        }
+    })
+    .await;
+    assert!(left[0]["name"].as_str().unwrap().starts_with("srv1-"));
+    srv2.stop();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -508,4 +550,49 @@ async fn a_second_cluster_init_server_starts_a_cluster_of_its_own() {
     );
     assert_eq!(db_info(&srv1).await["members"].as_array().unwrap().len(), 1);
     assert_eq!(db_info(&srv2).await["members"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_reset_leaves_the_server_as_the_only_etcd_member() {
+    let mut srv1 = first_server("srv1", "");
+    let mut srv2 = joiner(JOIN_SERVER, "srv2", "server", &srv1, &token_of(&srv1), None);
+    srv2.start();
+    srv2.wait_log("k3s is up and running", Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(db_info(&srv1).await["members"].as_array().unwrap().len(), 2);
+    // Both servers down; the survivor is reset (pkg/cluster/managed.go) and exits.
+    srv2.stop();
+    srv1.stop();
+    let reset = "/etc/rancher/k3s/config.yaml.d/90-reset.yaml";
+    srv1.write(reset, "cluster-reset: true\n");
+    srv1.start();
+    let status = srv1.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", srv1.logs());
+    assert!(
+        srv1.logs()
+            .contains("Managed etcd cluster membership has been reset"),
+        "{}",
+        srv1.logs()
+    );
+    std::fs::remove_file(srv1.path(reset)).unwrap();
+    // Restarted without the flag: a cluster of one real member, with quorum on its own.
+    srv1.start();
+    let members = wait_for("srv1 alone in etcd", Duration::from_secs(30), || {
+        let srv1 = &srv1;
+        async move {
+            let http = installer_tests::standin::client::insecure().ok()?;
+            let v: serde_json::Value = http
+                .get(format!("{}/db/info", srv1.url()))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            v["members"].as_array().cloned()
+        }
+    })
+    .await;
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert!(members[0]["name"].as_str().unwrap().starts_with("srv1-"));
 }

@@ -75,6 +75,10 @@ sed -i 's/^DAEMON_OPTS=.*/DAEMON_OPTS="-F 1 -x"/' /etc/default/chrony
 systemctl --root=/ enable systemd-networkd.service ssh.service chrony.service lab-cgroup-rw.service >/dev/null 2>&1
 # Timers that would wake up on every node for nothing, and units that cannot work in a container.
 systemctl --root=/ mask apt-daily.timer apt-daily-upgrade.timer man-db.timer fstrim.timer >/dev/null 2>&1
+# Debian's etcd.service would hold 2379 on every node; the k3s stand-in starts its own member.
+systemctl --root=/ disable etcd.service >/dev/null 2>&1 || true
+systemctl --root=/ mask etcd.service >/dev/null 2>&1
+rm -rf /var/lib/etcd/default
 
 # An empty machine-id here; `up` writes a fresh one per node (systemd would treat an empty one as first boot).
 : > /etc/machine-id

@@ -63,6 +63,14 @@ pub const DUPLICATE_NAME: &str =
 /// Membership operations on the first server's store.
 pub struct Membership {
     pub store: Arc<Store>,
+    /// The real etcd cluster (through the first server's member), when one runs: learners are
+    /// promoted there, and members the list no longer holds (a deleted Node) are removed there.
+    pub etcd: Option<super::etcd::EtcdClient>,
+}
+
+/// A member's peer URL from its address.
+pub fn peer_url(address: &str) -> String {
+    super::etcd::MemberSpec::new("", std::path::Path::new(""), address).peer_url()
 }
 
 fn member_node_name(name: &str) -> &str {
@@ -195,8 +203,36 @@ impl Membership {
                 let now = jiff::Timestamp::now().as_second();
                 let mut m = me.members();
                 let mut changed = false;
+                let real = match &me.etcd {
+                    Some(c) => match c.member_list().await {
+                        Ok(l) => Some(l),
+                        Err(_) => continue,
+                    },
+                    None => None,
+                };
+                if let (Some(c), Some(real)) = (&me.etcd, &real) {
+                    // pkg/etcd/member_controller.go: a member whose node is gone is removed.
+                    for r in real {
+                        let known = m
+                            .iter()
+                            .any(|x| r.peer_urls.iter().any(|u| *u == peer_url(&x.address)));
+                        if !known && c.member_remove(r.id).await.is_ok() {
+                            log::info(format!("Removed etcd member {}", r.name));
+                        }
+                    }
+                }
                 for x in m.iter_mut() {
                     if x.is_learner && now - x.since >= delay.as_secs() as i64 {
+                        if let (Some(c), Some(real)) = (&me.etcd, &real) {
+                            let url = peer_url(&x.address);
+                            let Some(r) = real.iter().find(|r| r.peer_urls.contains(&url)) else {
+                                continue;
+                            };
+                            // Promotion fails until the learner has caught up; retried next tick.
+                            if r.is_learner && c.member_promote(r.id).await.is_err() {
+                                continue;
+                            }
+                        }
                         x.is_learner = false;
                         x.since = now;
                         changed = true;
@@ -269,7 +305,7 @@ mod tests {
                 &WriteOpts::default(),
             )
             .unwrap();
-        Membership { store }
+        Membership { store, etcd: None }
     }
 
     #[test]

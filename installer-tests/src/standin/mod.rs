@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod controllers;
 pub mod dns;
+pub mod etcd;
 pub mod faults;
 pub mod flags;
 pub mod kubectl;

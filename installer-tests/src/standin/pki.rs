@@ -59,7 +59,13 @@ pub fn new_ca(name: &str) -> Result<CertKey> {
     })
 }
 
-fn issue(ca: &CertKey, cn: &str, orgs: &[&str], sans: &[String], server: bool) -> Result<CertKey> {
+fn issue(
+    ca: &CertKey,
+    cn: &str,
+    orgs: &[&str],
+    sans: &[String],
+    usages: Vec<ExtendedKeyUsagePurpose>,
+) -> Result<CertKey> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).context("parse CA key")?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).context("parse CA certificate")?;
     let key = KeyPair::generate().context("generate key")?;
@@ -73,11 +79,7 @@ fn issue(ca: &CertKey, cn: &str, orgs: &[&str], sans: &[String], server: bool) -
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
+    params.extended_key_usages = usages;
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, 365);
     let cert = params
@@ -91,12 +93,33 @@ fn issue(ca: &CertKey, cn: &str, orgs: &[&str], sans: &[String], server: bool) -
 
 /// A serving certificate for `sans` (IP addresses and DNS names), signed by `ca`.
 pub fn issue_server(ca: &CertKey, cn: &str, sans: &[String]) -> Result<CertKey> {
-    issue(ca, cn, &["k3s"], sans, true)
+    issue(
+        ca,
+        cn,
+        &["k3s"],
+        sans,
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
+    )
+}
+
+/// A certificate for both ends of a connection (etcd's `server-client` and `peer-server-client`
+/// certificates, which etcd presents as a server and as a client to its peers).
+pub fn issue_server_client(ca: &CertKey, cn: &str, sans: &[String]) -> Result<CertKey> {
+    issue(
+        ca,
+        cn,
+        &["k3s"],
+        sans,
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )
 }
 
 /// A client certificate `CN=cn, O=orgs...`, signed by `ca`.
 pub fn issue_client(ca: &CertKey, cn: &str, orgs: &[&str]) -> Result<CertKey> {
-    issue(ca, cn, orgs, &[], false)
+    issue(ca, cn, orgs, &[], vec![ExtendedKeyUsagePurpose::ClientAuth])
 }
 
 /// The subject of a client certificate (DER): common name and organizations.

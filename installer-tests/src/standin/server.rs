@@ -38,6 +38,7 @@ use super::api::{self, ConnInfo};
 use super::client;
 use super::cluster::{JoinError, Membership};
 use super::config::{self, ServerConfig, critical_mismatches};
+use super::etcd::{Initial, LocalEtcd, MemberSpec};
 use super::faults::{Faults, LiveFaults};
 use super::flags::Flags;
 use super::log;
@@ -79,6 +80,8 @@ pub struct Server {
     pub role: Role,
     pub store: Option<Arc<Store>>,
     pub membership: Option<Arc<Membership>>,
+    /// This server's etcd member (embedded-etcd servers).
+    pub etcd: Option<Arc<LocalEtcd>>,
     pub remote: Option<Remote>,
     pub ready: AtomicBool,
     pub member_name: String,
@@ -276,7 +279,15 @@ impl Server {
                     return status_response(401, "not authorized");
                 }
                 return match (&self.role, &self.membership) {
-                    (Role::Owner { etcd: true }, Some(m)) => json_ok(&m.info()),
+                    (Role::Owner { etcd: true }, Some(m)) => match &self.etcd {
+                        Some(e) => match e.client.member_list().await {
+                            Ok(list) => json_ok(&json!({
+                                "members": list.iter().map(|x| x.to_json()).collect::<Vec<_>>()
+                            })),
+                            Err(err) => status_response(503, &err.to_string()),
+                        },
+                        None => json_ok(&m.info()),
+                    },
                     (Role::Owner { etcd: false }, _) => kube::error_response(&ApiError::not_found(
                         super::store::resources::core("namespaces"),
                         "db",
@@ -316,7 +327,13 @@ impl Server {
                 q.split('&')
                     .any(|p| p == "verbose" || p.starts_with("verbose="))
             });
-            let ready = path == "/livez" || self.api_ready();
+            // The etcd checks follow this server's own member (etcd's /health: a leader, and
+            // not a learner); without quorum /readyz fails naming them, as on k3s.
+            let etcd_ok = match (&self.etcd, path.as_str()) {
+                (Some(e), "/readyz") => e.client.endpoint_health(&e.spec.client_url()).await,
+                _ => true,
+            };
+            let ready = path == "/livez" || (self.api_ready() && etcd_ok);
             return kube::health(&path, verbose, ready);
         }
         if !self.api_ready() {
@@ -524,7 +541,17 @@ impl Server {
                     v["address"].as_str().unwrap_or_default(),
                     false,
                 ) {
-                    Ok(x) => json_ok(&serde_json::to_value(x).unwrap_or_default()),
+                    Ok(x) => match &self.etcd {
+                        Some(e) => match real_join(e, &x).await {
+                            Ok(initial) => {
+                                let mut out = serde_json::to_value(&x).unwrap_or_default();
+                                out["initial_cluster"] = json!(initial);
+                                json_ok(&out)
+                            }
+                            Err(msg) => json_response(409, &json!({"retry": msg})),
+                        },
+                        None => json_ok(&serde_json::to_value(x).unwrap_or_default()),
+                    },
                     Err(JoinError::Retry(msg)) => json_response(409, &json!({"retry": msg})),
                     Err(JoinError::Fatal(msg)) => json_response(409, &json!({"fatal": msg})),
                 }
@@ -561,6 +588,50 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
     let mut r = json_ok(v);
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r
+}
+
+/// `MemberAddAsLearner` on the real cluster for a member the modelled list accepted (unless it is
+/// already in), and the `name=peerURL` list the joiner starts with.
+async fn real_join(
+    e: &LocalEtcd,
+    x: &super::cluster::Member,
+) -> Result<Vec<(String, String)>, String> {
+    let url = super::cluster::peer_url(&x.address);
+    let list = e.client.member_list().await.map_err(|e| e.to_string())?;
+    let list = if list.iter().any(|m| m.peer_urls.contains(&url)) {
+        list
+    } else {
+        e.client
+            .member_add_learner(&url)
+            .await
+            .map_err(|e| e.to_string())?
+            .1
+    };
+    Ok(list
+        .iter()
+        .map(|m| {
+            let name = if m.peer_urls.contains(&url) {
+                x.name.clone()
+            } else {
+                m.name.clone()
+            };
+            (name, m.peer_urls.first().cloned().unwrap_or_default())
+        })
+        .filter(|(n, _)| !n.is_empty())
+        .collect())
+}
+
+/// Start this server's member and wait (boundedly) until it is healthy.
+async fn start_member(e: &LocalEtcd, initial: &Initial, wait: Duration) {
+    if let Err(err) = e.start(initial).await {
+        log::error(format!("Failed to start etcd: {err:#}"));
+        return;
+    }
+    if let Err(err) = e.client.wait_healthy(wait).await {
+        log::warn(format!(
+            "Waiting for etcd server to become available: {err:#}"
+        ));
+    }
 }
 
 /// Where a server keeps its role.
@@ -681,6 +752,7 @@ async fn etcd_join(srv: &Arc<Server>) -> Result<(), Fatal> {
     let Some(remote) = &srv.remote else {
         return Ok(());
     };
+    let initial: Vec<(String, String)>;
     let address = srv.cfg.advertise_ip();
     let join_url = format!("{}/v1-k3s/standin/etcd-join", remote.url);
     let body =
@@ -705,6 +777,7 @@ async fn etcd_join(srv: &Arc<Server>) -> Result<(), Fatal> {
                         srv.member_name
                     ));
                 }
+                initial = serde_json::from_value(m["initial_cluster"].clone()).unwrap_or_default();
                 break;
             }
             Ok(resp) if resp.status().as_u16() == 409 => {
@@ -733,6 +806,16 @@ async fn etcd_join(srv: &Arc<Server>) -> Result<(), Fatal> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    if let Some(e) = &srv.etcd {
+        let how = if e.spec.has_data() || initial.is_empty() {
+            Initial::Restart
+        } else {
+            Initial::Existing(initial)
+        };
+        if let Err(err) = e.start(&how).await {
+            return Err(Fatal(format!("etcd cluster join failed: {err:#}")));
+        }
+    }
     // Wait for promotion from learner to voting member.
     let member_url = format!("{}/v1-k3s/standin/etcd-member", remote.url);
     let mut last_log = std::time::Instant::now() - Duration::from_secs(60);
@@ -752,6 +835,13 @@ async fn etcd_join(srv: &Arc<Server>) -> Result<(), Fatal> {
         {
             let m: Value = resp.json().await.unwrap_or_default();
             if m["is_learner"].as_bool() == Some(false) {
+                if let Some(e) = &srv.etcd
+                    && let Err(err) = e.client.wait_healthy(Duration::from_secs(10)).await
+                {
+                    log::warn(format!(
+                        "Waiting for etcd server to become available: {err:#}"
+                    ));
+                }
                 return Ok(());
             }
         }
@@ -921,6 +1011,17 @@ async fn run_inner(root: Root, flags: Flags) -> Result<i32, Fatal> {
             .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
             .unwrap_or((30000, 32767)),
     };
+    let member_name = member_name(&server_dir, &cfg.node.node_name);
+    let local_etcd = match &role {
+        Role::Owner { etcd: false } => None,
+        _ => Some(Arc::new(
+            LocalEtcd::prepare(
+                MemberSpec::new(&member_name, &server_dir, &cfg.advertise_ip()),
+                &pki,
+            )
+            .map_err(|e| Fatal(format!("{PREPARE}: etcd certificates: {e:#}")))?,
+        )),
+    };
     let (store, membership, remote) = match &role {
         Role::Owner { etcd } => {
             let store = Store::open(Some(server_dir.join("db/standin/state.json")), params)
@@ -929,6 +1030,7 @@ async fn run_inner(root: Root, flags: Flags) -> Result<i32, Fatal> {
             let membership = etcd.then(|| {
                 Arc::new(Membership {
                     store: store.clone(),
+                    etcd: local_etcd.as_ref().map(|e| e.client.clone()),
                 })
             });
             (Some(store), membership, None)
@@ -948,7 +1050,6 @@ async fn run_inner(root: Root, flags: Flags) -> Result<i32, Fatal> {
             )
         }
     };
-    let member_name = member_name(&server_dir, &cfg.node.node_name);
     let srv = Arc::new(Server {
         root: root.clone(),
         cfg: cfg.clone(),
@@ -961,6 +1062,7 @@ async fn run_inner(root: Root, flags: Flags) -> Result<i32, Fatal> {
         role: role.clone(),
         store: store.clone(),
         membership: membership.clone(),
+        etcd: local_etcd.clone(),
         remote,
         ready: AtomicBool::new(false),
         member_name: member_name.clone(),
@@ -998,6 +1100,15 @@ async fn run_inner(root: Root, flags: Flags) -> Result<i32, Fatal> {
     tokio::spawn(api::serve_tls(listener, tls, router, srv.shutdown.clone()));
 
     if let (Some(store), Some(m)) = (&store, &membership) {
+        if let Some(e) = &local_etcd {
+            let how = if e.spec.has_data() {
+                Initial::Restart
+            } else {
+                log::info("Starting etcd for new cluster");
+                Initial::New
+            };
+            start_member(e, &how, Duration::from_secs(10)).await;
+        }
         m.init_first(&member_name, &cfg.node.node_name, &cfg.advertise_ip());
         m.spawn_promoter(faults.clone());
         let _ = store;
@@ -1088,6 +1199,9 @@ async fn run_inner(root: Root, flags: Flags) -> Result<i32, Fatal> {
     if let Some(s) = &store {
         let _ = s.flush();
     }
+    if let Some(e) = &local_etcd {
+        e.stop().await;
+    }
     Ok(0)
 }
 
@@ -1113,8 +1227,21 @@ async fn cluster_reset(
             )?;
             let m = Membership {
                 store: store.clone(),
+                etcd: None,
             };
             let name = member_name(server_dir, &cfg.node.node_name);
+            // The real member: restarted once as the only member of a new cluster.
+            let pki = ClusterPki::load_or_generate(server_dir)?;
+            let e = LocalEtcd::prepare(
+                MemberSpec::new(&name, server_dir, &cfg.advertise_ip()),
+                &pki,
+            )?;
+            if e.spec.has_data() {
+                e.start(&Initial::ForceNewCluster).await?;
+                let healthy = e.client.wait_healthy(Duration::from_secs(30)).await;
+                e.stop().await;
+                healthy?;
+            }
             let keep: Vec<_> = m.members().into_iter().filter(|x| x.name == name).collect();
             store.set_extra(
                 "etcd-members",
