@@ -180,11 +180,11 @@ pub fn redact_counted(text: &str, extra: &[String]) -> (String, RuleCounts) {
         let next = rule.re.replace_all(&out, |c: &regex::Captures<'_>| {
             let whole = c.get(0).map_or("", |m| m.as_str());
             let value = c.name("v").map_or(whole, |m| m.as_str());
-            if !(rule.keep)(value) {
+            let pre = c.name("pre").map_or("", |m| m.as_str());
+            if !(rule.keep)(pre, value) {
                 return whole.to_owned();
             }
             n += 1;
-            let pre = c.name("pre").map_or("", |m| m.as_str());
             let post = c.name("post").map_or("", |m| m.as_str());
             format!("{pre}{MASK}{post}")
         });
@@ -201,15 +201,24 @@ struct Pattern {
     id: &'static str,
     re: regex::Regex,
     /// Whether a matched value really is to be masked (not already a mask, not a path).
-    keep: fn(&str) -> bool,
+    keep: fn(&str, &str) -> bool,
 }
 
-fn real_value(v: &str) -> bool {
+fn real_value(_pre: &str, v: &str) -> bool {
     let v = v.trim_matches(['"', '\'', ' ']);
     !(v.is_empty() || v.starts_with(MASK) || v.starts_with('/') || v.starts_with("${"))
 }
 
-fn base64_private_key(v: &str) -> bool {
+/// For `key: value` anywhere in a line: a real value, unless the key is one of the answer
+/// file's field paths (`spec.ssh.sudo.password: environment variable ... not set`): those
+/// are the installer's own messages about a field, never its value (a value is masked by
+/// what it is, through the registered secrets).
+fn inline_value(pre: &str, v: &str) -> bool {
+    let key = pre.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    real_value(pre, v) && !key.starts_with("spec.")
+}
+
+fn base64_private_key(_pre: &str, v: &str) -> bool {
     use base64::Engine as _;
     let cut = &v[..v.len() - v.len() % 4];
     base64::engine::general_purpose::STANDARD
@@ -224,14 +233,14 @@ fn patterns() -> &'static [Pattern] {
     P.get_or_init(|| {
         const KEYS: &str = r"pass(?:word|wd|phrase)?|secret|token|api[_-]?key|credentials?|private[_-]?key";
         // (rule id, regex, whether a match is a real value and not a placeholder)
-        type Rule = (&'static str, String, fn(&str) -> bool);
+        type Rule = (&'static str, String, fn(&str, &str) -> bool);
         let table: [Rule; 8] = [
             ("jwt", r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}".into(), real_value),
             ("auth-header", r"(?i)(?P<pre>(?:authorization|proxy-authorization)[\x22']?\s*[:=]\s*[\x22']?(?:bearer|basic)\s+)(?P<v>[A-Za-z0-9._~+/=-]+)".into(), real_value),
             ("url-credentials", r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://)(?P<v>[^/\s:@]+:[^/\s@]+)(?P<post>@)".into(), real_value),
             ("json-secret", format!(r#"(?i)(?P<pre>"[A-Za-z0-9_.-]*(?:{KEYS})"\s*:\s*")(?P<v>(?:[^"\\]|\\.)+)(?P<post>")"#), real_value),
             ("json-escaped-secret", format!(r#"(?i)(?P<pre>\\+"[A-Za-z0-9_.-]*(?:{KEYS})\\+"\s*:\s*\\+")(?P<v>[^"\\]+)(?P<post>\\+")"#), real_value),
-            ("key-value-inline", format!(r#"(?i)(?P<pre>(?:^|[\s,;&?({{])-{{0,2}}[A-Za-z0-9_.-]*(?:{KEYS})\s*[=:]\s*)(?P<v>"[^"\n]*"|'[^'\n]*'|[^\s"',;&)}}]+)"#), real_value),
+            ("key-value-inline", format!(r#"(?i)(?P<pre>(?:^|[\s,;&?({{])-{{0,2}}[A-Za-z0-9_.-]*(?:{KEYS})\s*[=:]\s*)(?P<v>"[^"\n]*"|'[^'\n]*'|[^\s"',;&)}}]+)"#), inline_value),
             ("base64-private-key", r"LS0tLS1CRUdJTi[A-Za-z0-9+/=]{16,}".into(), base64_private_key),
             ("aws-access-key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b".into(), real_value),
         ];
@@ -498,12 +507,16 @@ mod tests {
                 "/usr/bin/app --db-password=pw-7777777 --x",
                 "pw-7777777",
             ),
+            ("key-value-inline", "sudo password: letmein", "letmein"),
             (
                 "aws-access-key",
                 "key AKIAABCDEFGHIJKLMNOP",
                 "AKIAABCDEFGHIJKLMNOP",
             ),
         ];
+        // The installer's own words after a field named `password` stay readable.
+        let msg = "answers.yaml:15:17: spec.ssh.sudo.password: environment variable ${X} not set";
+        assert_eq!(redact(msg), msg);
         for (rule, text, secret) in cases {
             let (out, counts) = redact_counted(text, &[]);
             assert!(!out.contains(secret), "{rule}: {text} -> {out}");

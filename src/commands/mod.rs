@@ -205,6 +205,16 @@ fn with_output(
         Ok(()) => {
             out.finish();
             out.log("exit 0");
+            // The last line of every run names its log (the one file support asks for).
+            if let Some(l) = &out.log
+                && settings.verbosity >= 0
+                && settings.mode != crate::report::Mode::Json
+            {
+                #[allow(clippy::print_stderr, reason = "after the renderer finished")]
+                {
+                    eprintln!("The debug log is in {}", l.path().display());
+                }
+            }
             EXIT_OK
         }
         Err(e) => {

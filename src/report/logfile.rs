@@ -1,7 +1,9 @@
 //! The debug log file: every event and every error of a run, one timestamped line each,
 //! every line passed through [`crate::secret::redact`]. Always written (beside the answer
 //! file, else in the working directory) so that a failed run can be diagnosed afterwards and
-//! collected by a support bundle. The previous run's log is kept as `<name>.1`.
+//! collected by a support bundle. The previous runs' logs are kept as `<name>.1` (the
+//! newest) to `<name>.9` (the oldest), so a few `status` runs never take the log of the
+//! install before them.
 
 use super::events::{Event, EventSink};
 use crate::secret::redact;
@@ -12,6 +14,9 @@ use std::time::SystemTime;
 
 /// The log file's name when none is given.
 pub const DEFAULT_NAME: &str = "installer.log";
+
+/// How many earlier runs' logs are kept beside the current one (`.1` to `.9`).
+pub const KEEP: usize = 9;
 
 /// Where the log goes by default: beside the answer file, else in the working directory.
 pub fn default_path(answer_file: Option<&Path>) -> PathBuf {
@@ -82,14 +87,32 @@ impl LogFile {
                 return Err(refuse("exists and is not an installer log"));
             }
             Some(true) => {
-                let mut old = path.as_os_str().to_owned();
-                old.push(".1");
-                let old = PathBuf::from(old);
-                let may_rotate = match crate::fsx::own_regular_file(&old)? {
-                    None => true,
-                    Some(true) => is_installer_log(&old),
-                    Some(false) => false,
+                let numbered = |n: usize| {
+                    let mut p = path.as_os_str().to_owned();
+                    p.push(format!(".{n}"));
+                    PathBuf::from(p)
                 };
+                // Only the installer's own logs move; a foreign file stops nothing but is
+                // never renamed or overwritten.
+                let ours_or_absent = |p: &Path| -> std::io::Result<bool> {
+                    Ok(match crate::fsx::own_regular_file(p)? {
+                        None => true,
+                        Some(true) => is_installer_log(p),
+                        Some(false) => false,
+                    })
+                };
+                for n in (1..KEEP).rev() {
+                    let (from, to) = (numbered(n), numbered(n + 1));
+                    if crate::fsx::own_regular_file(&from)? == Some(true)
+                        && is_installer_log(&from)
+                        && ours_or_absent(&to)?
+                    {
+                        let _ = std::fs::rename(&from, &to);
+                    }
+                }
+                let old = numbered(1);
+                let may_rotate =
+                    ours_or_absent(&old)? && crate::fsx::own_regular_file(&old)?.is_none();
                 if may_rotate && std::fs::rename(path, &old).is_ok() {
                     crate::fsx::create_new(path, 0o600)?
                 } else {
@@ -204,6 +227,32 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(LogFile::create(&link).is_err());
         assert!(!target.exists());
+    }
+
+    #[test]
+    fn two_status_runs_after_an_install_keep_the_install_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("installer.log");
+        LogFile::create(&p).unwrap().line("the install");
+        LogFile::create(&p).unwrap().line("status one");
+        LogFile::create(&p).unwrap().line("status two");
+        let read = |n: &str| std::fs::read_to_string(dir.path().join(n)).unwrap();
+        assert!(read("installer.log").contains("status two"));
+        assert!(read("installer.log.1").contains("status one"));
+        assert!(read("installer.log.2").contains("the install"));
+        // Bounded: after KEEP more runs the oldest is gone, nothing beyond .KEEP exists.
+        for i in 0..KEEP {
+            LogFile::create(&p).unwrap().line(&format!("run {i}"));
+        }
+        assert!(
+            !dir.path()
+                .join(format!("installer.log.{}", KEEP + 1))
+                .exists()
+        );
+        let all: String = (1..=KEEP)
+            .map(|n| read(&format!("installer.log.{n}")))
+            .collect();
+        assert!(!all.contains("the install"), "the oldest log was dropped");
     }
 
     #[test]
