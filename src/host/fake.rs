@@ -68,6 +68,8 @@ impl From<String> for Matcher {
 pub enum Reply {
     Output(CommandOutput),
     Error(HostError),
+    /// No answer, ever: a host powered off under a connection that has not noticed yet.
+    Hang,
 }
 
 impl Reply {
@@ -259,17 +261,18 @@ impl FakeRemote {
     }
 }
 
-#[async_trait]
-impl Remote for FakeRemote {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn exec(&self, cmd: RemoteCommand) -> Result<CommandOutput, HostError> {
-        let mut s = self.state.lock().map_err(|_| HostError::Other {
-            host: self.name.clone(),
-            message: "fake: poisoned".into(),
-        })?;
+impl FakeRemote {
+    /// The scripted reply to `cmd`, recording the call.
+    fn answer(&self, cmd: &RemoteCommand) -> Reply {
+        let mut s = match self.state.lock() {
+            Ok(s) => s,
+            Err(_) => {
+                return Reply::Error(HostError::Other {
+                    host: self.name.clone(),
+                    message: "fake: poisoned".into(),
+                });
+            }
+        };
         s.calls.push(Call::Exec {
             script: cmd.script.clone(),
             sudo: cmd.sudo,
@@ -291,25 +294,37 @@ impl Remote for FakeRemote {
         if let Some(i) = idx {
             let e = &mut s.expectations[i];
             e.used += 1;
-            return match &e.reply {
-                Reply::Output(o) => Ok(o.clone()),
-                Reply::Error(err) => Err(err.clone()),
-            };
+            return e.reply.clone();
         }
         // `read_file` of a known file.
         for (path, content) in &s.files {
             if cmd.script == read_file_script(path) {
-                return Ok(CommandOutput {
+                return Reply::Output(CommandOutput {
                     status: Some(0),
                     stdout: content.clone(),
                     stderr: Vec::new(),
                 });
             }
         }
-        Err(HostError::Other {
+        Reply::Error(HostError::Other {
             host: self.name.clone(),
             message: format!("fake host: unexpected command `{}`", cmd.script),
         })
+    }
+}
+
+#[async_trait]
+impl Remote for FakeRemote {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn exec(&self, cmd: RemoteCommand) -> Result<CommandOutput, HostError> {
+        match self.answer(&cmd) {
+            Reply::Output(o) => Ok(o),
+            Reply::Error(e) => Err(e),
+            Reply::Hang => std::future::pending().await,
+        }
     }
 
     async fn upload(

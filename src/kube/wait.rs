@@ -2,7 +2,10 @@
 //! when it gives up, what it saw last (a condition message, a pod's waiting reason).
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so tests with paused time see the deadlines move.
+use tokio::time::Instant;
 
 use k8s_openapi::api::core::v1::Node;
 

@@ -226,7 +226,7 @@ pub const LOST_AFTER: Duration = Duration::from_secs(20);
 /// answered for [`LOST_AFTER`] was powered off or cut off, and waiting cannot help.
 #[derive(Debug, Default)]
 pub struct Liveness {
-    failing_since: Option<std::time::Instant>,
+    failing_since: Option<tokio::time::Instant>,
     last_error: String,
 }
 
@@ -237,7 +237,7 @@ impl Liveness {
     pub fn record(
         &mut self,
         host: &str,
-        at: std::time::Instant,
+        at: tokio::time::Instant,
         result: Result<(), String>,
     ) -> Option<String> {
         match result {
@@ -332,14 +332,15 @@ pub async fn wait_unit_active(
     poll: Duration,
 ) -> Result<(), StepError> {
     // The host's clock: journal lines older than this wait (a previous run's) do not count.
-    let since = node
-        .remote
-        .exec(RemoteCommand::new("date +%s").timeout(Duration::from_secs(20)))
-        .await
-        .ok()
-        .and_then(|o| o.stdout_str().trim().parse::<i64>().ok())
-        .map(|t| t - 2)
-        .unwrap_or(0);
+    let since = bounded(
+        node.remote
+            .exec(RemoteCommand::new("date +%s").timeout(Duration::from_secs(20))),
+    )
+    .await
+    .ok()
+    .and_then(|o| o.stdout_str().trim().parse::<i64>().ok())
+    .map(|t| t - 2)
+    .unwrap_or(0);
     let alive = tokio::sync::Mutex::new(Liveness::default());
     let mut tries = 0u32;
     let r = wait::until(&format!("{unit} to become active"), timeout, poll, || {
@@ -358,8 +359,8 @@ pub async fn wait_unit_active(
         );
         let alive = &alive;
         async move {
-            let at = std::time::Instant::now();
-            match r.await {
+            let at = tokio::time::Instant::now();
+            match bounded(r).await {
                 Ok(o) => {
                     alive.lock().await.record(&node.spec.name, at, Ok(()));
                     let h = parse_unit_health(&o.stdout_str());
@@ -374,7 +375,7 @@ pub async fn wait_unit_active(
                 Err(e) => match alive
                     .lock()
                     .await
-                    .record(&node.spec.name, at, Err(e.to_string()))
+                    .record(&node.spec.name, at, Err(e.clone()))
                 {
                     Some(why) => Probe::Hopeless(why),
                     None => Probe::NotYet(e.to_string()),
@@ -429,11 +430,24 @@ fn gate_hint(e: &wait::WaitTimeout, unit: &str) -> String {
 /// A cheap look at whether the host still answers (for gates that otherwise only watch
 /// the API).
 async fn ping(node: &ConnectedHost) -> Result<(), String> {
-    node.remote
-        .exec(RemoteCommand::new("true").timeout(Duration::from_secs(10)))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    bounded(
+        node.remote
+            .exec(RemoteCommand::new("true").timeout(Duration::from_secs(10))),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// One look at a host that may be gone, cut off after [`LOST_AFTER`]: the SSH layer
+/// reconnects and retries on its own, so one call could otherwise outlast the moment the
+/// host counts as lost (a powered-off server was reported after 57 s instead of 20).
+pub async fn bounded<T, E: std::fmt::Display>(
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(LOST_AFTER, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", LOST_AFTER.as_secs())),
+    }
 }
 
 /// Waits for the node object, writes the CNI config for its pod CIDR, waits for Ready.
@@ -506,7 +520,7 @@ async fn still_there<T>(
     alive: &tokio::sync::Mutex<Liveness>,
     seen: String,
 ) -> Probe<T> {
-    let at = std::time::Instant::now();
+    let at = tokio::time::Instant::now();
     let r = ping(node).await;
     match alive.lock().await.record(&node.spec.name, at, r) {
         Some(why) => Probe::Hopeless(why),

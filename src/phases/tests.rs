@@ -261,7 +261,8 @@ fn a_unit_that_keeps_dying_with_a_fatal_line_is_hopeless_and_one_crash_is_not() 
 
 #[test]
 fn a_host_is_lost_only_after_it_failed_to_answer_for_a_while() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+    use tokio::time::Instant;
     let mut l = k3s_node::Liveness::default();
     let now = Instant::now();
     assert_eq!(l.record("node2", now, Err("timed out".into())), None);
@@ -319,4 +320,38 @@ async fn the_unit_gate_stops_early_quoting_the_fatal_line() {
     );
     assert!(e.message.contains("crash at start"), "{}", e.message);
     assert!(e.hint.unwrap().contains("journalctl -u k3s.service"));
+}
+
+/// A powered-off server was reported after 57 s: each look at it was one SSH call that
+/// reconnected and retried on its own for longer than the host may be silent.
+#[tokio::test(start_paused = true)]
+async fn a_host_whose_ssh_calls_hang_is_lost_after_lost_after_not_after_its_retries() {
+    let remote = Arc::new(
+        FakeRemote::new("node2")
+            .on("date +%s", Reply::ok("1000\n"))
+            .on_contains("k3s.service", Reply::Hang),
+    );
+    let h = host(2, remote, facts(""));
+    let started = tokio::time::Instant::now();
+    let gate = k3s_node::wait_unit_active(
+        &h,
+        "k3s.service",
+        std::time::Duration::from_secs(300),
+        std::time::Duration::from_millis(250),
+    );
+    let e = tokio::time::timeout(std::time::Duration::from_secs(120), gate)
+        .await
+        .expect("the gate never gave up on a host that does not answer")
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took <= k3s_node::LOST_AFTER + std::time::Duration::from_secs(1),
+        "took {took:?}"
+    );
+    assert!(
+        e.message.contains("has not answered over SSH"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("no answer within 20 s"), "{}", e.message);
 }
