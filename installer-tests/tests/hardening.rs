@@ -345,18 +345,66 @@ mod schema_agreement {
 
     /// The files on which the two may disagree, and why.
     const SCHEMA_EXCEPTIONS: &[(&str, Kind, &str)] = &[
-        ("bad-duplicate-address.yaml", Kind::InstallerOnly, "two hosts with one address: the schema sees one host at a time"),
-        ("bad-mapped-ipv6-duplicate.yaml", Kind::InstallerOnly, "::ffff:10.0.0.11 is 10.0.0.11: a comparison across hosts"),
-        ("bad-missing-key-file.yaml", Kind::InstallerOnly, "whether keyFile exists is a fact of the workstation"),
-        ("bad-unset-variable.yaml", Kind::InstallerOnly, "${VAR} has a value only at run time"),
-        ("bad-cidr.yaml", Kind::InstallerOnly, "a prefix length above 32 needs an address parser, not a pattern"),
-        ("bad-mixed-families.yaml", Kind::InstallerOnly, "hosts' and networks' address families are compared across fields"),
-        ("bad-address-syntax.yaml", Kind::InstallerOnly, "an address is an IP or a DNS name, checked after ${VAR} interpolation"),
-        ("bad-cluster-name.yaml", Kind::InstallerOnly, "checked after ${VAR} interpolation, like every string"),
-        ("bad-app-reserved-port.yaml", Kind::InstallerOnly, "the ports k3s holds are the installer's table, not the schema's"),
-        ("bad-store-peer-port.yaml", Kind::InstallerOnly, "storePort + 1 is compared with another value"),
-        ("bad-timeout.yaml", Kind::InstallerOnly, "a duration is parsed (humantime), after ${VAR} interpolation"),
-        ("ok-text-that-looks-like-a-number.yaml", Kind::Reading, "`user: 0123` is the text 0123 for the installer, the integer 123 for a schema-blind reader"),
+        (
+            "bad-duplicate-address.yaml",
+            Kind::InstallerOnly,
+            "two hosts with one address: the schema sees one host at a time",
+        ),
+        (
+            "bad-mapped-ipv6-duplicate.yaml",
+            Kind::InstallerOnly,
+            "::ffff:10.0.0.11 is 10.0.0.11: a comparison across hosts",
+        ),
+        (
+            "bad-missing-key-file.yaml",
+            Kind::InstallerOnly,
+            "whether keyFile exists is a fact of the workstation",
+        ),
+        (
+            "bad-unset-variable.yaml",
+            Kind::InstallerOnly,
+            "${VAR} has a value only at run time",
+        ),
+        (
+            "bad-cidr.yaml",
+            Kind::InstallerOnly,
+            "a prefix length above 32 needs an address parser, not a pattern",
+        ),
+        (
+            "bad-mixed-families.yaml",
+            Kind::InstallerOnly,
+            "hosts' and networks' address families are compared across fields",
+        ),
+        (
+            "bad-address-syntax.yaml",
+            Kind::InstallerOnly,
+            "an address is an IP or a DNS name, checked after ${VAR} interpolation",
+        ),
+        (
+            "bad-cluster-name.yaml",
+            Kind::InstallerOnly,
+            "checked after ${VAR} interpolation, like every string",
+        ),
+        (
+            "bad-app-reserved-port.yaml",
+            Kind::InstallerOnly,
+            "the ports k3s holds are the installer's table, not the schema's",
+        ),
+        (
+            "bad-store-peer-port.yaml",
+            Kind::InstallerOnly,
+            "storePort + 1 is compared with another value",
+        ),
+        (
+            "bad-timeout.yaml",
+            Kind::InstallerOnly,
+            "a duration is parsed (humantime), after ${VAR} interpolation",
+        ),
+        (
+            "ok-text-that-looks-like-a-number.yaml",
+            Kind::Reading,
+            "`user: 0123` is the text 0123 for the installer, the integer 123 for a schema-blind reader",
+        ),
     ];
 
     fn fixtures() -> PathBuf {
@@ -442,7 +490,11 @@ mod schema_agreement {
             std::fs::copy(&p, &to).unwrap();
             files.insert(name, to);
         }
-        for (f, text) in [("id_test", "not parsed by validation\n"), ("password", "pw\n"), ("known_hosts", "")] {
+        for (f, text) in [
+            ("id_test", "not parsed by validation\n"),
+            ("password", "pw\n"),
+            ("known_hosts", ""),
+        ] {
             let p = dir.path().join(f);
             std::fs::write(&p, text).unwrap();
             use std::os::unix::fs::PermissionsExt;
@@ -458,7 +510,10 @@ mod schema_agreement {
             let schema = schema_verdict(&validator, &text);
             // The fixture's name says what the installer does with it.
             let want_ok = name.starts_with("ok-");
-            assert!(want_ok || name.starts_with("bad-"), "{name}: name it ok-* or bad-*");
+            assert!(
+                want_ok || name.starts_with("bad-"),
+                "{name}: name it ok-* or bad-*"
+            );
             if installer.is_ok() != want_ok {
                 wrong.push(format!("{name}: the installer says {installer:?}"));
                 continue;
@@ -477,8 +532,15 @@ mod schema_agreement {
             }
         }
         for (n, _, _) in SCHEMA_EXCEPTIONS {
-            assert!(files.contains_key(*n), "exception for a missing fixture {n}");
+            assert!(
+                files.contains_key(*n),
+                "exception for a missing fixture {n}"
+            );
         }
-        assert!(wrong.is_empty(), "the schema and the installer disagree:\n{}", wrong.join("\n"));
+        assert!(
+            wrong.is_empty(),
+            "the schema and the installer disagree:\n{}",
+            wrong.join("\n")
+        );
     }
 }

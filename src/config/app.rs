@@ -621,7 +621,11 @@ fn range_regex(lo: u64, hi: u64) -> String {
     let mut alts = Vec::new();
     let (lo_len, hi_len) = (lo.to_string().len(), hi.to_string().len());
     for len in lo_len..=hi_len {
-        let floor = if len == 1 { 0 } else { 10u64.pow(len as u32 - 1) };
+        let floor = if len == 1 {
+            0
+        } else {
+            10u64.pow(len as u32 - 1)
+        };
         let ceil = 10u64.pow(len as u32) - 1;
         let (a, b) = (lo.max(floor), hi.min(ceil));
         if a <= b {
@@ -701,10 +705,21 @@ mod tests {
     #[test]
     fn text_patterns_bound_numbers_like_the_numbers() {
         let re = |lo, hi| regex::Regex::new(&format!("^(?:{})$", range_regex(lo, hi))).unwrap();
-        for (lo, hi) in [(1u64, 65535u64), (1, 5), (0, 9), (7, 1234), (10, 10), (99, 101)] {
+        for (lo, hi) in [
+            (1u64, 65535u64),
+            (1, 5),
+            (0, 9),
+            (7, 1234),
+            (10, 10),
+            (99, 101),
+        ] {
             let r = re(lo, hi);
             for n in 0..70000u64 {
-                assert_eq!(r.is_match(&n.to_string()), (lo..=hi).contains(&n), "{n} in {lo}..={hi}: {r}");
+                assert_eq!(
+                    r.is_match(&n.to_string()),
+                    (lo..=hi).contains(&n),
+                    "{n} in {lo}..={hi}: {r}"
+                );
             }
         }
     }

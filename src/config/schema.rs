@@ -46,16 +46,19 @@ fn allow_empty_sections(v: &mut Value, defs: &Value) {
     let required: Vec<String> = m
         .get("required")
         .and_then(Value::as_array)
-        .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|r| {
+            r.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(Value::Object(props)) = m.get_mut("properties") {
         for (name, prop) in props.iter_mut() {
             if required.contains(name) || !is_object_schema(prop, defs) || nullable(prop) {
                 continue;
             }
-            let description = prop
-                .as_object_mut()
-                .and_then(|p| p.remove("description"));
+            let description = prop.as_object_mut().and_then(|p| p.remove("description"));
             let mut wrapped = serde_json::json!({"anyOf": [prop.clone(), {"type": "null"}]});
             if let Some(d) = description {
                 wrapped["description"] = d;
@@ -424,7 +427,10 @@ impl<'s> Walker<'s> {
                 Some(prop)
                     if child.is_null()
                         && !required_here(schema, &key.text)
-                        && is_object_schema(prop, self.root.get("$defs").unwrap_or(&Value::Null)) => {}
+                        && is_object_schema(
+                            prop,
+                            self.root.get("$defs").unwrap_or(&Value::Null),
+                        ) => {}
                 Some(prop) => {
                     if let Some(v) = self.walk(child, prop, &child_path, None) {
                         out.insert(key.text.clone(), v);
