@@ -321,6 +321,55 @@ fn run_validate(s: &Site) {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
+/// Issue 17: a `storePort` whose peer port (storePort + 1) collides with `apiPort` or etcd's
+/// 2379, or `storePort: 65535`, were refused only when the templates were rendered, in errors
+/// naming internal template files. Now `install` refuses them as bad input (exit 2, before any
+/// host) at the answer file's line and field, with a hint.
+#[test]
+fn store_port_peer_port_problems_name_the_answer_file_line_not_a_template() {
+    let home = tempfile::tempdir().unwrap();
+    for (values, want) in [
+        (
+            "      apiPort: 8081\n      storePort: 8080\n",
+            "which is also `apiPort`",
+        ),
+        (
+            "      storePort: 2378\n",
+            "which is taken by etcd on servers",
+        ),
+        ("      storePort: 65535\n", "above 65535"),
+    ] {
+        let answers = home.path().join("store.yaml");
+        std::fs::write(
+            &answers,
+            format!("apiVersion: installer.dev/v1\nkind: Cluster\nmetadata: {{name: demo}}\nspec:\n  ssh: {{user: root}}\n  hosts: [{{address: 10.0.0.1}}, {{address: 10.0.0.2}}, {{address: 10.0.0.3}}]\n  app:\n    values:\n{values}"),
+        )
+        .unwrap();
+        let o = installer(home.path())
+            .args(["install", "-f"])
+            .arg(&answers)
+            .arg("--log-file")
+            .arg(home.path().join("log"))
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{values}: {e}");
+        let line = 8 + values.lines().count();
+        assert!(
+            e.contains(&format!(
+                "store.yaml:{line}:18: spec.app.values.storePort: storePort"
+            )),
+            "{values}: {e}"
+        );
+        assert!(e.contains(want), "{values}: {e}");
+        assert!(e.contains("hint: "), "{values}: {e}");
+        assert!(
+            !e.contains("templates/") && !e.contains(".tera"),
+            "{values}: {e}"
+        );
+    }
+}
+
 /// Issue 17: "the JSON Schema accepts exactly what the installer accepts". One set of answer
 /// files (`tests/fixtures/schema/`, plus the documented examples) goes through the installer's
 /// validation and through an independent JSON Schema validator (the `jsonschema` crate, formats
