@@ -320,3 +320,276 @@ fn run_validate(s: &Site) {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+/// Issue 17: a `storePort` whose peer port (storePort + 1) collides with `apiPort` or etcd's
+/// 2379, or `storePort: 65535`, were refused only when the templates were rendered, in errors
+/// naming internal template files. Now `install` refuses them as bad input (exit 2, before any
+/// host) at the answer file's line and field, with a hint.
+#[test]
+fn store_port_peer_port_problems_name_the_answer_file_line_not_a_template() {
+    let home = tempfile::tempdir().unwrap();
+    for (values, want) in [
+        (
+            "      apiPort: 8081\n      storePort: 8080\n",
+            "which is also `apiPort`",
+        ),
+        (
+            "      storePort: 2378\n",
+            "which is taken by etcd on servers",
+        ),
+        ("      storePort: 65535\n", "above 65535"),
+    ] {
+        let answers = home.path().join("store.yaml");
+        std::fs::write(
+            &answers,
+            format!("apiVersion: installer.dev/v1\nkind: Cluster\nmetadata: {{name: demo}}\nspec:\n  ssh: {{user: root}}\n  hosts: [{{address: 10.0.0.1}}, {{address: 10.0.0.2}}, {{address: 10.0.0.3}}]\n  app:\n    values:\n{values}"),
+        )
+        .unwrap();
+        let o = installer(home.path())
+            .args(["install", "-f"])
+            .arg(&answers)
+            .arg("--log-file")
+            .arg(home.path().join("log"))
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{values}: {e}");
+        let line = 8 + values.lines().count();
+        assert!(
+            e.contains(&format!(
+                "store.yaml:{line}:18: spec.app.values.storePort: storePort"
+            )),
+            "{values}: {e}"
+        );
+        assert!(e.contains(want), "{values}: {e}");
+        assert!(e.contains("hint: "), "{values}: {e}");
+        assert!(
+            !e.contains("templates/") && !e.contains(".tera"),
+            "{values}: {e}"
+        );
+    }
+}
+
+/// Issue 17: "the JSON Schema accepts exactly what the installer accepts". One set of answer
+/// files (`tests/fixtures/schema/`, plus the documented examples) goes through the installer's
+/// validation and through an independent JSON Schema validator (the `jsonschema` crate, formats
+/// asserted, as editors do) over the published `docs/answer-file.schema.json`; the two verdicts
+/// must agree for every file except the ones listed in [`SCHEMA_EXCEPTIONS`], each with its
+/// reason, and a listed file must really disagree (so the list cannot go stale).
+mod schema_agreement {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    /// Why a file is read differently.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        /// The installer refuses it for a reason no schema can state (a file on disk, another
+        /// host's entry, a variable's value, a parse of the text); the schema accepts it.
+        InstallerOnly,
+        /// The installer reads a plain scalar by the schema's type (text where the schema says
+        /// text); a schema-blind YAML 1.2 reading types it as a number first, so the schema
+        /// refuses what the installer accepts. Quoting the value satisfies both.
+        Reading,
+    }
+
+    /// The files on which the two may disagree, and why.
+    const SCHEMA_EXCEPTIONS: &[(&str, Kind, &str)] = &[
+        (
+            "bad-duplicate-address.yaml",
+            Kind::InstallerOnly,
+            "two hosts with one address: the schema sees one host at a time",
+        ),
+        (
+            "bad-mapped-ipv6-duplicate.yaml",
+            Kind::InstallerOnly,
+            "::ffff:10.0.0.11 is 10.0.0.11: a comparison across hosts",
+        ),
+        (
+            "bad-missing-key-file.yaml",
+            Kind::InstallerOnly,
+            "whether keyFile exists is a fact of the workstation",
+        ),
+        (
+            "bad-unset-variable.yaml",
+            Kind::InstallerOnly,
+            "${VAR} has a value only at run time",
+        ),
+        (
+            "bad-cidr.yaml",
+            Kind::InstallerOnly,
+            "a prefix length above 32 needs an address parser, not a pattern",
+        ),
+        (
+            "bad-mixed-families.yaml",
+            Kind::InstallerOnly,
+            "hosts' and networks' address families are compared across fields",
+        ),
+        (
+            "bad-address-syntax.yaml",
+            Kind::InstallerOnly,
+            "an address is an IP or a DNS name, checked after ${VAR} interpolation",
+        ),
+        (
+            "bad-cluster-name.yaml",
+            Kind::InstallerOnly,
+            "checked after ${VAR} interpolation, like every string",
+        ),
+        (
+            "bad-app-reserved-port.yaml",
+            Kind::InstallerOnly,
+            "the ports k3s holds are the installer's table, not the schema's",
+        ),
+        (
+            "bad-store-peer-port.yaml",
+            Kind::InstallerOnly,
+            "storePort + 1 is compared with another value",
+        ),
+        (
+            "bad-timeout.yaml",
+            Kind::InstallerOnly,
+            "a duration is parsed (humantime), after ${VAR} interpolation",
+        ),
+        (
+            "ok-text-that-looks-like-a-number.yaml",
+            Kind::Reading,
+            "`user: 0123` is the text 0123 for the installer, the integer 123 for a schema-blind reader",
+        ),
+    ];
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema")
+    }
+
+    fn workspace() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// The installer's verdict, with its first problem when it refuses.
+    fn installer_verdict(path: &Path, home: &Path) -> Result<(), String> {
+        use installer::config::interpolate::MapEnv;
+        let vars = [
+            ("HOME", home.to_str().unwrap()),
+            ("USER", "admin"),
+            ("SSH_AUTH_SOCK", "/nonexistent/agent.sock"),
+            ("GATEWAY_PORT", "9443"),
+            ("ADMIN_PASSWORD", "fixture-admin-password"),
+            ("APP_ADMIN_PASSWORD", "fixture-admin-password"),
+            ("KEY_PASSPHRASE", "fixture-passphrase"),
+            ("SUDO_PASSWORD", "fixture-sudo-password"),
+            ("SSH_PORT", "22"),
+        ];
+        let env = MapEnv {
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            fallback: None,
+        };
+        let decl = installer::config::app::Declaration::embedded().unwrap();
+        installer::config::load_file(path, &env, None, &decl)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The schema's verdict over the file read as YAML 1.2 core (what an editor's YAML
+    /// language server validates), with its problems when it refuses.
+    fn schema_verdict(validator: &jsonschema::Validator, text: &str) -> Result<(), String> {
+        let tree = installer::config::yaml::parse(text).map_err(|e| e.message)?;
+        let json = installer::config::core_json::core_json(&tree);
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    #[test]
+    fn the_schema_accepts_exactly_what_the_installer_accepts() {
+        let schema: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(workspace().join("docs/answer-file.schema.json")).unwrap(),
+        )
+        .unwrap();
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap();
+
+        // The fixtures, with the files they name, in a private directory.
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        std::fs::write(home.join(".ssh/known_hosts"), "").unwrap();
+        std::fs::write(home.join(".ssh/id_ed25519"), "not parsed by validation\n").unwrap();
+        let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for e in std::fs::read_dir(fixtures()).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+            let to = dir.path().join(&name);
+            std::fs::copy(&p, &to).unwrap();
+            files.insert(name, to);
+        }
+        for e in std::fs::read_dir(workspace().join("docs/examples")).unwrap() {
+            let p = e.unwrap().path();
+            let name = format!("ok-example-{}", p.file_name().unwrap().to_str().unwrap());
+            let to = dir.path().join(&name);
+            std::fs::copy(&p, &to).unwrap();
+            files.insert(name, to);
+        }
+        for (f, text) in [
+            ("id_test", "not parsed by validation\n"),
+            ("password", "pw\n"),
+            ("known_hosts", ""),
+        ] {
+            let p = dir.path().join(f);
+            std::fs::write(&p, text).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        assert!(files.len() > 40, "{files:?}");
+        assert!(files.contains_key("ok-gateway-port-var.yaml"));
+
+        let mut wrong = Vec::new();
+        for (name, path) in &files {
+            let text = std::fs::read_to_string(path).unwrap();
+            let installer = installer_verdict(path, &home);
+            let schema = schema_verdict(&validator, &text);
+            // The fixture's name says what the installer does with it.
+            let want_ok = name.starts_with("ok-");
+            assert!(
+                want_ok || name.starts_with("bad-"),
+                "{name}: name it ok-* or bad-*"
+            );
+            if installer.is_ok() != want_ok {
+                wrong.push(format!("{name}: the installer says {installer:?}"));
+                continue;
+            }
+            let exception = SCHEMA_EXCEPTIONS.iter().find(|(n, _, _)| n == name);
+            match (installer.is_ok(), schema.is_ok(), exception) {
+                (a, b, None) if a == b => {}
+                (false, true, Some((_, Kind::InstallerOnly, _))) => {}
+                (true, false, Some((_, Kind::Reading, _))) => {}
+                (_, _, Some((_, kind, why))) => wrong.push(format!(
+                    "{name}: listed as {kind:?} ({why}) but installer {installer:?}, schema {schema:?}"
+                )),
+                (_, _, None) => wrong.push(format!(
+                    "{name}: installer {installer:?}, schema {schema:?}"
+                )),
+            }
+        }
+        for (n, _, _) in SCHEMA_EXCEPTIONS {
+            assert!(
+                files.contains_key(*n),
+                "exception for a missing fixture {n}"
+            );
+        }
+        assert!(
+            wrong.is_empty(),
+            "the schema and the installer disagree:\n{}",
+            wrong.join("\n")
+        );
+    }
+}

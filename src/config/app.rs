@@ -71,6 +71,79 @@ pub struct ValueDecl {
     pub at_most_hosts: bool,
     #[serde(default)]
     secret: bool,
+    /// For a port: the further host ports the templates derive from it (the store's peer
+    /// port `storePort + 1`), so validation can refuse a value whose derived port is not a
+    /// port, is taken by k3s, or is another value's port, at the answer file's line
+    /// rather than as a render error naming a template.
+    #[serde(default, rename = "alsoHolds")]
+    pub also_holds: Vec<HeldPort>,
+}
+
+/// A host port a template derives from a port value: `value + offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldPort {
+    /// Added to the value (`1`: the next port).
+    pub offset: u16,
+    /// What holds it, for messages ("the store members' peer port").
+    pub what: String,
+}
+
+impl HeldPort {
+    /// The derived port of `port`, or what is wrong with it.
+    pub fn of(&self, port: u16) -> Result<u16, u32> {
+        let p = u32::from(port) + u32::from(self.offset);
+        u16::try_from(p).map_err(|_| p)
+    }
+}
+
+/// A port value's derived ports (`alsoHolds`) checked against the ports k3s holds and the
+/// other port values (`ports`: every port value by name). `None` when they are all free.
+pub fn held_port_problem(d: &ValueDecl, port: u16, ports: &[(String, u16)]) -> Option<Problem> {
+    for h in &d.also_holds {
+        let name = &d.name;
+        let derived = match h.of(port) {
+            Ok(p) => p,
+            Err(p) => {
+                let max = 65535 - u32::from(h.offset);
+                return Some(
+                    Problem::new(format!(
+                        "{name} {port} leaves no room for {} ({name} + {} = {p}, above 65535)",
+                        h.what, h.offset
+                    ))
+                    .hint(format!(
+                        "choose a {name} of at most {max}: {} is {name} + {}",
+                        h.what, h.offset
+                    )),
+                );
+            }
+        };
+        if let Some(what) = check::reserved_port(derived) {
+            return Some(
+                Problem::new(format!(
+                    "{name} {port} puts {} on port {derived} ({name} + {}), which is taken by {what}",
+                    h.what, h.offset
+                ))
+                .hint(format!(
+                    "choose a {name} whose port + {} is free too: every pod uses the host network",
+                    h.offset
+                )),
+            );
+        }
+        if let Some((other, _)) = ports.iter().find(|(n, p)| *p == derived && n != name) {
+            return Some(
+                Problem::new(format!(
+                    "{name} {port} puts {} on port {derived} ({name} + {}), which is also `{other}`",
+                    h.what, h.offset
+                ))
+                .hint(format!(
+                    "give {name} and {other} ports further apart: {} is {name} + {}",
+                    h.what, h.offset
+                )),
+            );
+        }
+    }
+    None
 }
 
 impl ValueDecl {
@@ -369,6 +442,24 @@ impl Declaration {
         if let Err(p) = distinct_ports(self.defaults_as_values().iter()) {
             problems.push(format!("defaults: {p}"));
         }
+        let defaults: Vec<(String, u16)> = self
+            .defaults_as_values()
+            .iter()
+            .filter_map(|(k, v)| v.as_port().map(|p| (k.clone(), p)))
+            .collect();
+        for (i, v) in self.values.iter().enumerate() {
+            if !v.also_holds.is_empty() && v.ty != ValueType::Port {
+                problems.push(format!(
+                    "values[{i}] {}: `alsoHolds` is for port values",
+                    v.name
+                ));
+            }
+            if let Some((_, p)) = defaults.iter().find(|(n, _)| *n == v.name)
+                && let Some(pr) = held_port_problem(v, *p, &defaults)
+            {
+                problems.push(format!("values[{i}] {}: default: {pr}", v.name));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -469,11 +560,7 @@ impl Declaration {
                         p,
                         {
                             "type": "string",
-                            "pattern": if ty == "boolean" {
-                                r"^\s*(true|false)\s*$|\$\{[A-Za-z_][A-Za-z0-9_]*\}"
-                            } else {
-                                r"^\s*[+-]?[0-9]+\s*$|\$\{[A-Za-z_][A-Za-z0-9_]*\}"
-                            },
+                            "pattern": text_pattern(v),
                             "description": "the value as text, or a ${VAR} reference to an environment variable holding it"
                         }
                     ]
@@ -507,6 +594,82 @@ impl Declaration {
     }
 }
 
+/// The pattern of a number or boolean value written as text: the same bounds as the value
+/// (a number in quotes is read as the number, so `"70000"` is no more a port than 70000), or
+/// a `${VAR}` reference, checked once interpolated.
+fn text_pattern(v: &ValueDecl) -> String {
+    const VAR: &str = r"\$\{[A-Za-z_][A-Za-z0-9_]*\}";
+    let bounds = match v.ty {
+        ValueType::Bool => return format!(r"^\s*(true|false)\s*$|{VAR}"),
+        ValueType::Port => Some((1, 65535)),
+        _ => match (v.min, v.max) {
+            (Some(lo), Some(hi)) => u64::try_from(lo).ok().zip(u64::try_from(hi).ok()),
+            _ => None,
+        },
+    };
+    match bounds {
+        Some((lo, hi)) if lo <= hi => {
+            format!(r"^\s*\+?0*(?:{})\s*$|{VAR}", range_regex(lo, hi))
+        }
+        _ => format!(r"^\s*[+-]?[0-9]+\s*$|{VAR}"),
+    }
+}
+
+/// A regular expression (without anchors or leading zeros) matching the decimal numbers
+/// from `lo` to `hi`.
+fn range_regex(lo: u64, hi: u64) -> String {
+    let mut alts = Vec::new();
+    let (lo_len, hi_len) = (lo.to_string().len(), hi.to_string().len());
+    for len in lo_len..=hi_len {
+        let floor = if len == 1 {
+            0
+        } else {
+            10u64.pow(len as u32 - 1)
+        };
+        let ceil = 10u64.pow(len as u32) - 1;
+        let (a, b) = (lo.max(floor), hi.min(ceil));
+        if a <= b {
+            alts.push(same_length(&a.to_string(), &b.to_string()));
+        }
+    }
+    alts.join("|")
+}
+
+/// Numbers of one length from `a` to `b` (`a <= b`).
+fn same_length(a: &str, b: &str) -> String {
+    let (Some(a0), Some(b0)) = (a.chars().next(), b.chars().next()) else {
+        return String::new();
+    };
+    let (ar, br) = (&a[1..], &b[1..]);
+    let n = ar.len();
+    if n == 0 {
+        return if a0 == b0 {
+            a0.to_string()
+        } else {
+            format!("[{a0}-{b0}]")
+        };
+    }
+    if ar.bytes().all(|c| c == b'0') && br.bytes().all(|c| c == b'9') {
+        return if a0 == b0 {
+            format!("{a0}[0-9]{{{n}}}")
+        } else {
+            format!("[{a0}-{b0}][0-9]{{{n}}}")
+        };
+    }
+    if a0 == b0 {
+        return format!("{a0}(?:{})", same_length(ar, br));
+    }
+    let nines = "9".repeat(n);
+    let zeros = "0".repeat(n);
+    let mut alts = vec![format!("{a0}(?:{})", same_length(ar, &nines))];
+    let (da, db) = (a0 as u8 - b'0', b0 as u8 - b'0');
+    if db > da + 1 {
+        alts.push(format!("[{}-{}][0-9]{{{n}}}", da + 1, db - 1));
+    }
+    alts.push(format!("{b0}(?:{})", same_length(&zeros, br)));
+    alts.join("|")
+}
+
 /// Two port values must not name the same port: they all bind on the host network.
 pub fn distinct_ports<'a>(
     values: impl Iterator<Item = (&'a String, &'a AppValue)>,
@@ -537,6 +700,28 @@ mod tests {
             d.get("adminPassword").unwrap().env_var(),
             "APP_ADMIN_PASSWORD"
         );
+    }
+
+    #[test]
+    fn text_patterns_bound_numbers_like_the_numbers() {
+        let re = |lo, hi| regex::Regex::new(&format!("^(?:{})$", range_regex(lo, hi))).unwrap();
+        for (lo, hi) in [
+            (1u64, 65535u64),
+            (1, 5),
+            (0, 9),
+            (7, 1234),
+            (10, 10),
+            (99, 101),
+        ] {
+            let r = re(lo, hi);
+            for n in 0..70000u64 {
+                assert_eq!(
+                    r.is_match(&n.to_string()),
+                    (lo..=hi).contains(&n),
+                    "{n} in {lo}..={hi}: {r}"
+                );
+            }
+        }
     }
 
     #[test]

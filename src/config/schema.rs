@@ -22,8 +22,93 @@ pub fn json_schema(decl: &Declaration) -> Value {
     s["properties"]["apiVersion"]["const"] = API_VERSION.into();
     s["properties"]["kind"]["const"] = KIND.into();
     s["$defs"]["App"]["properties"]["values"] = decl.json_schema();
+    // 1, 3, 4 or 5 hosts (two servers cannot keep a quorum when one fails).
+    let hosts = &mut s["$defs"]["Spec"]["properties"]["hosts"];
+    hosts["minItems"] = 1.into();
+    hosts["maxItems"] = 5.into();
+    hosts["not"] = serde_json::json!({"minItems": 2, "maxItems": 2});
     fix_ports(&mut s);
+    let defs = s.get("$defs").cloned().unwrap_or_default();
+    allow_empty_sections(&mut s, &defs);
     s
+}
+
+/// An optional section with everything under it commented out (`network:` alone) is the
+/// same as leaving it out, as the installer reads it: say so in the schema, which would
+/// otherwise refuse the null.
+fn allow_empty_sections(v: &mut Value, defs: &Value) {
+    let Value::Object(m) = v else {
+        if let Value::Array(a) = v {
+            a.iter_mut().for_each(|c| allow_empty_sections(c, defs));
+        }
+        return;
+    };
+    let required: Vec<String> = m
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| {
+            r.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(Value::Object(props)) = m.get_mut("properties") {
+        for (name, prop) in props.iter_mut() {
+            if required.contains(name) || !is_object_schema(prop, defs) || nullable(prop) {
+                continue;
+            }
+            let description = prop.as_object_mut().and_then(|p| p.remove("description"));
+            let mut wrapped = serde_json::json!({"anyOf": [prop.clone(), {"type": "null"}]});
+            if let Some(d) = description {
+                wrapped["description"] = d;
+            }
+            *prop = wrapped;
+        }
+    }
+    for (k, child) in m.iter_mut() {
+        if k != "properties" {
+            allow_empty_sections(child, defs);
+        }
+    }
+    if let Some(Value::Object(props)) = m.get_mut("properties") {
+        for child in props.values_mut() {
+            allow_empty_sections(child, defs);
+        }
+    }
+}
+
+/// Whether `schema` (through a `$ref`, or any `anyOf` branch) is a mapping.
+fn is_object_schema(schema: &Value, defs: &Value) -> bool {
+    let mut schema = schema;
+    for _ in 0..16 {
+        match schema
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/$defs/"))
+        {
+            Some(name) => match defs.get(name) {
+                Some(d) => schema = d,
+                None => return false,
+            },
+            None => break,
+        }
+    }
+    if type_names(schema).contains(&"object") {
+        return true;
+    }
+    schema
+        .get("anyOf")
+        .and_then(Value::as_array)
+        .is_some_and(|b| b.iter().any(|b| is_object_schema(b, defs)))
+}
+
+fn nullable(schema: &Value) -> bool {
+    type_names(schema).contains(&"null")
+        || schema
+            .get("anyOf")
+            .and_then(Value::as_array)
+            .is_some_and(|b| b.iter().any(|b| type_names(b).contains(&"null")))
 }
 
 /// schemars bounds a `u16` to 0..=65535; port 0 is not a port.
@@ -342,7 +427,10 @@ impl<'s> Walker<'s> {
                 Some(prop)
                     if child.is_null()
                         && !required_here(schema, &key.text)
-                        && type_names(self.resolve(prop)).contains(&"object") => {}
+                        && is_object_schema(
+                            prop,
+                            self.root.get("$defs").unwrap_or(&Value::Null),
+                        ) => {}
                 Some(prop) => {
                     if let Some(v) = self.walk(child, prop, &child_path, None) {
                         out.insert(key.text.clone(), v);

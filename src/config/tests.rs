@@ -262,6 +262,106 @@ fn app_ports_in_the_node_port_range_or_on_k3s_ports_are_refused() {
     );
 }
 
+/// Issue 17: the store's peer port (storePort + 1) collided with apiPort, or with etcd's
+/// 2379, or did not exist (storePort 65535), and it was found only when the templates were
+/// rendered, in an error naming a template file. Now validation names the answer file's line
+/// and field, with a hint.
+#[test]
+fn a_store_port_whose_peer_port_collides_or_overflows_is_refused_at_its_line() {
+    let f = Fixture::new();
+    let with = |values: &str| doc(&format!("{}  app:\n    values:\n{values}", hosts(1)));
+    let problems = |values: &str| match f.run_with(&with(values), &[], None) {
+        Ok(_) => panic!("expected problems with {values}"),
+        Err(d) => d.errors().cloned().collect::<Vec<_>>(),
+    };
+
+    // The peer port on apiPort (both written in the file): the storePort line.
+    let p = problems("      apiPort: 8081\n      storePort: 8080\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(
+        (p[0].loc.line, p[0].path.to_string()),
+        (11, "spec.app.values.storePort".into())
+    );
+    assert_eq!(
+        p[0].message,
+        "storePort 8080 puts the store members' peer port on port 8081 (storePort + 1), which is also `apiPort`"
+    );
+    assert!(
+        p[0].hint.as_deref().unwrap().contains("further apart"),
+        "{:?}",
+        p[0].hint
+    );
+    assert!(!p[0].message.contains("templates/"), "{}", p[0].message);
+
+    // apiPort written on the default storePort's peer port: the apiPort line.
+    let p = problems("      apiPort: 7380\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(
+        (p[0].loc.line, p[0].path.to_string()),
+        (10, "spec.app.values.apiPort".into())
+    );
+    assert!(
+        p[0].message.contains("which is also `apiPort`"),
+        "{}",
+        p[0].message
+    );
+
+    // The peer port on etcd's client port.
+    let p = problems("      storePort: 2378\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!((p[0].loc.line, p[0].loc.column), (10, 18));
+    assert_eq!(
+        p[0].message,
+        "storePort 2378 puts the store members' peer port on port 2379 (storePort + 1), which is taken by etcd on servers (2379-2382)"
+    );
+    assert!(
+        p[0].hint.as_deref().unwrap().contains("port + 1 is free"),
+        "{:?}",
+        p[0].hint
+    );
+
+    // No port above 65535.
+    let p = problems("      storePort: 65535\n");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].path.to_string(), "spec.app.values.storePort");
+    assert!(
+        p[0].message.contains("65536, above 65535"),
+        "{}",
+        p[0].message
+    );
+    assert!(
+        p[0].hint.as_deref().unwrap().contains("at most 65534"),
+        "{:?}",
+        p[0].hint
+    );
+
+    // The edges that are fine.
+    f.ok(&with("      storePort: 65534\n"));
+    f.ok(&with("      apiPort: 8082\n      storePort: 8080\n"));
+}
+
+/// The declaration's `alsoHolds` says what the templates derive: keep the two in step.
+#[test]
+fn the_declared_peer_port_is_the_one_the_store_template_uses() {
+    let decl = Declaration::embedded().unwrap();
+    let store = decl.get("storePort").unwrap();
+    assert_eq!(store.also_holds.len(), 1);
+    let offset = store.also_holds[0].offset;
+    let template = include_str!("../../templates/app/manifests/20-store.yaml.tera");
+    assert!(
+        template.contains(&format!("set peer_port = values.storePort + {offset}")),
+        "templates/app/manifests/20-store.yaml.tera no longer derives the peer port as storePort + {offset}"
+    );
+    // A declaration with a derived port on a non-port value is a bundle bug.
+    let bad = "application: x\nvalues:\n  - {name: n, type: int, description: d, alsoHolds: [{offset: 1, what: w}]}\n";
+    assert!(
+        Declaration::parse(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("`alsoHolds` is for port values")
+    );
+}
+
 #[test]
 fn timeouts_are_durations_with_a_floor() {
     let f = Fixture::new();

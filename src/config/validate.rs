@@ -1462,6 +1462,29 @@ impl<'a> Validator<'a> {
                 }
             }
         }
+        // Ports the templates derive from a port value (the store's peer port, storePort + 1):
+        // refused here, at the value's line, not as a render error naming a template.
+        for d in decl.values.iter().filter(|d| !d.also_holds.is_empty()) {
+            let Some(port) = out.get(&d.name).and_then(AppValue::as_port) else {
+                continue;
+            };
+            let Some(pr) = super::app::held_port_problem(d, port, &ports) else {
+                continue;
+            };
+            // Point at the value the file gives: this one, or else the one it collides with.
+            let p = paths
+                .get(&d.name)
+                .or_else(|| {
+                    ports
+                        .iter()
+                        .find(|(n, _)| n != &d.name && pr.message.ends_with(&format!("`{n}`")))
+                        .and_then(|(n, _)| paths.get(n))
+                })
+                .cloned()
+                .unwrap_or_else(|| vp.clone());
+            self.error(&p, pr);
+            ok = false;
+        }
         ok.then_some(AppValues(out))
     }
 }
