@@ -837,6 +837,27 @@ fn private_key_readable_by_others_is_warned_about() {
 }
 
 #[test]
+fn password_file_readable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let pw = f.dir.path().join("sudo-password");
+    std::fs::write(&pw, "Hunter2-sudo\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let l = f.ok(&doc(&format!(
+        "  ssh:\n    user: admin\n    sudo: {{mode: password, passwordFile: {}}}\n{}",
+        pw.display(),
+        hosts(1)
+    )));
+    let w: Vec<_> = l.warnings.items.iter().map(|w| w.message.clone()).collect();
+    assert!(
+        w.iter()
+            .any(|m| m.contains("password file") && m.contains("can be read by other users")),
+        "{w:?}"
+    );
+    assert!(w.iter().all(|m| !m.contains("Hunter2-sudo")), "{w:?}");
+}
+
+#[test]
 fn answer_file_writable_by_others_is_warned_about_when_root() {
     use std::os::unix::fs::PermissionsExt;
     let d = tempfile::tempdir().unwrap();
