@@ -20,6 +20,8 @@ pub mod ops;
 pub mod preflight;
 pub mod prepare;
 pub mod runner;
+pub mod uninstall;
+pub mod uninstall_plan;
 pub mod upload;
 pub mod verify;
 
