@@ -569,7 +569,7 @@ pub fn decide(cluster: &str, st: &HostState, purge_data: bool) -> Verdict {
     }
     work.empty_parents = parents
         .into_iter()
-        .filter(|d| st.exists(d))
+        .filter(|d| st.exists(d) && !work.then.contains(&Undo::RemoveDirIfEmpty((*d).to_owned())))
         .map(str::to_owned)
         .collect();
     Verdict::Proceed(Box::new(work))
@@ -614,12 +614,13 @@ pub fn stop_units_script() -> String {
 }
 
 /// Kills containerd's shims under k3s's data directory and their process trees
-/// (k3s-killall.sh `killtree $(getshims)`), from /proc, so no `ps` is needed.
+/// (k3s-killall.sh `killtree $(getshims)`), from /proc, so no `ps` is needed. Only a
+/// process's argv[0] is matched: this script's own command line holds the pattern too.
 pub fn kill_shims_script() -> String {
     format!(
         "tree() {{ for p in \"$@\"; do echo \"$p\"; tree $(cat /proc/\"$p\"/task/*/children 2>/dev/null); done; }}\n\
          shims=\"\"\n\
-         for p in /proc/[0-9]*; do c=$(tr '\\0' ' ' < \"$p/cmdline\" 2>/dev/null) || continue; case \"$c\" in *{data}/data/*/bin/containerd-shim*) shims=\"$shims ${{p#/proc/}}\";; esac; done\n\
+         for p in /proc/[0-9]*; do [ \"${{p#/proc/}}\" = \"$$\" ] && continue; c=$(tr '\\0' '\\n' < \"$p/cmdline\" 2>/dev/null | head -n1) || continue; case \"$c\" in {data}/data/*/bin/containerd-shim*) shims=\"$shims ${{p#/proc/}}\";; esac; done\n\
          [ -n \"$shims\" ] || exit 0\n\
          kill -9 $(tree $shims) 2>/dev/null || true\n\
          echo killed\n",
