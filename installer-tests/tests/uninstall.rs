@@ -45,7 +45,10 @@ const ALLOWED: &[(&str, &str)] = &[
     ("/run/utmp", "logins"),
     ("/run/sshd", "sshd"),
     // Kept by design: the application's data (--purge-data deletes it).
-    ("/var/lib/appliance", "the application's data, kept without --purge-data"),
+    (
+        "/var/lib/appliance",
+        "the application's data, kept without --purge-data",
+    ),
 ];
 
 fn snapshot(lab: &Lab, n: &Node) -> BTreeSet<String> {
@@ -65,7 +68,8 @@ fn allowed(line: &str, extra: &[&str]) -> bool {
                 .and_then(|l| l.split_whitespace().nth(1))
         });
     ALLOWED.iter().any(|(p, _)| {
-        line.starts_with(p) || path.is_some_and(|x| x == p.trim_end_matches('/') || x.starts_with(p))
+        line.starts_with(p)
+            || path.is_some_and(|x| x == p.trim_end_matches('/') || x.starts_with(p))
     }) || path.is_some_and(|x| extra.contains(&x))
 }
 
@@ -118,6 +122,16 @@ fn uninstall_of_a_three_host_cluster_leaves_every_host_as_before() {
     let answers = lab.answer_file_path();
     let nodes = lab.nodes();
     let before: Vec<BTreeSet<String>> = nodes.iter().map(|n| snapshot(&lab, n)).collect();
+    for b in &before {
+        assert!(
+            b.iter().any(|l| l.starts_with("path f 644 /etc/hostname")),
+            "{b:#?}"
+        );
+        assert!(
+            b.iter().any(|l| l.starts_with("unit ssh.service")),
+            "{b:#?}"
+        );
+    }
     let run = env.run(&answers, &["install"]).unwrap();
     assert!(run.ok(), "{}", run.all());
     let installed: Vec<String> = nodes.iter().map(|n| fingerprint(&lab, n)).collect();
@@ -143,7 +157,10 @@ fn uninstall_of_a_three_host_cluster_leaves_every_host_as_before() {
             "remove /usr/local/bin/k3s (unchanged since the installer wrote it)",
             "delete /var/lib/rancher/k3s (on its own file system, crossing no mount)",
         ] {
-            assert!(planned.iter().any(|p| p == want), "{host}: no {want:?} in {planned:#?}");
+            assert!(
+                planned.iter().any(|p| p == want),
+                "{host}: no {want:?} in {planned:#?}"
+            );
         }
     }
     for (n, f) in nodes.iter().zip(&installed) {
@@ -152,8 +169,11 @@ fn uninstall_of_a_three_host_cluster_leaves_every_host_as_before() {
 
     // The admin changed a file the installer wrote; a volume is mounted under node3's pods.
     let (n1, n3) = (&nodes[0], &nodes[2]);
-    lab.exec_ok(n1, "echo '# tuned by the admin' >> /etc/rancher/k3s/config.yaml")
-        .unwrap();
+    lab.exec_ok(
+        n1,
+        "echo '# tuned by the admin' >> /etc/rancher/k3s/config.yaml",
+    )
+    .unwrap();
     lab.exec_ok(
         n3,
         &format!(
@@ -185,9 +205,7 @@ fn uninstall_of_a_three_host_cluster_leaves_every_host_as_before() {
     for n in &nodes[..2] {
         assert_ne!(e2e::unit_state(&lab, n, "k3s").unwrap(), "active");
     }
-    let kept = lab
-        .exec_ok(n1, "cat /etc/rancher/k3s/config.yaml")
-        .unwrap();
+    let kept = lab.exec_ok(n1, "cat /etc/rancher/k3s/config.yaml").unwrap();
     assert!(kept.contains("# tuned by the admin"), "{kept}");
     let said = messages(&run, &n1.addr.to_string());
     assert!(
@@ -215,12 +233,57 @@ fn uninstall_of_a_three_host_cluster_leaves_every_host_as_before() {
     for (i, n) in nodes.iter().enumerate() {
         let extra: &[&str] = if i == 0 { &n1_kept } else { &[] };
         let left = leftovers(&before[i], &snapshot(&lab, n), extra);
-        assert!(left.is_empty(), "{} differs from before the install:\n{}", n.name, left.join("\n"));
+        assert!(
+            left.is_empty(),
+            "{} differs from before the install:\n{}",
+            n.name,
+            left.join("\n")
+        );
     }
 
     // A last run is a no-op on every host.
     let run = env.run(&answers, &["uninstall", "--force"]).unwrap();
     assert!(run.ok(), "{}", run.all());
-    assert!(run.changes().is_empty(), "{:?}\n{}", run.changes(), run.all());
+    assert!(
+        run.changes().is_empty(),
+        "{:?}\n{}",
+        run.changes(),
+        run.all()
+    );
     assert!(host_done(&run, "clean").is_empty(), "{}", run.all());
+}
+
+/// The comparison itself, without a lab: a leftover is reported, the allow-list and the
+/// expected kept files are not.
+#[test]
+fn the_snapshot_comparison_reports_leftovers_only() {
+    let set = |l: &[&str]| {
+        l.iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<String>>()
+    };
+    let before = set(&["path d 755 /etc -> ", "unit ssh.service enabled"]);
+    let after = set(&[
+        "path d 755 /etc -> ",
+        "unit ssh.service enabled",
+        "path f 644 /etc/cni/net.d/10-local.conflist -> ",
+        "path d 755 /run/systemd/sessions -> ",
+        "path f 600 /etc/rancher/k3s/config.yaml -> ",
+        "content abc  /etc/rancher/k3s/config.yaml",
+        "unit k3s.service enabled",
+    ]);
+    let left = leftovers(&before, &after, &["/etc/rancher/k3s/config.yaml"]);
+    assert_eq!(
+        left,
+        vec![
+            "+ path f 644 /etc/cni/net.d/10-local.conflist -> ".to_string(),
+            "+ unit k3s.service enabled".to_string(),
+        ]
+    );
+    assert_eq!(
+        leftovers(&after, &before, &[]).len(),
+        4,
+        "{:?}",
+        leftovers(&after, &before, &[])
+    );
 }

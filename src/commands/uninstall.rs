@@ -178,12 +178,11 @@ pub async fn run(
     let connected = uninstall::connect(&mut runner, &ctx, &connector).await;
     let results = uninstall::run(&mut runner, &ctx, connected, args.purge_data).await;
     let mut forget_error = None;
-    if let (Some(name), Some((_, result))) = (&only, results.first()) {
-        if matches!(result, HostResult::Cleaned { .. } | HostResult::Nothing) {
-            if let Err(e) = forget(&mut runner, &full, name, &args, &reporter).await {
-                forget_error = Some(e);
-            }
-        }
+    if let (Some(name), Some((_, result))) = (&only, results.first())
+        && matches!(result, HostResult::Cleaned { .. } | HostResult::Nothing)
+        && let Err(e) = forget(&mut runner, &full, name, &args, &reporter).await
+    {
+        forget_error = Some(e);
     }
     let failed: Vec<&(String, HostResult)> = results
         .iter()

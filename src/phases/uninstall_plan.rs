@@ -937,7 +937,7 @@ mod tests {
         let out = std::process::Command::new("sh")
             .args([
                 "-c",
-                &delete_script(&root.display().to_string(), &[keep.clone()]),
+                &delete_script(&root.display().to_string(), std::slice::from_ref(&keep)),
             ])
             .output()
             .unwrap();
