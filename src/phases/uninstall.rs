@@ -411,3 +411,149 @@ pub fn describe(result: &HostResult) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::{Call, FakeRemote, Reply};
+    use crate::host::read_file_script;
+    use crate::report::events::Collector;
+    use crate::report::{Event, Reporter};
+    use tokio_util::sync::CancellationToken;
+
+    const H: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn ctx(goal: super::super::Goal) -> Context {
+        Context {
+            goal,
+            cluster_name: "test".into(),
+            hosts: (1..=2)
+                .map(|i| HostSpec {
+                    name: format!("node{i}"),
+                    address: format!("10.0.0.{i}"),
+                    is_server: true,
+                    node_name: None,
+                    node_ip: None,
+                })
+                .collect(),
+            cluster: crate::k3s::config::ClusterSettings::default(),
+            relax: super::super::preflight::Relaxations::default(),
+            app_ports: vec![],
+            app_udp_ports: vec![],
+            concurrency: 5,
+            timeouts: super::super::Timeouts::default(),
+        }
+    }
+
+    /// A host the installer set up: its log records the k3s binary, still unchanged.
+    fn installed() -> Arc<FakeRemote> {
+        Arc::new(
+            FakeRemote::new("node2")
+                .on(
+                    read_file_script(CHANGES_LOG).as_str(),
+                    Reply::ok(&format!("cluster test\nfile {H} /usr/local/bin/k3s\n")),
+                )
+                .on_contains(
+                    "p=/",
+                    Reply::ok(&format!("file\t/usr/local/bin/k3s\t{H}\n")),
+                )
+                .on(
+                    "cat /proc/self/mountinfo",
+                    Reply::ok("22 1 0:21 / / rw - ext4 /dev/sda1 rw\n"),
+                )
+                .on_contains("", Reply::ok("")),
+        )
+    }
+
+    fn connected(remote: Arc<FakeRemote>) -> Arc<ConnectedHost> {
+        Arc::new(ConnectedHost {
+            spec: HostSpec {
+                name: "node2".into(),
+                address: "10.0.0.2".into(),
+                is_server: true,
+                node_name: None,
+                node_ip: None,
+            },
+            remote,
+            facts: crate::host::facts::parse(
+                "os_id=debian\nos_version=12\ncpus=2\nmem_kb=1\ndisk_free_kb=1\ndisk_total_kb=1\nhostname=node2\ngather=done\n",
+            )
+            .unwrap(),
+            node_name: "node2".into(),
+            node_ip: "10.0.0.2".parse().unwrap(),
+            node_ip_reason: "test".into(),
+            facts_window: (0, 0),
+        })
+    }
+
+    async fn uninstall(
+        goal: super::super::Goal,
+        remote: Arc<FakeRemote>,
+    ) -> (Vec<(String, HostResult)>, Vec<Event>) {
+        let events = Arc::new(Collector::default());
+        let mut runner = Runner::new(
+            "uninstall",
+            Reporter::new(vec![events.clone()]),
+            None,
+            CancellationToken::new(),
+        );
+        let hosts = vec![
+            Err(StepError::new("connection refused")),
+            Ok(connected(remote)),
+        ];
+        let r = run(&mut runner, &ctx(goal), hosts, false).await;
+        (r, events.events())
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_host_is_reported_and_the_others_are_still_cleaned() {
+        let remote = installed();
+        let (results, _) = uninstall(super::super::Goal::Apply, remote.clone()).await;
+        assert!(
+            matches!(&results[0].1, HostResult::NotCleaned { phase, error } if phase == "connect" && error.message == "connection refused"),
+            "{results:?}"
+        );
+        assert_eq!(results[1].1, HostResult::Cleaned { kept: vec![] });
+        let scripts = remote.scripts();
+        assert!(
+            scripts.iter().any(|s| s == "rm -f -- /usr/local/bin/k3s"),
+            "{scripts:#?}"
+        );
+        assert!(
+            scripts
+                .last()
+                .is_some_and(|s| s.starts_with(&format!("rm -f {CHANGES_LOG}"))),
+            "{scripts:#?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_sends_nothing_that_changes_a_host() {
+        let remote = installed();
+        let (results, events) = uninstall(super::super::Goal::DryRun, remote.clone()).await;
+        assert_eq!(results[1].1, HostResult::Cleaned { kept: vec![] });
+        let read_only = |c: &Call| match c {
+            Call::Exec { script, .. } => {
+                script == &read_file_script(CHANGES_LOG)
+                    || script.starts_with("p=/")
+                    || script == "cat /proc/self/mountinfo"
+            }
+            _ => false,
+        };
+        let calls = remote.calls();
+        assert!(calls.iter().all(read_only), "{calls:#?}");
+        let planned: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::PlannedChange { summary, .. } => Some(summary.clone()),
+                _ => None,
+            })
+            .collect();
+        for want in [
+            "stop k3s (every k3s unit)",
+            "remove /usr/local/bin/k3s (unchanged since the installer wrote it)",
+        ] {
+            assert!(planned.iter().any(|p| p == want), "{planned:#?}");
+        }
+    }
+}
