@@ -1,6 +1,7 @@
-//! End to end (issue 18): `installer uninstall` of a 3-host cluster installed by the real
-//! installer with the k3s stand-in. One install serves every assertion (lab time is scarce):
-//! no terminal and no --force changes nothing; a dry run changes nothing; a planted bind
+//! End to end (issue 18): `installer uninstall` of a 4-host cluster (3 servers, 1 agent)
+//! installed by the real installer with the k3s stand-in. One install serves every assertion
+//! (lab time is scarce): no terminal and no --force changes nothing; a dry run changes nothing;
+//! `--node` refuses a server and uninstalls the agent, whose Node leaves the cluster; a planted bind
 //! mount under the kubelet's pods refuses its host (the mount and its data survive) while the
 //! other hosts are cleaned; a file the admin changed after install is kept and reported; once
 //! the mount is gone a rerun cleans the last host; every host then matches its snapshot from
@@ -116,8 +117,8 @@ fn messages(run: &Run, host: &str) -> Vec<String> {
 const CANARY: &str = "/var/lib/kubelet/pods/canary/volumes/kubernetes.io~nfs/data";
 
 #[test]
-fn uninstall_of_a_three_host_cluster_leaves_every_host_as_before() {
-    let Some(lab) = lab_or_skip!(3) else { return };
+fn uninstall_of_an_agent_then_the_cluster_leaves_every_host_as_before() {
+    let Some(lab) = lab_or_skip!(4) else { return };
     let env = Env::new().unwrap();
     let answers = lab.answer_file_path();
     let nodes = lab.nodes();
@@ -167,6 +168,40 @@ fn uninstall_of_a_three_host_cluster_leaves_every_host_as_before() {
         assert_eq!(&fingerprint(&lab, n), f, "{} changed", n.name);
     }
 
+    // --node takes agents only; the agent's uninstall leaves the servers running and takes
+    // its Node out of the cluster.
+    let run = env
+        .run(&answers, &["uninstall", "--force", "--node", "node1"])
+        .unwrap();
+    assert_eq!(run.code, 2, "{}", run.all());
+    let n4 = &nodes[3];
+    let run = env
+        .run(&answers, &["uninstall", "--force", "--node", "node4"])
+        .unwrap();
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(host_done(&run, "clean").len(), 1, "{}", run.all());
+    assert_eq!(host_done(&run, "forget").len(), 1, "{}", run.all());
+    assert_ne!(e2e::unit_state(&lab, n4, "k3s-agent").unwrap(), "active");
+    let names = lab
+        .exec_ok(&nodes[0], "k3s kubectl get nodes -o name")
+        .unwrap();
+    assert!(!names.contains("node/node4"), "{names}");
+    assert!(names.contains("node/node3"), "{names}");
+    for n in &nodes[..3] {
+        assert_eq!(
+            e2e::unit_state(&lab, n, "k3s").unwrap(),
+            "active",
+            "{}",
+            n.name
+        );
+    }
+    let left = leftovers(&before[3], &snapshot(&lab, n4), &[]);
+    assert!(
+        left.is_empty(),
+        "node4 differs from before the install:\n{}",
+        left.join("\n")
+    );
+
     // The admin changed a file the installer wrote; a volume is mounted under node3's pods.
     let (n1, n3) = (&nodes[0], &nodes[2]);
     lab.exec_ok(
@@ -190,6 +225,13 @@ fn uninstall_of_a_three_host_cluster_leaves_every_host_as_before() {
         .filter(|e| e["phase"] == "uninstall-check")
         .collect();
     assert_eq!(refused.len(), 1, "{}", run.all());
+    // node4 (uninstalled above) has nothing left.
+    let nothing: Vec<_> = host_done(&run, "uninstall-check")
+        .into_iter()
+        .filter(|e| e["host"] == n4.addr.to_string().as_str())
+        .collect();
+    assert_eq!(nothing.len(), 1, "{}", run.all());
+    assert_eq!(nothing[0]["outcome"], "unchanged");
     assert_eq!(refused[0]["host"], n3.addr.to_string().as_str());
     let why = refused[0]["error"].as_str().unwrap();
     assert!(why.contains(CANARY) && why.contains("mount"), "{why}");
