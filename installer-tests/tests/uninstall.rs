@@ -329,3 +329,45 @@ fn the_snapshot_comparison_reports_leftovers_only() {
         leftovers(&after, &before, &[])
     );
 }
+
+/// On a terminal the cluster's name must be typed back (no lab: the confirmation comes
+/// before any host is contacted). A wrong name ends the run with exit 2 and contacts nothing;
+/// the right one goes on to connect (here to a closed port: that host is reported as not
+/// cleaned, exit 1).
+#[test]
+fn on_a_terminal_the_cluster_name_is_typed_back() {
+    use installer_tests::pty::{ENTER, Pty};
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    std::fs::create_dir_all(h.join(".ssh")).unwrap();
+    std::fs::write(h.join(".ssh/id_ed25519"), "not a real key").unwrap();
+    std::fs::set_permissions(
+        h.join(".ssh/id_ed25519"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(
+        h.join("answers.yaml"),
+        format!(
+            "apiVersion: installer.dev/v1\nkind: Cluster\nmetadata:\n  name: pilot\nspec:\n  ssh:\n    user: root\n    port: 1\n    auth:\n      type: key\n      keyFile: {}\n  hosts:\n    - address: 127.0.0.1\n  app:\n    values:\n      hostname: appliance.example.internal\n      adminEmail: ops@example.internal\n",
+            h.join(".ssh/id_ed25519").display()
+        ),
+    )
+    .unwrap();
+    let bin = installer_tests::payload::workspace_binary("installer").unwrap();
+    let args = ["uninstall", "-f", "answers.yaml", "--output", "plain"];
+    let mut p = Pty::spawn_args(&bin, h, &[("NO_COLOR", "1")], &args);
+    p.expect("Type the cluster's name (pilot)");
+    p.send("pilo");
+    p.send(ENTER);
+    p.expect("is not the cluster's name");
+    assert_eq!(p.finish(), 2, "{}", p.seen);
+    assert!(!p.seen.contains("Connect and gather facts"), "{}", p.seen);
+
+    let mut p = Pty::spawn_args(&bin, h, &[("NO_COLOR", "1")], &args);
+    p.expect("Type the cluster's name (pilot)");
+    p.send("pilot");
+    p.send(ENTER);
+    p.expect_within("NOT cleaned (connect)", 60);
+    assert_eq!(p.finish(), 1, "{}", p.seen);
+}
