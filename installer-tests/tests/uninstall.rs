@@ -267,11 +267,22 @@ fn uninstall_of_an_agent_then_the_cluster_leaves_every_host_as_before() {
         lab.exec_ok(n3, "cat /srv/canary/data").unwrap().trim(),
         "precious"
     );
+    // node1 keeps the changed file, and the changes log says so (and nothing else).
     let n1_kept = [
         "/etc/rancher",
         "/etc/rancher/k3s",
         "/etc/rancher/k3s/config.yaml",
+        "/var/lib/installer",
+        "/var/lib/installer/changes.log",
     ];
+    assert_eq!(
+        lab.exec_ok(n1, "cat /var/lib/installer/changes.log")
+            .unwrap(),
+        format!(
+            "cluster lab{}\nuninstalled\nkept /etc/rancher/k3s/config.yaml\n",
+            lab.id()
+        )
+    );
     for (i, n) in nodes.iter().enumerate() {
         let extra: &[&str] = if i == 0 { &n1_kept } else { &[] };
         let left = leftovers(&before[i], &snapshot(&lab, n), extra);

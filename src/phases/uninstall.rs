@@ -128,7 +128,7 @@ pub async fn check(
                 let st = read_state(&n).await?;
                 match up::decide(&ctx.cluster_name, &st, purge_data) {
                     Verdict::Nothing => Ok((
-                        StepOk::unchanged("nothing of the installer or k3s is on this host"),
+                        StepOk::unchanged("nothing left to uninstall on this host"),
                         None,
                     )),
                     Verdict::Refuse { reason, hint } => Err(StepError::new(reason).with_hint(hint)),
@@ -293,13 +293,22 @@ pub async fn clean(
                     ops.run(&u.describe(), RemoteCommand::new(u.script()).sudo())
                         .await?;
                 }
-                if w.has_log {
+                if w.has_log && w.kept.is_empty() {
                     ops.run(
-                        &format!("remove {CHANGES_LOG} (every change undone or reported)"),
+                        &format!("remove {CHANGES_LOG} (every change undone)"),
                         RemoteCommand::new(format!(
                             "rm -f {CHANGES_LOG}; rmdir \"$(dirname {CHANGES_LOG})\" 2>/dev/null || true"
                         ))
                         .sudo(),
+                    )
+                    .await?;
+                } else if w.has_log {
+                    ops.run(
+                        &format!(
+                            "leave in {CHANGES_LOG} only the {} file(s) kept",
+                            w.kept.len()
+                        ),
+                        RemoteCommand::new(up::tombstone_script(&ctx.cluster_name, &kept)).sudo(),
                     )
                     .await?;
                 }

@@ -81,6 +81,10 @@ pub enum Change {
     FirewalldTrusted(String),
     /// `ufw 6443/tcp`.
     Ufw(String),
+    /// `uninstalled`: an uninstall finished here; what follows was recorded after it.
+    Uninstalled,
+    /// `kept PATH`: a file that uninstall kept (changed since the installer wrote it).
+    Kept(String),
     /// A line this version does not know: reported, never acted on.
     Unknown(String),
 }
@@ -126,6 +130,8 @@ pub fn parse_changes(text: &str) -> Vec<Change> {
                     Change::FirewalldTrusted(rest.to_owned())
                 }
                 "ufw" if !rest.is_empty() => Change::Ufw(rest.to_owned()),
+                "uninstalled" if rest.is_empty() => Change::Uninstalled,
+                "kept" if rest.starts_with('/') => Change::Kept(rest.to_owned()),
                 _ => Change::Unknown(l.to_owned()),
             }
         })
@@ -444,6 +450,21 @@ pub fn decide(cluster: &str, st: &HostState, purge_data: bool) -> Verdict {
             "{CHANGES_LOG} names no cluster (written by an older installer); going by the answer file"
         ));
     }
+    // After an uninstall that kept files, the log holds only what it kept; a later install
+    // appends after that line.
+    let live = match changes.iter().rposition(|c| *c == Change::Uninstalled) {
+        Some(i) => {
+            let live = &changes[i + 1..];
+            if live
+                .iter()
+                .all(|c| matches!(c, Change::Cluster(_) | Change::Kept(_)))
+            {
+                return Verdict::Nothing;
+            }
+            live
+        }
+        None => &changes[..],
+    };
     let foreign: Vec<&Mount> = guarded_mounts(&st.mounts, &guarded_dirs(purge_data))
         .into_iter()
         .filter(|m| !k3s_owned(m))
@@ -469,7 +490,7 @@ pub fn decide(cluster: &str, st: &HostState, purge_data: bool) -> Verdict {
     // The newest record of a path wins (a file rewritten by a later install).
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut dirs = Vec::new();
-    for c in changes.iter().rev() {
+    for c in live.iter().rev() {
         match c {
             Change::File { path, sha256 } => {
                 if !seen.insert(path.clone()) {
@@ -542,7 +563,7 @@ pub fn decide(cluster: &str, st: &HostState, purge_data: bool) -> Verdict {
             Change::Unknown(l) => work.notes.push(format!(
                 "left as it is: a line of {CHANGES_LOG} this installer does not know: {l}"
             )),
-            Change::Cluster(_) => {}
+            Change::Cluster(_) | Change::Uninstalled | Change::Kept(_) => {}
         }
     }
     // Deepest first, whatever order they were recorded in.
@@ -603,6 +624,19 @@ pub fn delete_script(dir: &str, keep: &[String]) -> String {
          find \"$d\" -xdev -depth ! -type d{spare} -exec rm -f -- {{}} +\n\
          find \"$d\" -xdev -depth -type d -exec rmdir -- {{}} + 2>/dev/null || true\n\
          if [ -e \"$d\" ]; then echo remains; fi\n"
+    )
+}
+
+/// The changes log's last form when uninstall kept files: the cluster, `uninstalled`, and
+/// each kept file, so that a rerun knows there is nothing left to undo (and says what was
+/// kept) instead of taking a kept k3s binary for a k3s nobody recorded.
+pub fn tombstone_script(cluster: &str, kept: &[String]) -> String {
+    let mut lines = vec![format!("cluster {cluster}"), "uninstalled".to_owned()];
+    lines.extend(kept.iter().map(|k| format!("kept {k}")));
+    let args: Vec<String> = lines.iter().map(|l| shell_quote(l)).collect();
+    format!(
+        "printf '%s\\n' {} > {CHANGES_LOG}.new && mv -f {CHANGES_LOG}.new {CHANGES_LOG}",
+        args.join(" ")
     )
 }
 
@@ -872,6 +906,37 @@ mod tests {
         k3s.paths
             .insert("/usr/local/bin/k3s".into(), PathState::File(H1.into()));
         assert!(matches!(decide("lab", &k3s, false), Verdict::Refuse { .. }));
+    }
+
+    #[test]
+    fn after_an_uninstall_that_kept_files_a_rerun_is_a_no_op_and_a_reinstall_counts_again() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("changes.log");
+        let script = tombstone_script("lab", &["/usr/local/bin/k3s".into()])
+            .replace(CHANGES_LOG, &log.display().to_string());
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text, "cluster lab\nuninstalled\nkept /usr/local/bin/k3s\n");
+        // The kept binary is not taken for a k3s nobody recorded.
+        let mut st = state(&text);
+        assert_eq!(decide("lab", &st, false), Verdict::Nothing);
+        // Another cluster's host is still refused.
+        assert!(matches!(decide("prod", &st, false), Verdict::Refuse { .. }));
+        // A later install appends: its changes are undone, the earlier ones are not replayed.
+        st.changes = Some(parse_changes(&format!(
+            "{text}cluster lab\nfile {H1} /etc/cni/net.d/10-local.conflist\n"
+        )));
+        let Verdict::Proceed(w) = decide("lab", &st, false) else {
+            panic!()
+        };
+        assert_eq!(
+            w.remove_first,
+            vec![Undo::RemoveFile("/etc/cni/net.d/10-local.conflist".into())]
+        );
     }
 
     #[test]
