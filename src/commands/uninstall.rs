@@ -45,7 +45,8 @@ pub fn confirm(
     hosts: usize,
     confirm: &dyn Confirm,
 ) -> Result<(), Error> {
-    if args.dry_run || args.force && !confirm.interactive() {
+    // A dry run changes nothing; --force is the admin's answer given in advance.
+    if args.dry_run || args.force {
         return Ok(());
     }
     let what = format!(
@@ -60,9 +61,6 @@ pub fn confirm(
             String::new()
         }
     );
-    if args.force {
-        return Ok(());
-    }
     if !confirm.interactive() {
         return Err(Error::usage(
             format!("uninstall deletes {what}: without a terminal to confirm on, it needs --force"),
