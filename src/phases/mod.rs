@@ -22,6 +22,7 @@ pub mod prepare;
 pub mod runner;
 pub mod uninstall;
 pub mod uninstall_plan;
+pub mod uninstall_scripts;
 pub mod upload;
 pub mod verify;
 

@@ -16,6 +16,7 @@ use super::ops::Ops;
 use super::prepare::{CHANGES_LOG, outcome};
 use super::runner::{Named, Runner, StepError, StepOk};
 use super::uninstall_plan::{self as up, HostState, Verdict, Work};
+use super::uninstall_scripts as us;
 use crate::host::{RemoteCommand, RemoteExt};
 
 /// What happened to one host, for the command's summary.
@@ -162,7 +163,7 @@ pub async fn stop(
                 let n = &t.host;
                 ops.run(
                     "stop k3s (every k3s unit)",
-                    RemoteCommand::new(up::stop_units_script())
+                    RemoteCommand::new(us::stop_units_script())
                         .sudo()
                         .timeout(Duration::from_secs(180)),
                 )
@@ -170,10 +171,10 @@ pub async fn stop(
                 if let Some(out) = ops
                     .run(
                         "kill containerd's shims and their containers",
-                        RemoteCommand::new(up::kill_shims_script()).sudo(),
+                        RemoteCommand::new(us::kill_shims_script()).sudo(),
                     )
                     .await?
-                    && up::killed_something(&out.stdout_str())
+                    && us::killed_something(&out.stdout_str())
                 {
                     ops.step("containers killed");
                 }
@@ -187,13 +188,13 @@ pub async fn stop(
                 if !mine.is_empty() {
                     ops.run(
                         &format!("unmount k3s's {} volatile mount(s)", mine.len()),
-                        RemoteCommand::new(up::release_script(&mine)).sudo(),
+                        RemoteCommand::new(us::release_script(&mine)).sudo(),
                     )
                     .await?;
                 }
                 ops.run(
                     "remove k3s's network namespaces, links and kube-proxy rules",
-                    RemoteCommand::new(up::network_script()).sudo(),
+                    RemoteCommand::new(us::network_script()).sudo(),
                 )
                 .await?;
                 if ops.goal().applies() {
@@ -257,7 +258,7 @@ pub async fn clean(
                     let out = ops
                         .run(
                             &what,
-                            RemoteCommand::new(up::delete_script(d, &kept))
+                            RemoteCommand::new(us::delete_script(d, &kept))
                                 .sudo()
                                 .timeout(Duration::from_secs(600)),
                         )
@@ -308,7 +309,7 @@ pub async fn clean(
                             "leave in {CHANGES_LOG} only the {} file(s) kept",
                             w.kept.len()
                         ),
-                        RemoteCommand::new(up::tombstone_script(&ctx.cluster_name, &kept)).sudo(),
+                        RemoteCommand::new(us::tombstone_script(&ctx.cluster_name, &kept)).sudo(),
                     )
                     .await?;
                 }
