@@ -88,6 +88,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Collect one redacted .tar.gz from every host and the cluster, for a support ticket
     SupportBundle(SupportBundleArgs),
+    /// Remove k3s and everything the installer set up from every host (or one agent), keeping
+    /// the application's data unless --purge-data
+    Uninstall(UninstallArgs),
     /// Check an answer file and print the plan, without connecting to any host
     Validate(ValidateArgs),
     /// Print the answer file's JSON Schema
@@ -186,6 +189,40 @@ pub struct SupportBundleArgs {
     /// Do not contact the Kubernetes API (node collectors only, pod logs read on the nodes)
     #[arg(long)]
     pub no_cluster: bool,
+
+    /// Trust and record host keys not yet in known_hosts nor pinned in the answer file
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+}
+
+/// `installer uninstall`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Exit codes: 0 every host cleaned (or nothing left on it), 1 a host was not cleaned \
+(unreachable, refused, or a step failed: the summary names each and why; rerun once fixed), 2 bad \
+input, not confirmed, or no terminal and no --force: nothing was changed, 130 interrupted."
+)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    pub answers: AnswerFileArg,
+
+    /// Do not ask for the cluster's name (required without a terminal)
+    #[arg(long)]
+    pub force: bool,
+
+    /// Also delete the application's data (/var/lib/appliance/store) on the hosts
+    #[arg(long)]
+    pub purge_data: bool,
+
+    /// Only this agent (as the answer file names it, or its node name); its Node is then
+    /// deleted from the cluster, which keeps running
+    #[arg(long, value_name = "HOST")]
+    pub node: Option<String>,
+
+    /// Connect and read the hosts, then print every change uninstall would make; change
+    /// nothing
+    #[arg(long)]
+    pub dry_run: bool,
 
     /// Trust and record host keys not yet in known_hosts nor pinned in the answer file
     #[arg(long)]

@@ -41,6 +41,7 @@ fn help_of_each_command() {
         vec!["--help"],
         vec!["install", "--help"],
         vec!["preflight", "--help"],
+        vec!["uninstall", "--help"],
         vec!["schema", "--help"],
         vec!["version", "--help"],
     ] {

@@ -15,6 +15,7 @@ pub mod schema;
 pub mod session;
 pub mod status;
 pub mod support_bundle;
+pub mod uninstall;
 pub mod version;
 pub mod wizard;
 
@@ -78,6 +79,14 @@ pub fn dispatch(cli: Cli) -> i32 {
                 let plan = load(out, &file, None)?;
                 let log = out.log.as_ref().map(|l| l.path().to_owned());
                 block_on(support_bundle::run(plan, args, log, out.reporter.clone()))
+            })
+        }
+        Some(Command::Uninstall(args)) => {
+            let file = args.answers.file.clone();
+            with_output(g, settings, Some(&file), |out| {
+                let plan = load(out, &file, None)?;
+                let confirm = uninstall::TerminalConfirm(out.prompts());
+                block_on(uninstall::run(plan, args, &confirm, out.reporter.clone()))
             })
         }
         Some(Command::Validate(args)) => {

@@ -16,6 +16,10 @@ pub enum PhaseId {
     Enforcer,
     App,
     Verify,
+    UninstallCheck,
+    UninstallStop,
+    UninstallClean,
+    UninstallForget,
 }
 
 impl PhaseId {
@@ -34,6 +38,10 @@ impl PhaseId {
             PhaseId::Enforcer => "enforcer",
             PhaseId::App => "app",
             PhaseId::Verify => "verify",
+            PhaseId::UninstallCheck => "uninstall-check",
+            PhaseId::UninstallStop => "stop",
+            PhaseId::UninstallClean => "clean",
+            PhaseId::UninstallForget => "forget",
         }
     }
 
@@ -52,6 +60,10 @@ impl PhaseId {
             PhaseId::Enforcer => "Policy enforcer",
             PhaseId::App => "Deploy the application",
             PhaseId::Verify => "Check the application's endpoints",
+            PhaseId::UninstallCheck => "Check identity, mounts and recorded changes",
+            PhaseId::UninstallStop => "Stop k3s and its containers",
+            PhaseId::UninstallClean => "Remove k3s and undo the installer's changes",
+            PhaseId::UninstallForget => "Delete the node from the cluster",
         }
     }
 
@@ -77,6 +89,14 @@ pub const INSTALL: &[PhaseId] = &[
     PhaseId::Verify,
 ];
 
+/// The phases of `installer uninstall`.
+pub const UNINSTALL: &[PhaseId] = &[
+    PhaseId::Connect,
+    PhaseId::UninstallCheck,
+    PhaseId::UninstallStop,
+    PhaseId::UninstallClean,
+];
+
 /// The phases of `installer preflight`.
 pub const PREFLIGHT: &[PhaseId] = &[PhaseId::Connect, PhaseId::Preflight];
 
@@ -86,7 +106,8 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_kebab_case() {
-        let ids = PhaseId::ids(INSTALL);
+        let mut ids = PhaseId::ids(INSTALL);
+        ids.extend(PhaseId::ids(&UNINSTALL[1..]));
         let mut sorted = ids.clone();
         sorted.sort_unstable();
         sorted.dedup();

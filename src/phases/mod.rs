@@ -20,6 +20,9 @@ pub mod ops;
 pub mod preflight;
 pub mod prepare;
 pub mod runner;
+pub mod uninstall;
+pub mod uninstall_plan;
+pub mod uninstall_scripts;
 pub mod upload;
 pub mod verify;
 

@@ -28,6 +28,17 @@ pub struct Ops {
     changed: AtomicBool,
 }
 
+/// The script that records a file the installer wrote in the host's changes log, with the
+/// SHA-256 of its content as it is now, so that uninstall removes it only while unchanged.
+/// A line is `file <sha256> <path>` (the path is the rest of the line).
+pub fn record_file_script(path: &str) -> String {
+    let log = super::prepare::CHANGES_LOG;
+    let q = crate::host::shell_quote(path);
+    format!(
+        "set -e\nmkdir -p \"$(dirname {log})\"\nh=$(sha256sum < {q} | cut -d' ' -f1)\nprintf 'file %s %s\\n' \"$h\" {q} >> {log}\n"
+    )
+}
+
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -98,6 +109,15 @@ impl Ops {
         self.plan(action, target, what);
     }
 
+    /// Records a file just written in the host's changes log (with its content hash), for
+    /// uninstall. Only called once the goal is to apply and the file was written.
+    async fn record_file(&self, path: &str) -> Result<(), HostError> {
+        self.remote
+            .run(RemoteCommand::new(record_file_script(path)).sudo())
+            .await
+            .map(|_| ())
+    }
+
     /// Runs a temporary probe (a test listener that exits on its own): run unless the goal
     /// is a dry run, which reports it instead. Probes do not count as changes.
     pub async fn probe(
@@ -155,6 +175,7 @@ impl Ops {
             .await?;
         if matches!(outcome, UploadOutcome::Uploaded { .. }) {
             self.change(action, &file.path, &format!("{verb} {}", file.path));
+            self.record_file(&file.path).await?;
             Ok(true)
         } else {
             Ok(false)
@@ -177,6 +198,7 @@ impl Ops {
         );
         if self.goal.applies() {
             self.remote.run(file.write_command()).await?;
+            self.record_file(&file.path).await?;
         }
         Ok(true)
     }
@@ -227,6 +249,7 @@ impl Ops {
                         bytes / 1_000_000
                     ),
                 );
+                self.record_file(&target.path).await?;
                 Ok(true)
             }
             UploadOutcome::AlreadyPresent => Ok(false),

@@ -15,8 +15,18 @@ use crate::k3s::{paths, ports};
 /// The record of changes the installer made on a host, for uninstall.
 pub const CHANGES_LOG: &str = "/var/lib/installer/changes.log";
 
-fn check_script() -> String {
+/// The changes log's line naming the cluster the host belongs to (uninstall refuses a host
+/// whose recorded cluster is not the answer file's).
+pub fn cluster_line(cluster_name: &str) -> String {
+    format!("cluster {cluster_name}")
+}
+
+fn check_script(cluster_name: &str) -> String {
     let mut s = String::from("ok=1\n");
+    s.push_str(&format!(
+        "grep -qxF {} {CHANGES_LOG} 2>/dev/null || ok=0\n",
+        crate::host::shell_quote(&cluster_line(cluster_name))
+    ));
     for d in [
         paths::CONFIG_DIR,
         paths::IMAGES_DIR,
@@ -33,23 +43,33 @@ fn check_script() -> String {
     s
 }
 
-fn prepare_script() -> String {
+fn prepare_script(cluster_name: &str) -> String {
+    // Each directory created is recorded (parents first), so uninstall removes exactly
+    // those, and only when empty.
     let mut s = format!(
-        "set -e\nmkdir -p {} {} {} {} $(dirname {CHANGES_LOG})\n",
+        "set -e\nmkdir -p $(dirname {CHANGES_LOG})\nmkd() {{ [ -d \"$1\" ] && return 0; mkd \"$(dirname \"$1\")\"; mkdir \"$1\"; echo \"dir $1\" >> {CHANGES_LOG}; }}\n"
+    );
+    let line = crate::host::shell_quote(&cluster_line(cluster_name));
+    s.push_str(&format!(
+        "grep -qxF {line} {CHANGES_LOG} 2>/dev/null || echo {line} >> {CHANGES_LOG}\n"
+    ));
+    for d in [
         paths::CONFIG_DIR,
         paths::IMAGES_DIR,
         paths::CNI_BIN_DIR,
-        paths::CNI_CONF_DIR
-    );
+        paths::CNI_CONF_DIR,
+    ] {
+        s.push_str(&format!("mkd {d}\n"));
+    }
     for (link, target) in paths::cni_plugin_links() {
         s.push_str(&format!(
-            "if [ \"$(readlink {link})\" != {target} ]; then ln -sfn {target} {link}; echo \"link {link}\" >> {CHANGES_LOG}; fi\n"
+            "if [ \"$(readlink {link})\" != {target} ]; then ln -sfn {target} {link}; echo \"link {link} -> {target}\" >> {CHANGES_LOG}; fi\n"
         ));
     }
     // k3s never creates it; with it the image import cache survives restarts
     // (k3s-host-network.md §3).
     s.push_str(&format!(
-        "[ -f {m} ] || {{ touch {m}; echo \"file {m}\" >> {CHANGES_LOG}; }}\n",
+        "[ -f {m} ] || {{ touch {m}; echo \"file $(sha256sum < {m} | cut -d' ' -f1) {m}\" >> {CHANGES_LOG}; }}\n",
         m = paths::IMAGES_CACHE_MARKER
     ));
     s
@@ -113,12 +133,14 @@ pub async fn run(
             async move {
                 let check = n
                     .remote
-                    .run(RemoteCommand::new(check_script()).sudo())
+                    .run(RemoteCommand::new(check_script(&ctx.cluster_name)).sudo())
                     .await?;
                 if check.stdout_str().trim() != "ready" {
                     ops.run(
                         "create the k3s directories and link the CNI plugins into /opt/cni/bin",
-                        RemoteCommand::new(prepare_script()).sudo().not_idempotent(),
+                        RemoteCommand::new(prepare_script(&ctx.cluster_name))
+                            .sudo()
+                            .not_idempotent(),
                     )
                     .await?;
                 }
@@ -146,7 +168,7 @@ mod tests {
 
     #[test]
     fn prepare_scripts_are_valid_sh() {
-        for s in [check_script(), prepare_script()] {
+        for s in [check_script("lab"), prepare_script("lab")] {
             let st = std::process::Command::new("sh")
                 .args(["-n", "-c", &s])
                 .status()

@@ -149,7 +149,8 @@ fn converged_host(c: &Context) -> (Arc<FakeRemote>, Arc<ConnectedHost>) {
         FakeRemote::new("node1")
             .with_file(&config.path, config.content.clone())
             .with_file(&unit.path, unit.content.clone())
-            .on_contains("systemctl", Reply::ok("")),
+            .on_contains("systemctl", Reply::ok(""))
+            .on_contains("/var/lib/installer/changes.log", Reply::ok("")),
     );
     (remote.clone(), host(1, remote, f))
 }
@@ -204,6 +205,14 @@ async fn k3s_restarts_only_when_its_config_unit_or_binary_changed() {
             .uploads()
             .iter()
             .any(|u| u.target.path == paths::CONFIG_FILE)
+    );
+    // The file written is recorded in the changes log with its hash, for uninstall.
+    assert!(
+        remote.scripts().iter().any(|s| s.contains("sha256sum")
+            && s.contains(paths::CONFIG_FILE)
+            && s.contains(">> /var/lib/installer/changes.log")),
+        "{:#?}",
+        remote.scripts()
     );
 }
 
