@@ -55,6 +55,18 @@ impl PlainRenderer {
     }
 }
 
+/// Transfers smaller than this show no progress lines without `-v`.
+const SMALL_TRANSFER: u64 = 1024 * 1024;
+
+/// `error` without a leading `host: ` (a host's error often names its host, which the line
+/// already names).
+pub fn without_host<'a>(error: &'a str, host: &str) -> &'a str {
+    error
+        .strip_prefix(host)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(error)
+}
+
 /// The one line an event becomes (`None`: not shown at this verbosity), control characters
 /// escaped ([`text::sanitize`]). Shared with the terminal renderer for messages printed above
 /// its bars.
@@ -100,7 +112,8 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
             host,
             message,
         } => {
-            if verbosity < 0 {
+            // Each file written, each unit started: the host's result line sums them up.
+            if verbosity < 1 {
                 return None;
             }
             format!("{phase} {host}: {message}")
@@ -166,10 +179,13 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
             host,
             error,
             hint,
-        } => match hint {
-            Some(h) => format!("{phase} {host}: FAILED: {error}\n  hint: {h}"),
-            None => format!("{phase} {host}: FAILED: {error}"),
-        },
+        } => {
+            let error = without_host(error, host);
+            match hint {
+                Some(h) => format!("{phase} {host}: FAILED: {error}\n  hint: {h}"),
+                None => format!("{phase} {host}: FAILED: {error}"),
+            }
+        }
         Event::PhaseFinished { phase, elapsed, ok } => {
             if verbosity < 0 && *ok {
                 return None;
@@ -182,7 +198,7 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
         }
         Event::Message { level, host, text } => {
             let min = match level {
-                Level::Debug => 1,
+                Level::Debug | Level::Detail => 1,
                 Level::Info => 0,
                 Level::Warn | Level::Error => i8::MIN,
             };
@@ -191,7 +207,7 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
             }
             let prefix = match level {
                 Level::Debug => "debug: ",
-                Level::Info => "",
+                Level::Detail | Level::Info => "",
                 Level::Warn => "warning: ",
                 Level::Error => "error: ",
             };
@@ -202,6 +218,19 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
         }
         Event::PlanReady { .. } | Event::StatusReady { .. } | Event::BundleReady { .. } => {
             return None;
+        }
+        Event::PreflightChecks { report } => {
+            let lines = super::preflight::lines(report, verbosity, "preflight: ");
+            if lines.is_empty() {
+                return None;
+            }
+            lines
+                .into_iter()
+                .map(|l| match l {
+                    super::preflight::Line::Info(s) | super::preflight::Line::Warn(s) => s,
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
         }
         Event::CommandFinished {
             command,
@@ -247,7 +276,10 @@ impl EventSink for PlainRenderer {
                     }
                     Err(_) => true,
                 };
+                // A small file's progress says nothing its result line does not.
+                let small = *total < SMALL_TRANSFER && self.verbosity < 1;
                 if show
+                    && !small
                     && self.verbosity >= 0
                     && let Some(l) = line(event, self.verbosity)
                 {
@@ -360,6 +392,120 @@ mod tests {
     fn quiet_keeps_failures_warnings_and_the_result() {
         let (err, _) = run(-1);
         insta::assert_snapshot!(err);
+    }
+
+    /// A successful install's kind of events: steps, objects, small and large uploads,
+    /// preflight's checks; at the default verbosity only what sums them up.
+    fn quiet_success(verbosity: i8) -> String {
+        let err = Buf::default();
+        let r = Reporter::new(vec![Arc::new(PlainRenderer::new(
+            Box::new(err.clone()),
+            Box::new(Buf::default()),
+            verbosity,
+        ))]);
+        let hosts: Vec<String> = vec!["h1".into(), "h2".into()];
+        r.emit(Event::PhaseStarted {
+            phase: "preflight".into(),
+            title: "Preflight checks".into(),
+            hosts: hosts.clone(),
+        });
+        let finding = |host: &str| crate::report::preflight::CheckFinding {
+            host: host.into(),
+            found: "/sys/fs/cgroup is tmpfs".into(),
+            needed: "cgroup2fs".into(),
+            hint: "allowed by the answer file".into(),
+        };
+        r.emit(Event::PreflightChecks {
+            report: crate::report::preflight::PreflightReport {
+                hosts: hosts.clone(),
+                checks: vec![
+                    crate::report::preflight::CheckResult {
+                        check: "cpu".into(),
+                        passed: hosts.clone(),
+                        warned: vec![],
+                        failed: vec![],
+                    },
+                    crate::report::preflight::CheckResult {
+                        check: "cgroup-v2".into(),
+                        passed: vec![],
+                        warned: vec![finding("h1"), finding("h2")],
+                        failed: vec![],
+                    },
+                ],
+            },
+        });
+        for h in &hosts {
+            r.emit(Event::HostDone {
+                phase: "preflight".into(),
+                host: h.clone(),
+                outcome: HostOutcome::Unchanged,
+                detail: Some("1 checks passed, 1 warned".into()),
+            });
+        }
+        r.emit(Event::HostStep {
+            phase: "bootstrap".into(),
+            host: "h1".into(),
+            message: "write /etc/rancher/k3s/config.yaml".into(),
+        });
+        for (what, total) in [("k3s", 64 * 1024 * 1024), ("app-api.tar.zst", 748)] {
+            for done in [0, total] {
+                r.emit(Event::HostProgress {
+                    phase: "upload".into(),
+                    host: "h1".into(),
+                    what: what.into(),
+                    done,
+                    total,
+                });
+            }
+        }
+        r.detail(None, "Deployment appliance/api: created");
+        r.detail(None, "Deployment appliance/api is rolled out: 2 of 2 ready");
+        r.emit(Event::HostDone {
+            phase: "app".into(),
+            host: "cluster".into(),
+            outcome: HostOutcome::Changed,
+            detail: Some("1 created, 0 updated, 0 unchanged; every workload rolled out".into()),
+        });
+        r.emit(Event::HostFailed {
+            phase: "connect".into(),
+            host: "h2".into(),
+            error: "h2: cannot connect to h2:22: Connection refused".into(),
+            hint: None,
+        });
+        err.text()
+    }
+
+    #[test]
+    fn success_is_quiet_without_v_and_each_item_shows_with_it() {
+        let quiet = quiet_success(0);
+        insta::assert_snapshot!(quiet);
+        for hidden in [
+            "write /etc/rancher",
+            "appliance/api: created",
+            "is rolled out",
+            "app-api.tar.zst",
+        ] {
+            assert!(!quiet.contains(hidden), "{hidden}:\n{quiet}");
+        }
+        assert_eq!(quiet.matches("warning: cgroup-v2").count(), 1, "{quiet}");
+        assert!(
+            quiet.contains("connect h2: FAILED: cannot connect to h2:22"),
+            "{quiet}"
+        );
+        let verbose = quiet_success(1);
+        for shown in [
+            "write /etc/rancher",
+            "appliance/api: created",
+            "is rolled out",
+            "app-api.tar.zst 100%",
+        ] {
+            assert!(verbose.contains(shown), "{shown}:\n{verbose}");
+        }
+        assert_eq!(
+            verbose.matches("warning: cgroup-v2 on h").count(),
+            2,
+            "{verbose}"
+        );
     }
 
     #[test]

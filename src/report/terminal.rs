@@ -42,6 +42,8 @@ struct State {
     failed: HashMap<String, Vec<String>>,
     /// The last line of each finished host step, printed when its phase ends.
     finals: HashMap<(String, String), String>,
+    /// Lines printed under a phase's line when it ends (preflight's checks by name).
+    notes: HashMap<String, Vec<String>>,
 }
 
 fn spinner_style() -> ProgressStyle {
@@ -220,7 +222,7 @@ impl EventSink for TerminalRenderer {
                 let msg = format!(
                     "{} {}",
                     style("✗").red().bold().for_stderr(),
-                    text::sanitize(error)
+                    text::sanitize(plain::without_host(error, host))
                 );
                 settle(&pb, &msg);
                 let mut line = format!("    {} {msg}", pb.prefix());
@@ -271,6 +273,7 @@ impl EventSink for TerminalRenderer {
                     "{mark} {title}{count} {}",
                     style(text::secs(*elapsed)).dim().for_stderr()
                 ));
+                lines.extend(st.notes.remove(phase).unwrap_or_default());
                 for (host, pb) in hosts {
                     let key = (phase.clone(), host.clone());
                     let fin = st.finals.remove(&key);
@@ -294,11 +297,27 @@ impl EventSink for TerminalRenderer {
                     let styled = match level {
                         Level::Error => style(l).red().for_stderr().to_string(),
                         Level::Warn => style(l).yellow().for_stderr().to_string(),
-                        Level::Debug => style(l).dim().for_stderr().to_string(),
+                        Level::Debug | Level::Detail => style(l).dim().for_stderr().to_string(),
                         Level::Info => l,
                     };
                     self.println(&styled);
                 }
+            }
+            Event::PreflightChecks { report } => {
+                let notes: Vec<String> = super::preflight::lines(report, self.verbosity, "    ")
+                    .into_iter()
+                    .map(|l| match l {
+                        super::preflight::Line::Info(s) => text::sanitize(&s).into_owned(),
+                        super::preflight::Line::Warn(s) => {
+                            let s = text::sanitize(&s).replace('\n', "\n    ");
+                            style(format!("    {s}")).yellow().for_stderr().to_string()
+                        }
+                    })
+                    .collect();
+                st.notes
+                    .entry("preflight".into())
+                    .or_default()
+                    .extend(notes);
             }
             Event::PlanReady { plan } => {
                 let t = text::sanitize(&text::plan(plan)).into_owned();
