@@ -220,7 +220,8 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
             return None;
         }
         Event::PreflightChecks { report } => {
-            let lines = super::preflight::lines(report, verbosity, "preflight: ");
+            let lines =
+                super::preflight::lines(report, verbosity, "preflight: ", super::preflight::WIDTH);
             if lines.is_empty() {
                 return None;
             }

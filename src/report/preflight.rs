@@ -73,12 +73,12 @@ pub enum Line {
     Warn(String),
 }
 
-/// Lines wrap before this many columns (names are never split).
-const WIDTH: usize = 100;
+/// Lines wrap before this many columns (names are never split), or the terminal's width.
+pub const WIDTH: usize = 100;
 
 /// The lines of the report at `verbosity` (quiet: the warnings only). Informational lines
 /// start with `indent`; a warning is `warning: ...` and its indented `hint:` line.
-pub fn lines(r: &PreflightReport, verbosity: i8, indent: &str) -> Vec<Line> {
+pub fn lines(r: &PreflightReport, verbosity: i8, indent: &str, width: usize) -> Vec<Line> {
     let mut out = Vec::new();
     if verbosity >= 0 {
         // Checks grouped by the hosts they passed on, groups in check order.
@@ -100,6 +100,7 @@ pub fn lines(r: &PreflightReport, verbosity: i8, indent: &str) -> Vec<Line> {
                 indent,
                 &format!("{} passed on {on}: ", count(names.len(), "check")),
                 &names,
+                width,
             )));
         }
         let failed: Vec<String> = r
@@ -113,7 +114,7 @@ pub fn lines(r: &PreflightReport, verbosity: i8, indent: &str) -> Vec<Line> {
             .collect();
         if !failed.is_empty() {
             let names: Vec<&str> = failed.iter().map(String::as_str).collect();
-            out.push(Line::Info(wrap(indent, "failed: ", &names)));
+            out.push(Line::Info(wrap(indent, "failed: ", &names, width)));
         }
         let not_run: Vec<&str> = r
             .checks
@@ -122,7 +123,7 @@ pub fn lines(r: &PreflightReport, verbosity: i8, indent: &str) -> Vec<Line> {
             .map(|c| c.check.as_str())
             .collect();
         if !not_run.is_empty() {
-            out.push(Line::Info(wrap(indent, "not run: ", &not_run)));
+            out.push(Line::Info(wrap(indent, "not run: ", &not_run, width)));
         }
     }
     for c in &r.checks {
@@ -163,7 +164,7 @@ fn count(n: usize, what: &str) -> String {
 
 /// `indent` + `head` + the names comma-separated, wrapped onto lines indented two more
 /// than `indent`.
-fn wrap(indent: &str, head: &str, names: &[&str]) -> String {
+fn wrap(indent: &str, head: &str, names: &[&str], width: usize) -> String {
     let lead = indent.chars().count() + 2;
     let mut s = format!("{indent}{head}");
     let mut col = indent.chars().count() + head.chars().count();
@@ -175,7 +176,7 @@ fn wrap(indent: &str, head: &str, names: &[&str]) -> String {
         };
         let w = piece.chars().count();
         if i > 0 {
-            if col + 1 + w > WIDTH {
+            if col + 1 + w > width {
                 let _ = write!(s, "\n{:lead$}", "");
                 col = lead;
             } else {
@@ -282,7 +283,7 @@ mod tests {
 
     #[test]
     fn checks_are_named_and_a_warning_on_every_host_is_shown_once() {
-        let t = text(lines(&report(), 0, ""));
+        let t = text(lines(&report(), 0, "", WIDTH));
         insta::assert_snapshot!(t);
         assert_eq!(t.matches("warning: cgroup-v2").count(), 1, "{t}");
         for c in report().checks {
@@ -292,9 +293,9 @@ mod tests {
 
     #[test]
     fn verbose_shows_each_hosts_warning_and_quiet_only_warnings() {
-        let t = text(lines(&report(), 1, "  "));
+        let t = text(lines(&report(), 1, "  ", WIDTH));
         assert_eq!(t.matches("warning: cgroup-v2 on node").count(), 3, "{t}");
-        let q = text(lines(&report(), -1, ""));
+        let q = text(lines(&report(), -1, "", WIDTH));
         assert!(!q.contains("passed"), "{q}");
         assert!(q.contains("warning: time-sync on node3"), "{q}");
     }
@@ -309,7 +310,7 @@ mod tests {
     #[test]
     fn long_lists_wrap_under_the_first_name() {
         let names = ["aaaaaaaaaaaaaaaaaaaa"; 8];
-        let s = wrap("  ", "8 checks passed on every host: ", &names);
+        let s = wrap("  ", "8 checks passed on every host: ", &names, WIDTH);
         assert!(s.lines().all(|l| l.chars().count() <= WIDTH), "{s}");
         let second = s.lines().nth(1).unwrap_or_default();
         assert!(second.starts_with("    a"), "{s}");

@@ -304,16 +304,19 @@ impl EventSink for TerminalRenderer {
                 }
             }
             Event::PreflightChecks { report } => {
-                let notes: Vec<String> = super::preflight::lines(report, self.verbosity, "    ")
-                    .into_iter()
-                    .map(|l| match l {
-                        super::preflight::Line::Info(s) => text::sanitize(&s).into_owned(),
-                        super::preflight::Line::Warn(s) => {
-                            let s = text::sanitize(&s).replace('\n', "\n    ");
-                            style(format!("    {s}")).yellow().for_stderr().to_string()
-                        }
-                    })
-                    .collect();
+                let width =
+                    (console::Term::stderr().size().1 as usize).clamp(40, super::preflight::WIDTH);
+                let notes: Vec<String> =
+                    super::preflight::lines(report, self.verbosity, "    ", width)
+                        .into_iter()
+                        .map(|l| match l {
+                            super::preflight::Line::Info(s) => text::sanitize(&s).into_owned(),
+                            super::preflight::Line::Warn(s) => {
+                                let s = text::sanitize(&s).replace('\n', "\n    ");
+                                style(format!("    {s}")).yellow().for_stderr().to_string()
+                            }
+                        })
+                        .collect();
                 st.notes
                     .entry("preflight".into())
                     .or_default()
@@ -428,5 +431,43 @@ mod tests {
         assert!(st.bars.is_empty());
         assert!(st.headers.is_empty());
         assert_eq!(st.failed["upload"], vec!["h2".to_string()]);
+    }
+
+    /// Preflight's checks by name wait for the phase's line and are printed under it.
+    #[test]
+    fn preflight_checks_are_printed_under_their_phase_line() {
+        let t = Arc::new(TerminalRenderer::with_target(
+            ProgressDrawTarget::hidden(),
+            0,
+        ));
+        let r = Reporter::new(vec![t.clone()]);
+        let hosts = vec!["h1".to_string()];
+        r.emit(Event::PhaseStarted {
+            phase: "preflight".into(),
+            title: "Preflight checks".into(),
+            hosts: hosts.clone(),
+        });
+        r.emit(Event::PreflightChecks {
+            report: crate::report::preflight::PreflightReport {
+                hosts: hosts.clone(),
+                checks: vec![crate::report::preflight::CheckResult {
+                    check: "cpu".into(),
+                    passed: hosts.clone(),
+                    warned: vec![],
+                    failed: vec![],
+                }],
+            },
+        });
+        {
+            let st = t.state.lock().unwrap();
+            let notes = st.notes["preflight"].join("\n");
+            assert!(notes.contains("1 check passed on h1: cpu"), "{notes}");
+        }
+        r.emit(Event::PhaseFinished {
+            phase: "preflight".into(),
+            elapsed: Duration::from_secs(1),
+            ok: true,
+        });
+        assert!(t.state.lock().unwrap().notes.is_empty());
     }
 }
