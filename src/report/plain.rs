@@ -18,6 +18,8 @@ pub struct PlainRenderer {
     verbosity: i8,
     /// Last quarter reported per (phase, host, what).
     quarters: Mutex<HashMap<(String, String, String), u64>>,
+    /// The last failed host's (phase, hint): the same hint for the next host is said once.
+    last_hint: Mutex<Option<(String, String)>>,
 }
 
 impl PlainRenderer {
@@ -37,6 +39,7 @@ impl PlainRenderer {
             out: Mutex::new(out),
             verbosity,
             quarters: Mutex::new(HashMap::new()),
+            last_hint: Mutex::new(None),
         }
     }
 
@@ -287,6 +290,35 @@ impl EventSink for PlainRenderer {
                     self.err(&l);
                 }
             }
+            Event::HostFailed {
+                phase,
+                host,
+                error,
+                hint: Some(h),
+            } if self.verbosity < 1 => {
+                let repeated = match self.last_hint.lock() {
+                    Ok(mut last) => {
+                        let now = (phase.clone(), h.clone());
+                        let same = last.as_ref() == Some(&now);
+                        *last = Some(now);
+                        same
+                    }
+                    Err(_) => false,
+                };
+                let shown = Event::HostFailed {
+                    phase: phase.clone(),
+                    host: host.clone(),
+                    error: error.clone(),
+                    hint: Some(if repeated {
+                        "as above".into()
+                    } else {
+                        h.clone()
+                    }),
+                };
+                if let Some(l) = line(&shown, self.verbosity) {
+                    self.err(&l);
+                }
+            }
             _ => {
                 if let Some(l) = line(event, self.verbosity) {
                     self.err(&l);
@@ -507,6 +539,33 @@ mod tests {
             2,
             "{verbose}"
         );
+    }
+
+    #[test]
+    fn the_same_hint_for_several_hosts_is_said_once() {
+        let text = |verbosity: i8| {
+            let err = Buf::default();
+            let r = Reporter::new(vec![Arc::new(PlainRenderer::new(
+                Box::new(err.clone()),
+                Box::new(Buf::default()),
+                verbosity,
+            ))]);
+            for (host, hint) in [
+                ("h1", "check the host"),
+                ("h2", "check the host"),
+                ("h3", "other"),
+            ] {
+                r.emit(Event::HostFailed {
+                    phase: "connect".into(),
+                    host: host.into(),
+                    error: format!("{host}: cannot connect"),
+                    hint: Some(hint.into()),
+                });
+            }
+            err.text()
+        };
+        insta::assert_snapshot!(text(0));
+        assert_eq!(text(1).matches("hint: check the host").count(), 2);
     }
 
     #[test]

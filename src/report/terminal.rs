@@ -44,6 +44,8 @@ struct State {
     finals: HashMap<(String, String), String>,
     /// Lines printed under a phase's line when it ends (preflight's checks by name).
     notes: HashMap<String, Vec<String>>,
+    /// The hint of each failed host step, printed under its line when its phase ends.
+    hints: HashMap<(String, String), String>,
 }
 
 fn spinner_style() -> ProgressStyle {
@@ -225,15 +227,12 @@ impl EventSink for TerminalRenderer {
                     text::sanitize(plain::without_host(error, host))
                 );
                 settle(&pb, &msg);
-                let mut line = format!("    {} {msg}", pb.prefix());
+                let line = format!("    {} {msg}", pb.prefix());
                 if let Some(h) = hint {
-                    line.push_str(&format!(
-                        "\n    {:w$} {} {}",
-                        "",
-                        style("hint:").yellow().for_stderr(),
-                        text::sanitize(h),
-                        w = st.host_width
-                    ));
+                    st.hints.insert(
+                        (phase.clone(), host.clone()),
+                        text::sanitize(h).into_owned(),
+                    );
                 }
                 st.finals.insert((phase.clone(), host.clone()), line);
                 st.failed
@@ -274,13 +273,30 @@ impl EventSink for TerminalRenderer {
                     style(text::secs(*elapsed)).dim().for_stderr()
                 ));
                 lines.extend(st.notes.remove(phase).unwrap_or_default());
+                let mut last_hint: Option<String> = None;
                 for (host, pb) in hosts {
                     let key = (phase.clone(), host.clone());
                     let fin = st.finals.remove(&key);
+                    let hint = st.hints.remove(&key);
                     if !*ok || failed.contains(&host) || self.verbosity > 0 {
                         lines.push(
                             fin.unwrap_or_else(|| format!("    {} (no result)", pb.prefix())),
                         );
+                        if let Some(h) = hint {
+                            // The same hint for the next host: said once (all with -v).
+                            let shown = if last_hint.as_ref() == Some(&h) && self.verbosity < 1 {
+                                "as above".to_string()
+                            } else {
+                                h.clone()
+                            };
+                            lines.push(format!(
+                                "    {:w$} {} {shown}",
+                                "",
+                                style("hint:").yellow().for_stderr(),
+                                w = st.host_width
+                            ));
+                            last_hint = Some(h);
+                        }
                     }
                     pb.finish_and_clear();
                     self.mp.remove(&pb);
