@@ -250,12 +250,48 @@ fn exit_codes() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
     assert!(
-        stderr(&o).contains("127.0.0.1: cannot connect"),
-        "{}",
-        stderr(&o)
+        e.contains("connect 127.0.0.1: FAILED: cannot connect"),
+        "{e}"
     );
-    assert!(stderr(&o).contains("hint: "));
+    assert!(e.contains("hint: "));
+    // Each failure once: the host's line has it; the final error names the phase and the
+    // host, not the error again.
+    assert_eq!(e.matches("cannot connect").count(), 1, "{e}");
+    assert!(
+        e.contains("error: Connect and gather facts failed on 1 of 1 host (127.0.0.1; each error is shown above)"),
+        "{e}"
+    );
+    // The debug log keeps the whole final error.
+    let log = std::fs::read_to_string(home.path().join("log")).unwrap();
+    assert!(
+        log.contains("error (exit 1): error: Connect and gather facts failed on 1 of 1 host:\n"),
+        "{log}"
+    );
+}
+
+#[test]
+fn install_without_a_terminal_refuses_an_unset_variable_naming_it_before_connecting() {
+    let home = tempfile::tempdir().unwrap();
+    // Port 1 on loopback: a run that connected would fail there with exit 1.
+    std::fs::write(
+        home.path().join("answers.yaml"),
+        "apiVersion: installer.dev/v1\nkind: Cluster\nmetadata: {name: demo}\nspec:\n  ssh:\n    user: admin\n    port: 1\n    auth: {type: password, password: \"${SSH_PASSWORD}\"}\n  hosts: [{address: 127.0.0.1}]\n",
+    )
+    .unwrap();
+    let o = installer(home.path())
+        .current_dir(home.path())
+        .args(["install", "-f", "answers.yaml"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("${SSH_PASSWORD} not set"), "{e}");
+    assert!(
+        !e.contains("cannot connect") && !e.contains("connect:"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -212,6 +212,32 @@ fn the_wizard_saves_a_file_that_validates_and_dry_runs_it() {
     assert!(!p.seen.contains("wizard-ssh-password"));
 }
 
+/// `install`, `preflight` and `status` on a terminal ask for a `${VAR}` the answer file
+/// references and the environment lacks (`validate` is above), then run with it: here they
+/// get as far as connecting (nothing listens on the port: exit 1, not the refusal's 2).
+#[test]
+fn commands_that_connect_ask_for_an_unset_variable_on_a_terminal() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        home.path().join("answers.yaml"),
+        "apiVersion: installer.dev/v1\nkind: Cluster\nmetadata: {name: demo}\nspec:\n  ssh:\n    user: admin\n    port: 1\n    auth: {type: password, password: \"${SSH_PASSWORD}\"}\n  hosts: [{address: 127.0.0.1}]\n",
+    )
+    .unwrap();
+    for command in ["install", "preflight", "status"] {
+        let mut p = Pty::spawn_args(
+            &installer(),
+            home.path(),
+            &[("NO_COLOR", "1")],
+            &[command, "-f", "answers.yaml"],
+        );
+        p.expect("references ${SSH_PASSWORD}, which is not set");
+        p.send_secret("typed-ssh-password");
+        p.expect("cannot connect to 127.0.0.1:1");
+        assert_eq!(p.finish(), 1, "{command}: {}", p.seen);
+        assert!(!p.seen.contains("typed-ssh-password"), "{}", p.seen);
+    }
+}
+
 #[test]
 fn ctrl_c_at_a_prompt_exits_130_and_saves_nothing() {
     let home = tempfile::tempdir().unwrap();

@@ -395,7 +395,7 @@ pub async fn gate(
     for (node, r) in results {
         match r {
             Ok(addresses) => {
-                reporter.info(
+                reporter.detail(
                     Some(&node),
                     format!(
                         "cluster DNS answers: {} is {}",

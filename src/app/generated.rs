@@ -227,7 +227,7 @@ impl Store<'_> {
         let level = if change == Change::Unchanged {
             Level::Debug
         } else {
-            Level::Info
+            Level::Detail
         };
         let word = match change {
             Change::Created => "created",

@@ -168,7 +168,7 @@ pub async fn appliance_phases(
 ) -> Result<Deployed, PipelineError> {
     let service_cidr = plan.network.service_cidr;
     phases::dns::run(runner, cluster, hosts, service_cidr, plan.rollout_timeout).await?;
-    phases::enforcer::run(runner, plan.enforcer).await?;
+    phases::enforcer::run(runner, plan.enforcer, plan.enforcer_chosen).await?;
     let timeouts = app::DeployTimeouts {
         per_workload: plan.rollout_timeout,
         ..Default::default()

@@ -35,6 +35,8 @@ pub struct Plan {
     pub hosts: Vec<HostPlan>,
     pub network: NetworkPlan,
     pub enforcer: EnforcerMode,
+    /// Whether the answer file sets `spec.enforcer.mode` (a default is not warned about).
+    pub enforcer_chosen: bool,
     /// Run the kubelet on cgroup v1 hosts (`spec.k3s.allowCgroupV1`).
     pub allow_cgroup_v1: bool,
     /// How long to wait for each node (`spec.timeouts.node`).

@@ -1096,6 +1096,7 @@ impl<'a> Validator<'a> {
                 hosts,
                 network: network?,
                 enforcer,
+                enforcer_chosen: a.spec.enforcer.mode.is_some(),
                 allow_cgroup_v1: a.spec.k3s.allow_cgroup_v1.unwrap_or(false),
                 node_timeout: node_timeout?,
                 rollout_timeout: rollout_timeout?,

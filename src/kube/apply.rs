@@ -225,7 +225,7 @@ pub async fn apply_all(
         let level = if change == Change::Unchanged {
             Level::Debug
         } else {
-            Level::Info
+            Level::Detail
         };
         let word = match change {
             Change::Created => "created",

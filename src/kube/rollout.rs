@@ -991,7 +991,7 @@ pub async fn gate(
         .await;
         let stuck = match result {
             Ok(Ok(s)) => {
-                reporter.info(None, format!("{id} is rolled out: {}", s.summary()));
+                reporter.detail(None, format!("{id} is rolled out: {}", s.summary()));
                 done.push(s);
                 continue;
             }

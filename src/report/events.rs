@@ -14,6 +14,9 @@ use std::time::Duration;
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Debug,
+    /// One item of many (an object applied, a workload rolled out, a node's answer): the
+    /// phase's own line sums them up, so human renderers show these only with `-v`.
+    Detail,
     Info,
     Warn,
     Error,
@@ -134,6 +137,11 @@ pub enum Event {
     PlanReady {
         plan: crate::config::plan::PlanSummary,
     },
+    /// Every preflight check by name with the hosts it passed, warned or failed on (sent
+    /// once, when the checks have run, before the hosts' results).
+    PreflightChecks {
+        report: crate::report::preflight::PreflightReport,
+    },
     /// The install's last screen (where the appliance is, how to log in); a generated
     /// password rides along unserialized and is shown on a terminal only.
     Handoff {
@@ -188,6 +196,7 @@ impl Event {
                 }
             }
             Event::Message { text, .. } => *text = redact(text),
+            Event::PreflightChecks { report } => report.redact(),
             _ => {}
         }
         self
@@ -261,6 +270,11 @@ impl Reporter {
 
     pub fn info(&self, host: Option<&str>, text: impl Into<String>) {
         self.message(Level::Info, host, text)
+    }
+
+    /// One item of many ([`Level::Detail`]): shown with `-v`, always in JSON and the log.
+    pub fn detail(&self, host: Option<&str>, text: impl Into<String>) {
+        self.message(Level::Detail, host, text)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod handoff;
 pub mod json;
 pub mod logfile;
 pub mod plain;
+pub mod preflight;
 pub mod prompt;
 pub mod status;
 pub mod terminal;
@@ -72,6 +73,32 @@ pub struct Output {
     pub log: Option<Arc<LogFile>>,
     terminal: Option<Arc<TerminalRenderer>>,
     json: Option<Arc<json::JsonRenderer>>,
+    shown: Arc<Shown>,
+}
+
+/// The hosts' failures the renderer has shown (`(phase, host)`), so the final error does
+/// not print them again.
+#[derive(Default)]
+struct Shown(std::sync::Mutex<std::collections::HashSet<(String, String)>>);
+
+impl EventSink for Shown {
+    fn emit(&self, event: &Event) {
+        if let Event::HostFailed { phase, host, .. } = event
+            && let Ok(mut s) = self.0.lock()
+        {
+            s.insert((phase.clone(), host.clone()));
+        }
+    }
+}
+
+impl Shown {
+    fn all(&self, phase: &str, hosts: &[&str]) -> bool {
+        self.0.lock().is_ok_and(|s| {
+            hosts
+                .iter()
+                .all(|h| s.contains(&(phase.to_owned(), (*h).to_owned())))
+        })
+    }
 }
 
 use terminal::TerminalRenderer;
@@ -100,12 +127,15 @@ impl Output {
         if let Some(l) = &log {
             sinks.push(l.clone());
         }
+        let shown = Arc::new(Shown::default());
+        sinks.push(shown.clone());
         Output {
             settings,
             reporter: Reporter::new(sinks),
             log,
             terminal,
             json,
+            shown,
         }
     }
 
@@ -144,6 +174,15 @@ impl Output {
             j.value(&v);
             return;
         }
+        // A phase's failures are on screen already, each with its host and hint: the
+        // final error says which phase stopped the run and what to do, not all of it again.
+        // (The log has the full text above.)
+        let text = match phase_failure(err) {
+            Some(p) if self.shown.all(&p.phase, &failed_hosts(p)) => {
+                crate::secret::redact(&short_error(p, err.hint().as_deref()))
+            }
+            _ => text,
+        };
         let colored = if self.settings.color {
             let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
             let first = match err {
@@ -170,6 +209,48 @@ impl Output {
     }
 }
 
+/// The failed phase behind `err`, if a phase stopped the run.
+fn phase_failure(err: &Error) -> Option<&crate::phases::PhaseFailure> {
+    let Error::Failed { source, .. } = err else {
+        return None;
+    };
+    source.chain().find_map(|e| {
+        e.downcast_ref::<crate::phases::PhaseFailure>().or_else(|| {
+            match e.downcast_ref::<crate::phases::PipelineError>() {
+                Some(crate::phases::PipelineError::Phase(p)) => Some(p),
+                _ => None,
+            }
+        })
+    })
+}
+
+/// The hosts that failed (not those only interrupted).
+fn failed_hosts(p: &crate::phases::PhaseFailure) -> Vec<&str> {
+    p.failures
+        .iter()
+        .filter(|(_, e)| !e.interrupted)
+        .map(|(h, _)| h.as_str())
+        .collect()
+}
+
+/// The final error of a phase whose failures were shown: the phase, how many hosts, which
+/// ones, and the hint.
+fn short_error(p: &crate::phases::PhaseFailure, hint: Option<&str>) -> String {
+    let hosts = failed_hosts(p);
+    let mut s = format!(
+        "error: {} failed on {} of {} host{} ({}; each error is shown above)",
+        p.title,
+        hosts.len(),
+        p.total,
+        if p.total == 1 { "" } else { "s" },
+        hosts.join(", ")
+    );
+    if let Some(h) = hint {
+        s.push_str(&format!("\n  hint: {h}"));
+    }
+    s
+}
+
 /// The text of a final error: `error: message` (with its causes) and `hint: ...`, or the
 /// full invalid-input report. Secrets redacted.
 pub fn render_error(err: &Error) -> String {
@@ -184,4 +265,59 @@ pub fn render_error(err: &Error) -> String {
         }
     };
     crate::secret::redact(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phases::{PhaseFailure, PipelineError, StepError};
+
+    fn failed() -> Error {
+        let p = PhaseFailure {
+            phase: "connect".into(),
+            title: "Connect and gather facts".into(),
+            total: 3,
+            failures: vec![
+                (
+                    "h1".into(),
+                    StepError::new("h1: cannot connect").with_hint("check the host"),
+                ),
+                (
+                    "h3".into(),
+                    StepError::new("h3: cannot connect").with_hint("check the host"),
+                ),
+            ],
+        };
+        Error::failed(
+            anyhow::Error::new(PipelineError::Phase(p)),
+            Some("fix what is reported above and rerun the same command".to_string()),
+        )
+    }
+
+    #[test]
+    fn a_failure_shown_by_its_host_is_not_repeated_by_the_final_error() {
+        let err = failed();
+        let full = render_error(&err);
+        assert_eq!(full.matches("h1: cannot connect").count(), 1, "{full}");
+        let p = phase_failure(&err).unwrap();
+        let shown = Shown::default();
+        shown.emit(&Event::HostFailed {
+            phase: "connect".into(),
+            host: "h1".into(),
+            error: "h1: cannot connect".into(),
+            hint: None,
+        });
+        // One host's error not shown yet: the full text.
+        assert!(!shown.all(&p.phase, &failed_hosts(p)));
+        shown.emit(&Event::HostFailed {
+            phase: "connect".into(),
+            host: "h3".into(),
+            error: "h3: cannot connect".into(),
+            hint: None,
+        });
+        assert!(shown.all(&p.phase, &failed_hosts(p)));
+        let short = short_error(p, err.hint().as_deref());
+        insta::assert_snapshot!(short);
+        assert!(!short.contains("cannot connect"), "{short}");
+    }
 }

@@ -18,6 +18,8 @@ pub struct PlainRenderer {
     verbosity: i8,
     /// Last quarter reported per (phase, host, what).
     quarters: Mutex<HashMap<(String, String, String), u64>>,
+    /// The last failed host's (phase, hint): the same hint for the next host is said once.
+    last_hint: Mutex<Option<(String, String)>>,
 }
 
 impl PlainRenderer {
@@ -37,6 +39,7 @@ impl PlainRenderer {
             out: Mutex::new(out),
             verbosity,
             quarters: Mutex::new(HashMap::new()),
+            last_hint: Mutex::new(None),
         }
     }
 
@@ -53,6 +56,18 @@ impl PlainRenderer {
             let _ = w.flush();
         }
     }
+}
+
+/// Transfers smaller than this show no progress lines without `-v`.
+const SMALL_TRANSFER: u64 = 1024 * 1024;
+
+/// `error` without a leading `host: ` (a host's error often names its host, which the line
+/// already names).
+pub fn without_host<'a>(error: &'a str, host: &str) -> &'a str {
+    error
+        .strip_prefix(host)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(error)
 }
 
 /// The one line an event becomes (`None`: not shown at this verbosity), control characters
@@ -100,7 +115,8 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
             host,
             message,
         } => {
-            if verbosity < 0 {
+            // Each file written, each unit started: the host's result line sums them up.
+            if verbosity < 1 {
                 return None;
             }
             format!("{phase} {host}: {message}")
@@ -166,10 +182,13 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
             host,
             error,
             hint,
-        } => match hint {
-            Some(h) => format!("{phase} {host}: FAILED: {error}\n  hint: {h}"),
-            None => format!("{phase} {host}: FAILED: {error}"),
-        },
+        } => {
+            let error = without_host(error, host);
+            match hint {
+                Some(h) => format!("{phase} {host}: FAILED: {error}\n  hint: {h}"),
+                None => format!("{phase} {host}: FAILED: {error}"),
+            }
+        }
         Event::PhaseFinished { phase, elapsed, ok } => {
             if verbosity < 0 && *ok {
                 return None;
@@ -182,7 +201,7 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
         }
         Event::Message { level, host, text } => {
             let min = match level {
-                Level::Debug => 1,
+                Level::Debug | Level::Detail => 1,
                 Level::Info => 0,
                 Level::Warn | Level::Error => i8::MIN,
             };
@@ -191,7 +210,7 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
             }
             let prefix = match level {
                 Level::Debug => "debug: ",
-                Level::Info => "",
+                Level::Detail | Level::Info => "",
                 Level::Warn => "warning: ",
                 Level::Error => "error: ",
             };
@@ -202,6 +221,20 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
         }
         Event::PlanReady { .. } | Event::StatusReady { .. } | Event::BundleReady { .. } => {
             return None;
+        }
+        Event::PreflightChecks { report } => {
+            let lines =
+                super::preflight::lines(report, verbosity, "preflight: ", super::preflight::WIDTH);
+            if lines.is_empty() {
+                return None;
+            }
+            lines
+                .into_iter()
+                .map(|l| match l {
+                    super::preflight::Line::Info(s) | super::preflight::Line::Warn(s) => s,
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
         }
         Event::CommandFinished {
             command,
@@ -247,10 +280,42 @@ impl EventSink for PlainRenderer {
                     }
                     Err(_) => true,
                 };
+                // A small file's progress says nothing its result line does not.
+                let small = *total < SMALL_TRANSFER && self.verbosity < 1;
                 if show
+                    && !small
                     && self.verbosity >= 0
                     && let Some(l) = line(event, self.verbosity)
                 {
+                    self.err(&l);
+                }
+            }
+            Event::HostFailed {
+                phase,
+                host,
+                error,
+                hint: Some(h),
+            } if self.verbosity < 1 => {
+                let repeated = match self.last_hint.lock() {
+                    Ok(mut last) => {
+                        let now = (phase.clone(), h.clone());
+                        let same = last.as_ref() == Some(&now);
+                        *last = Some(now);
+                        same
+                    }
+                    Err(_) => false,
+                };
+                let shown = Event::HostFailed {
+                    phase: phase.clone(),
+                    host: host.clone(),
+                    error: error.clone(),
+                    hint: Some(if repeated {
+                        "as above".into()
+                    } else {
+                        h.clone()
+                    }),
+                };
+                if let Some(l) = line(&shown, self.verbosity) {
                     self.err(&l);
                 }
             }
@@ -360,6 +425,147 @@ mod tests {
     fn quiet_keeps_failures_warnings_and_the_result() {
         let (err, _) = run(-1);
         insta::assert_snapshot!(err);
+    }
+
+    /// A successful install's kind of events: steps, objects, small and large uploads,
+    /// preflight's checks; at the default verbosity only what sums them up.
+    fn quiet_success(verbosity: i8) -> String {
+        let err = Buf::default();
+        let r = Reporter::new(vec![Arc::new(PlainRenderer::new(
+            Box::new(err.clone()),
+            Box::new(Buf::default()),
+            verbosity,
+        ))]);
+        let hosts: Vec<String> = vec!["h1".into(), "h2".into()];
+        r.emit(Event::PhaseStarted {
+            phase: "preflight".into(),
+            title: "Preflight checks".into(),
+            hosts: hosts.clone(),
+        });
+        let finding = |host: &str| crate::report::preflight::CheckFinding {
+            host: host.into(),
+            found: "/sys/fs/cgroup is tmpfs".into(),
+            needed: "cgroup2fs".into(),
+            hint: "allowed by the answer file".into(),
+        };
+        r.emit(Event::PreflightChecks {
+            report: crate::report::preflight::PreflightReport {
+                hosts: hosts.clone(),
+                checks: vec![
+                    crate::report::preflight::CheckResult {
+                        check: "cpu".into(),
+                        passed: hosts.clone(),
+                        warned: vec![],
+                        failed: vec![],
+                    },
+                    crate::report::preflight::CheckResult {
+                        check: "cgroup-v2".into(),
+                        passed: vec![],
+                        warned: vec![finding("h1"), finding("h2")],
+                        failed: vec![],
+                    },
+                ],
+            },
+        });
+        for h in &hosts {
+            r.emit(Event::HostDone {
+                phase: "preflight".into(),
+                host: h.clone(),
+                outcome: HostOutcome::Unchanged,
+                detail: Some("1 checks passed, 1 warned".into()),
+            });
+        }
+        r.emit(Event::HostStep {
+            phase: "bootstrap".into(),
+            host: "h1".into(),
+            message: "write /etc/rancher/k3s/config.yaml".into(),
+        });
+        for (what, total) in [("k3s", 64 * 1024 * 1024), ("app-api.tar.zst", 748)] {
+            for done in [0, total] {
+                r.emit(Event::HostProgress {
+                    phase: "upload".into(),
+                    host: "h1".into(),
+                    what: what.into(),
+                    done,
+                    total,
+                });
+            }
+        }
+        r.detail(None, "Deployment appliance/api: created");
+        r.detail(None, "Deployment appliance/api is rolled out: 2 of 2 ready");
+        r.emit(Event::HostDone {
+            phase: "app".into(),
+            host: "cluster".into(),
+            outcome: HostOutcome::Changed,
+            detail: Some("1 created, 0 updated, 0 unchanged; every workload rolled out".into()),
+        });
+        r.emit(Event::HostFailed {
+            phase: "connect".into(),
+            host: "h2".into(),
+            error: "h2: cannot connect to h2:22: Connection refused".into(),
+            hint: None,
+        });
+        err.text()
+    }
+
+    #[test]
+    fn success_is_quiet_without_v_and_each_item_shows_with_it() {
+        let quiet = quiet_success(0);
+        insta::assert_snapshot!(quiet);
+        for hidden in [
+            "write /etc/rancher",
+            "appliance/api: created",
+            "is rolled out",
+            "app-api.tar.zst",
+        ] {
+            assert!(!quiet.contains(hidden), "{hidden}:\n{quiet}");
+        }
+        assert_eq!(quiet.matches("warning: cgroup-v2").count(), 1, "{quiet}");
+        assert!(
+            quiet.contains("connect h2: FAILED: cannot connect to h2:22"),
+            "{quiet}"
+        );
+        let verbose = quiet_success(1);
+        for shown in [
+            "write /etc/rancher",
+            "appliance/api: created",
+            "is rolled out",
+            "app-api.tar.zst 100%",
+        ] {
+            assert!(verbose.contains(shown), "{shown}:\n{verbose}");
+        }
+        assert_eq!(
+            verbose.matches("warning: cgroup-v2 on h").count(),
+            2,
+            "{verbose}"
+        );
+    }
+
+    #[test]
+    fn the_same_hint_for_several_hosts_is_said_once() {
+        let text = |verbosity: i8| {
+            let err = Buf::default();
+            let r = Reporter::new(vec![Arc::new(PlainRenderer::new(
+                Box::new(err.clone()),
+                Box::new(Buf::default()),
+                verbosity,
+            ))]);
+            for (host, hint) in [
+                ("h1", "check the host"),
+                ("h2", "check the host"),
+                ("h3", "other"),
+            ] {
+                r.emit(Event::HostFailed {
+                    phase: "connect".into(),
+                    host: host.into(),
+                    error: format!("{host}: cannot connect"),
+                    hint: Some(hint.into()),
+                });
+            }
+            err.text()
+        };
+        insta::assert_snapshot!(text(0));
+        assert_eq!(text(1).matches("hint: check the host").count(), 2);
     }
 
     #[test]

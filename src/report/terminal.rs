@@ -42,6 +42,10 @@ struct State {
     failed: HashMap<String, Vec<String>>,
     /// The last line of each finished host step, printed when its phase ends.
     finals: HashMap<(String, String), String>,
+    /// Lines printed under a phase's line when it ends (preflight's checks by name).
+    notes: HashMap<String, Vec<String>>,
+    /// The hint of each failed host step, printed under its line when its phase ends.
+    hints: HashMap<(String, String), String>,
 }
 
 fn spinner_style() -> ProgressStyle {
@@ -220,18 +224,15 @@ impl EventSink for TerminalRenderer {
                 let msg = format!(
                     "{} {}",
                     style("✗").red().bold().for_stderr(),
-                    text::sanitize(error)
+                    text::sanitize(plain::without_host(error, host))
                 );
                 settle(&pb, &msg);
-                let mut line = format!("    {} {msg}", pb.prefix());
+                let line = format!("    {} {msg}", pb.prefix());
                 if let Some(h) = hint {
-                    line.push_str(&format!(
-                        "\n    {:w$} {} {}",
-                        "",
-                        style("hint:").yellow().for_stderr(),
-                        text::sanitize(h),
-                        w = st.host_width
-                    ));
+                    st.hints.insert(
+                        (phase.clone(), host.clone()),
+                        text::sanitize(h).into_owned(),
+                    );
                 }
                 st.finals.insert((phase.clone(), host.clone()), line);
                 st.failed
@@ -271,13 +272,31 @@ impl EventSink for TerminalRenderer {
                     "{mark} {title}{count} {}",
                     style(text::secs(*elapsed)).dim().for_stderr()
                 ));
+                lines.extend(st.notes.remove(phase).unwrap_or_default());
+                let mut last_hint: Option<String> = None;
                 for (host, pb) in hosts {
                     let key = (phase.clone(), host.clone());
                     let fin = st.finals.remove(&key);
+                    let hint = st.hints.remove(&key);
                     if !*ok || failed.contains(&host) || self.verbosity > 0 {
                         lines.push(
                             fin.unwrap_or_else(|| format!("    {} (no result)", pb.prefix())),
                         );
+                        if let Some(h) = hint {
+                            // The same hint for the next host: said once (all with -v).
+                            let shown = if last_hint.as_ref() == Some(&h) && self.verbosity < 1 {
+                                "as above".to_string()
+                            } else {
+                                h.clone()
+                            };
+                            lines.push(format!(
+                                "    {:w$} {} {shown}",
+                                "",
+                                style("hint:").yellow().for_stderr(),
+                                w = st.host_width
+                            ));
+                            last_hint = Some(h);
+                        }
                     }
                     pb.finish_and_clear();
                     self.mp.remove(&pb);
@@ -294,11 +313,30 @@ impl EventSink for TerminalRenderer {
                     let styled = match level {
                         Level::Error => style(l).red().for_stderr().to_string(),
                         Level::Warn => style(l).yellow().for_stderr().to_string(),
-                        Level::Debug => style(l).dim().for_stderr().to_string(),
+                        Level::Debug | Level::Detail => style(l).dim().for_stderr().to_string(),
                         Level::Info => l,
                     };
                     self.println(&styled);
                 }
+            }
+            Event::PreflightChecks { report } => {
+                let width =
+                    (console::Term::stderr().size().1 as usize).clamp(40, super::preflight::WIDTH);
+                let notes: Vec<String> =
+                    super::preflight::lines(report, self.verbosity, "    ", width)
+                        .into_iter()
+                        .map(|l| match l {
+                            super::preflight::Line::Info(s) => text::sanitize(&s).into_owned(),
+                            super::preflight::Line::Warn(s) => {
+                                let s = text::sanitize(&s).replace('\n', "\n    ");
+                                style(format!("    {s}")).yellow().for_stderr().to_string()
+                            }
+                        })
+                        .collect();
+                st.notes
+                    .entry("preflight".into())
+                    .or_default()
+                    .extend(notes);
             }
             Event::PlanReady { plan } => {
                 let t = text::sanitize(&text::plan(plan)).into_owned();
@@ -409,5 +447,43 @@ mod tests {
         assert!(st.bars.is_empty());
         assert!(st.headers.is_empty());
         assert_eq!(st.failed["upload"], vec!["h2".to_string()]);
+    }
+
+    /// Preflight's checks by name wait for the phase's line and are printed under it.
+    #[test]
+    fn preflight_checks_are_printed_under_their_phase_line() {
+        let t = Arc::new(TerminalRenderer::with_target(
+            ProgressDrawTarget::hidden(),
+            0,
+        ));
+        let r = Reporter::new(vec![t.clone()]);
+        let hosts = vec!["h1".to_string()];
+        r.emit(Event::PhaseStarted {
+            phase: "preflight".into(),
+            title: "Preflight checks".into(),
+            hosts: hosts.clone(),
+        });
+        r.emit(Event::PreflightChecks {
+            report: crate::report::preflight::PreflightReport {
+                hosts: hosts.clone(),
+                checks: vec![crate::report::preflight::CheckResult {
+                    check: "cpu".into(),
+                    passed: hosts.clone(),
+                    warned: vec![],
+                    failed: vec![],
+                }],
+            },
+        });
+        {
+            let st = t.state.lock().unwrap();
+            let notes = st.notes["preflight"].join("\n");
+            assert!(notes.contains("1 check passed on h1: cpu"), "{notes}");
+        }
+        r.emit(Event::PhaseFinished {
+            phase: "preflight".into(),
+            elapsed: Duration::from_secs(1),
+            ok: true,
+        });
+        assert!(t.state.lock().unwrap().notes.is_empty());
     }
 }

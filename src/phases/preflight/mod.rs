@@ -18,7 +18,8 @@ use super::runner::{PhaseFailure, Runner, StepError, StepOk};
 use crate::assets::{self, AssetStore};
 use crate::host::facts;
 use crate::k3s::ports;
-use crate::report::Reporter;
+use crate::report::preflight::{CheckFinding, CheckResult, PreflightReport};
+use crate::report::{Event, Reporter};
 
 /// What preflight needs besides the context: the payload it will upload and what the
 /// application asks of each node.
@@ -176,21 +177,64 @@ fn findings_of<'a>(all: &'a [Finding], host: &str) -> Vec<&'a Finding> {
         .collect()
 }
 
-/// The outcome of preflight on one host: its warnings, and an error if anything blocks.
-fn verdict(mine: &[&Finding]) -> Result<StepOk, StepError> {
+/// Every check by name with the hosts it passed, warned or failed on. The reachability
+/// check runs only between two hosts or more.
+pub fn report(hosts: &[String], all: &[Finding]) -> PreflightReport {
+    let checks = CHECKS
+        .iter()
+        .map(|(id, _)| {
+            let mut r = CheckResult {
+                check: (*id).to_owned(),
+                passed: Vec::new(),
+                warned: Vec::new(),
+                failed: Vec::new(),
+            };
+            if *id == "reachability" && hosts.len() < 2 {
+                return r;
+            }
+            for h in hosts {
+                let mine: Vec<&Finding> = findings_of(all, h)
+                    .into_iter()
+                    .filter(|f| f.check == *id)
+                    .collect();
+                if mine.is_empty() {
+                    r.passed.push(h.clone());
+                }
+                for f in mine {
+                    let row = CheckFinding {
+                        host: h.clone(),
+                        found: f.found.clone(),
+                        needed: f.needed.clone(),
+                        hint: f.hint.clone(),
+                    };
+                    match f.severity {
+                        Severity::Warning => r.warned.push(row),
+                        Severity::Blocking => r.failed.push(row),
+                    }
+                }
+            }
+            r
+        })
+        .collect();
+    PreflightReport {
+        hosts: hosts.to_vec(),
+        checks,
+    }
+}
+
+/// The outcome of preflight on one host: how many checks passed and warned, and an error
+/// if anything blocks.
+fn verdict(mine: &[&Finding], (passed, warned): (usize, usize)) -> Result<StepOk, StepError> {
     let blocking: Vec<&&Finding> = mine
         .iter()
         .filter(|f| f.severity == Severity::Blocking)
         .collect();
     if blocking.is_empty() {
-        // Checks with a finding here (a check may have several).
-        let mut ids: Vec<&str> = mine.iter().map(|f| f.check).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        return Ok(StepOk::unchanged(format!(
-            "{} checks passed",
-            CHECKS.len().saturating_sub(ids.len())
-        )));
+        return Ok(StepOk::unchanged(if warned == 0 {
+            format!("{passed} checks passed")
+        } else {
+            format!("{passed} checks passed, {warned} warned")
+        }));
     }
     let message = blocking
         .iter()
@@ -214,7 +258,7 @@ pub async fn run(
 ) -> Result<(), PhaseFailure> {
     // Computed once, by whichever host's step gets there first, inside the phase (so the
     // phase's time includes the reachability check).
-    let cell: tokio::sync::OnceCell<Vec<Finding>> = tokio::sync::OnceCell::new();
+    let cell: tokio::sync::OnceCell<(Vec<Finding>, PreflightReport)> = tokio::sync::OnceCell::new();
     let cell = &cell;
     let reporter = runner.reporter().clone();
     runner
@@ -226,14 +270,22 @@ pub async fn run(
             |n| {
                 let reporter = reporter.clone();
                 async move {
-                    let all = cell
-                        .get_or_init(|| findings(ctx, hosts, needs, &reporter))
+                    let (all, report) = cell
+                        .get_or_init(|| async {
+                            let all = findings(ctx, hosts, needs, &reporter).await;
+                            let names: Vec<String> =
+                                hosts.iter().map(|h| h.spec.name.clone()).collect();
+                            let report = report(&names, &all);
+                            // Once, before the hosts' results: every check by name, each
+                            // warning with the hosts it concerns.
+                            reporter.emit(Event::PreflightChecks {
+                                report: report.clone(),
+                            });
+                            (all, report)
+                        })
                         .await;
                     let mine = findings_of(all, &n.spec.name);
-                    for w in mine.iter().filter(|f| f.severity == Severity::Warning) {
-                        reporter.warn(Some(&n.spec.name), w.to_string());
-                    }
-                    verdict(&mine).map(|ok| (ok, ()))
+                    verdict(&mine, report.counts(&n.spec.name)).map(|ok| (ok, ()))
                 }
             },
         )
@@ -257,6 +309,40 @@ mod tests {
     }
 
     #[test]
+    fn the_report_names_every_check_with_its_hosts() {
+        let hosts: Vec<String> = ["node1", "node2", "node3"].map(String::from).to_vec();
+        let all = vec![
+            finding("unique-names", "node1, node2", Severity::Blocking),
+            finding("disk", "node3", Severity::Warning),
+        ];
+        let r = report(&hosts, &all);
+        assert_eq!(r.checks.len(), CHECKS.len());
+        let of = |id: &str| r.checks.iter().find(|c| c.check == id).unwrap();
+        assert_eq!(of("cpu").passed, hosts);
+        assert_eq!(of("disk").passed, ["node1", "node2"]);
+        assert_eq!(of("disk").warned[0].host, "node3");
+        let names: Vec<&str> = of("unique-names")
+            .failed
+            .iter()
+            .map(|f| f.host.as_str())
+            .collect();
+        assert_eq!(names, ["node1", "node2"]);
+        assert_eq!(of("unique-names").passed, ["node3"]);
+        assert_eq!(r.counts("node3"), (CHECKS.len() - 1, 1));
+        // One host: the reachability check does not run, and is not counted as passed.
+        let one = report(&hosts[..1], &[]);
+        assert!(
+            one.checks
+                .iter()
+                .find(|c| c.check == "reachability")
+                .unwrap()
+                .passed
+                .is_empty()
+        );
+        assert_eq!(one.counts("node1"), (CHECKS.len() - 1, 0));
+    }
+
+    #[test]
     fn a_finding_naming_several_hosts_belongs_to_each() {
         let all = vec![
             finding("unique-names", "node1, node2", Severity::Blocking),
@@ -270,14 +356,13 @@ mod tests {
     #[test]
     fn warnings_pass_and_blocking_findings_fail_with_every_hint() {
         let w = finding("disk", "n", Severity::Warning);
-        let ok = verdict(&[&w, &w]).unwrap();
-        assert_eq!(
-            ok.detail.as_deref(),
-            Some(format!("{} checks passed", CHECKS.len() - 1).as_str())
-        );
+        let ok = verdict(&[&w, &w], (18, 1)).unwrap();
+        assert_eq!(ok.detail.as_deref(), Some("18 checks passed, 1 warned"));
+        let ok = verdict(&[], (19, 0)).unwrap();
+        assert_eq!(ok.detail.as_deref(), Some("19 checks passed"));
         let b1 = finding("ports-free", "n", Severity::Blocking);
         let b2 = finding("cgroup-v2", "n", Severity::Blocking);
-        let e = verdict(&[&w, &b1, &b2]).unwrap_err();
+        let e = verdict(&[&w, &b1, &b2], (16, 1)).unwrap_err();
         assert_eq!(
             e.message,
             "ports-free: found x; needed y; cgroup-v2: found x; needed y"
