@@ -423,4 +423,9 @@ fn values_the_application_templates_refuse_are_bad_input() {
     );
     assert!(e.contains("Deployment appliance/worker"), "{e}");
     assert!(e.contains("hint: "), "{e}");
+    // The error points at the value in the answer file that caused it.
+    assert!(
+        e.contains("clash.yaml:9:16: spec.app.values.apiPort: the application cannot be rendered with apiPort 8090"),
+        "{e}"
+    );
 }

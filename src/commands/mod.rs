@@ -278,16 +278,34 @@ fn check_app(plan: &Plan) -> Result<(), Error> {
     .map(|_| ())
     .map_err(|e| {
         let hint = e.hint();
+        let file = plan
+            .answer_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let text = e.to_string();
         Error::usage(
-            format!(
-                "{}: the application cannot be rendered with these values: {e}",
-                plan.answer_file
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            ),
+            match value_behind(plan, &text) {
+                Some((name, port, (line, col))) => format!(
+                    "{file}:{line}:{col}: spec.app.values.{name}: the application cannot be rendered with {name} {port}: {text}"
+                ),
+                None => format!("{file}: the application cannot be rendered with these values: {text}"),
+            },
             hint,
         )
+    })
+}
+
+/// The port value the answer file gives that a render error is about (`port N/TCP`), with
+/// where the file gives it.
+fn value_behind<'p>(plan: &'p Plan, error: &str) -> Option<(&'p str, u16, (usize, usize))> {
+    plan.app.iter().find_map(|(name, v)| {
+        let port = v.as_port()?;
+        let at = *plan.app_value_at.get(name)?;
+        let named = ["TCP", "UDP"]
+            .iter()
+            .any(|proto| error.contains(&format!("port {port}/{proto}")));
+        named.then_some((name.as_str(), port, at))
     })
 }
 

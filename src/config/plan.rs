@@ -45,6 +45,9 @@ pub struct Plan {
     pub rollout_timeout: std::time::Duration,
     /// The application's values, every declared value with a given or default value present.
     pub app: AppValues,
+    /// Line and column of each application value the file gives (defaults have none), so an
+    /// error found only when the templates are rendered can point at the value.
+    pub app_value_at: BTreeMap<String, (usize, usize)>,
 }
 
 impl Plan {

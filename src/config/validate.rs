@@ -92,6 +92,7 @@ pub fn validate_text(
             prompts: Vec::new(),
             answered: &answered,
             masks: answered.values().map(|s| s.expose().to_owned()).collect(),
+            app_at: BTreeMap::new(),
         };
         let plan = v.plan(&answers, path);
         let mut all = diags.clone();
@@ -268,6 +269,8 @@ struct Validator<'a> {
     /// Secret values seen (secret fields, password files, secret-named `${VAR}`s): masked in
     /// every message, whatever field they ended up in.
     masks: Vec<String>,
+    /// Where the file gives each application value (for errors found when rendering).
+    app_at: BTreeMap<String, super::yaml::Loc>,
 }
 
 /// Every secret value in `diags` replaced by `***`.
@@ -1101,6 +1104,10 @@ impl<'a> Validator<'a> {
                 node_timeout: node_timeout?,
                 rollout_timeout: rollout_timeout?,
                 app: app?,
+                app_value_at: std::mem::take(&mut self.app_at)
+                    .into_iter()
+                    .map(|(n, l)| (n, (l.line, l.column)))
+                    .collect(),
             })
         } else {
             None
@@ -1486,6 +1493,11 @@ impl<'a> Validator<'a> {
             self.error(&p, pr);
             ok = false;
         }
+        let at = paths
+            .iter()
+            .map(|(n, p)| (n.clone(), self.loc(p)))
+            .collect();
+        self.app_at = at;
         ok.then_some(AppValues(out))
     }
 }
