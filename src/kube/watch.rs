@@ -115,12 +115,8 @@ where
             }
         };
         bump(&tx);
-        loop {
-            match watch_once(&api, &wp, &mut rv, &tx).await {
-                Ended::Resume => {}
-                Ended::Relist => break,
-            }
-        }
+        // Resume from the last resourceVersion until the server wants a new list.
+        while watch_once(&api, &wp, &mut rv, &tx).await == Ended::Resume {}
     }
 }
 
