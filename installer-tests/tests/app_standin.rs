@@ -490,3 +490,86 @@ async fn three_servers_run_the_appliance_on_every_node() {
     .unwrap();
     app::endpoints::verdict(&results).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_wakes_its_subscriber_when_a_watched_object_changes() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let (_node, cluster) = ready_node(&[PAUSE]).await;
+    let mut changes = installer::kube::watch::Changes::new();
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client().clone(), "default");
+    changes.watch(api.clone(), Some("metadata.name=watched"));
+    let mut rx = changes.subscribe();
+    // The first list wakes it (a change from before the watch is never missed).
+    tokio::time::timeout(Duration::from_secs(20), rx.changed())
+        .await
+        .expect("woken by the first list")
+        .unwrap();
+    rx.borrow_and_update();
+    // An object outside the field selector does not wake it; the watched one does.
+    let cm = |name: &str| -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "data": {"k": "v"}
+        }))
+        .unwrap()
+    };
+    api.create(&Default::default(), &cm("other")).await.unwrap();
+    api.create(&Default::default(), &cm("watched"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), rx.changed())
+        .await
+        .expect("woken by the change")
+        .unwrap();
+    rx.borrow_and_update();
+    api.delete("other", &Default::default()).await.unwrap();
+    api.delete("watched", &Default::default()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), rx.changed())
+        .await
+        .expect("woken by the deletion")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workloads_gated_together_name_the_first_broken_one_in_order_even_when_a_later_one_gives_up_sooner()
+ {
+    // The gateway's image is missing (it gives up after the 20 s grace); the store, first in
+    // the order, never becomes ready (it times out later, at 35 s).
+    let mut images = vec![PAUSE, COREDNS];
+    images.extend(&APP_IMAGES[..3]);
+    let (node, cluster) = ready_node(&images).await;
+    node.write(
+        "/etc/k3s-standin/faults.yaml",
+        "startup-delay: 0s\nunhealthy-containers: [etcd]\n",
+    );
+    let reporter = Reporter::silent();
+    let facts = facts(&cluster).await;
+    app::dns::deploy(&cluster, &facts, &reporter, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let app = App::load(Bundle::embedded(), values(8081), facts).unwrap();
+    let generated = app::generated::ensure(&cluster, &app, &reporter)
+        .await
+        .unwrap();
+    let manifests = app.render(&generated).unwrap();
+    let timeouts = DeployTimeouts {
+        per_workload: Duration::from_secs(35),
+        interval: Duration::from_millis(300),
+    };
+    let err = app::deploy(&cluster, &app, &manifests, &reporter, timeouts)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("StatefulSet appliance/store is not ready after"),
+        "{text}"
+    );
+    assert!(
+        text.contains("container etcd running but not ready"),
+        "{text}"
+    );
+    // Every workload was applied at once, the gateway too.
+    let ds: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(cluster.client().clone(), "appliance");
+    assert!(ds.get_opt("gateway").await.unwrap().is_some());
+}

@@ -199,7 +199,9 @@ fn a_probe_that_never_succeeds_stops_the_install_at_its_workloads_gate() {
     ] {
         assert!(f.contains(want), "no {want:?} in\n{f}");
     }
-    // The store, before the API in the order, was deployed; the gateway, after it, was not.
+    // The workloads are applied and gated together, reported in dependency order: the
+    // store, before the API, is reported rolled out; the gateway, after it, was applied with
+    // the rest but is never reported rolled out ahead of the API's failure.
     let msgs = messages(&run);
     assert!(
         msgs.iter()
@@ -207,9 +209,14 @@ fn a_probe_that_never_succeeds_stops_the_install_at_its_workloads_gate() {
         "{msgs:#?}"
     );
     assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("DaemonSet appliance/gateway: ")),
+        "{msgs:#?}"
+    );
+    assert!(
         !msgs
             .iter()
-            .any(|m| m.starts_with("DaemonSet appliance/gateway")),
+            .any(|m| m.starts_with("DaemonSet appliance/gateway is rolled out")),
         "{msgs:#?}"
     );
 }

@@ -124,7 +124,8 @@ pub async fn deploy(
     let manifests = render(facts)?;
     let report = crate::kube::apply::apply_all(cluster, &manifests, reporter).await?;
     let id = ClusterServices::embedded()?.dns_workload()?;
-    crate::kube::rollout::gate(cluster, &[id], timeout, Duration::from_secs(2), reporter)
+    let recheck = crate::kube::rollout::RECHECK;
+    crate::kube::rollout::gate(cluster, &[id], timeout, recheck, reporter)
         .await
         .map_err(|e| match e {
             crate::kube::rollout::GateError::Rollout(r) => AppError::Rollout(r),

@@ -632,9 +632,11 @@ pub async fn observe(
 /// Timeouts of [`deploy`].
 #[derive(Debug, Clone, Copy)]
 pub struct DeployTimeouts {
-    /// How long each workload may take to roll out.
+    /// How long each workload may take to roll out (counted from the moment they are all
+    /// applied: they roll out together).
     pub per_workload: Duration,
-    /// How often to look.
+    /// The longest pause between two looks at a workload when its watches report no change
+    /// ([`rollout::RECHECK`] by default): only the early give-up's grace period depends on it.
     pub interval: Duration,
 }
 
@@ -642,15 +644,17 @@ impl Default for DeployTimeouts {
     fn default() -> Self {
         DeployTimeouts {
             per_workload: Duration::from_secs(300),
-            interval: Duration::from_millis(500),
+            interval: rollout::RECHECK,
         }
     }
 }
 
-/// Applies the application: namespaces, then configuration and Secrets, then each workload in
-/// `app.yaml` order, gated on its rollout before the next one is applied (store before API
-/// before gateway). Returns what changed; stops at the first workload that does not become
-/// ready, with the diagnosis.
+/// Applies the application: namespaces, then configuration and Secrets, then every
+/// workload at once, and gates them together on their rollouts ([`rollout::gate`]). A
+/// workload whose dependency is not ready yet simply is not ready either (its probes fail,
+/// its pods retry), so nothing is gained by holding it back; the gates report in `app.yaml`
+/// order (store before API before gateway), so a failure names the first workload in that
+/// order that did not roll out, with the diagnosis. Returns what changed.
 pub async fn deploy(
     cluster: &Cluster,
     app: &App,
@@ -658,25 +662,47 @@ pub async fn deploy(
     reporter: &Reporter,
     timeouts: DeployTimeouts,
 ) -> Result<ApplyReport, AppError> {
-    let order = app.workloads();
-    let (setup, workloads) = apply::split_workloads(manifests, &order);
-    let mut report = apply::apply_all(cluster, &setup, reporter).await?;
-    for (id, m) in workloads {
-        let one = apply::apply_all(cluster, &Manifests { items: vec![m] }, reporter).await?;
-        report.extend(one);
-        rollout::gate(
-            cluster,
-            &[id],
-            timeouts.per_workload,
-            timeouts.interval,
-            reporter,
-        )
-        .await
-        .map_err(|e| match e {
-            rollout::GateError::Rollout(r) => AppError::Rollout(r),
-            rollout::GateError::Kube(k) => AppError::Kube(k),
-        })?;
-    }
+    let mut report = apply_setup(cluster, app, manifests, reporter).await?;
+    report.extend(roll_out(cluster, app, manifests, reporter, timeouts).await?);
+    Ok(report)
+}
+
+/// The first half of [`deploy`]: the objects that are not workloads (namespaces,
+/// configuration, Secrets, Services). Nothing runs from them, so they need no cluster DNS
+/// and may be applied while CoreDNS rolls out.
+pub async fn apply_setup(
+    cluster: &Cluster,
+    app: &App,
+    manifests: &Manifests,
+    reporter: &Reporter,
+) -> Result<ApplyReport, AppError> {
+    let (setup, _) = apply::split_workloads(manifests, &app.workloads());
+    Ok(apply::apply_all(cluster, &setup, reporter).await?)
+}
+
+/// The second half of [`deploy`]: every workload applied at once, then gated together.
+pub async fn roll_out(
+    cluster: &Cluster,
+    app: &App,
+    manifests: &Manifests,
+    reporter: &Reporter,
+    timeouts: DeployTimeouts,
+) -> Result<ApplyReport, AppError> {
+    let (_, workloads) = apply::split_workloads(manifests, &app.workloads());
+    let (ids, items): (Vec<WorkloadId>, Vec<Manifest>) = workloads.into_iter().unzip();
+    let report = apply::apply_all(cluster, &Manifests { items }, reporter).await?;
+    rollout::gate(
+        cluster,
+        &ids,
+        timeouts.per_workload,
+        timeouts.interval,
+        reporter,
+    )
+    .await
+    .map_err(|e| match e {
+        rollout::GateError::Rollout(r) => AppError::Rollout(r),
+        rollout::GateError::Kube(k) => AppError::Kube(k),
+    })?;
     Ok(report)
 }
 

@@ -167,15 +167,21 @@ pub async fn appliance_phases(
     hosts: &[Arc<ConnectedHost>],
 ) -> Result<Deployed, PipelineError> {
     let service_cidr = plan.network.service_cidr;
-    phases::dns::run(runner, cluster, hosts, service_cidr, plan.rollout_timeout).await?;
+    let values = Values::from(&plan.app);
+    // What does not depend on cluster DNS is prepared while CoreDNS rolls out.
+    let reporter = runner.reporter().clone();
+    let prepare = phases::app::prepare(cluster, &values, service_cidr, &reporter);
+    let (dns, prepared) = tokio::join!(
+        phases::dns::run(runner, cluster, hosts, service_cidr, plan.rollout_timeout),
+        prepare
+    );
+    dns?;
     phases::enforcer::run(runner, plan.enforcer, plan.enforcer_chosen).await?;
     let timeouts = app::DeployTimeouts {
         per_workload: plan.rollout_timeout,
         ..Default::default()
     };
-    let values = Values::from(&plan.app);
-    let (app, generated) =
-        phases::app::run(runner, cluster, &values, service_cidr, timeouts).await?;
+    let (app, generated) = phases::app::run(runner, cluster, prepared, timeouts).await?;
     let ca_file = match &plan.answer_file {
         Some(f) => app::generated::write_ca_file(&generated, f).unwrap_or_else(|e| {
             runner

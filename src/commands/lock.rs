@@ -149,27 +149,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lock");
         std::fs::write(&path, "{not json").unwrap();
-        // Another process holds it (util-linux flock), then is killed with SIGKILL.
-        // `-o`: the lock is flock's own, not inherited by the command it runs.
-        let mut child = match std::process::Command::new("flock")
-            .arg("-o")
+        // Another process holds it, then is killed with SIGKILL. One process that takes
+        // flock(2) itself: util-linux `flock CMD` forks CMD, and a kill landing before the
+        // child closed its copy of the descriptor left the lock held by `sleep` (a flaky test).
+        let mut child = match std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, sys, time\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\ntime.sleep(30)",
+            ])
             .arg(&path)
-            .args(["sleep", "30"])
             .spawn()
         {
             Ok(c) => c,
-            Err(e) => panic!("flock (util-linux) is needed for this test: {e}"),
+            Err(e) => panic!("python3 is needed for this test: {e}"),
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match acquire(&path, &Holder::me("install")) {
-                // flock has it (the file still names this test's last holder).
+                // python has it (the file still names this test's last holder).
                 Err(LockError::HeldUnknown { .. } | LockError::Held { .. }) => break,
                 Ok(l) => {
                     drop(l);
                     assert!(
                         std::time::Instant::now() < deadline,
-                        "flock never took the lock"
+                        "the other process never took the lock"
                     );
                 }
                 Err(e) => panic!("{e}"),

@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod rollout;
 pub mod tunnel;
 pub mod wait;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,8 +9,9 @@
 //! readiness probe), the last events, and what to do. It is a pure function over
 //! k8s-openapi objects, so every message is tested (snapshots in `rollout/snapshots/`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -19,7 +20,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+
 use super::wait::{self, Probe};
+use super::watch::Changes;
 use super::{Cluster, KubeError};
 use crate::report::events::Reporter;
 
@@ -923,113 +928,175 @@ pub fn hopeless(pod: &Pod) -> bool {
         })
 }
 
-/// Gates each workload in turn on its rollout, `timeout` each, looking every `interval`.
-/// Reports progress as it goes; on a timeout, or as soon as every pod that is not ready has
-/// been [`hopeless`] for [`HOPELESS_GRACE`], returns the [`diagnose`]d reason.
+/// How often a rollout gate looks again when nothing it watches changed: the
+/// [`HOPELESS_GRACE`] period is timed, not watched, so an early give-up comes at most this
+/// late.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// The watches that wake the gates of `workloads`: each (kind, namespace) of workload, the
+/// pods of each namespace, and the nodes when a DaemonSet is among them (the nodes it should
+/// run on come from their labels and taints).
+pub fn watches(cluster: &Cluster, workloads: &[WorkloadId]) -> Changes {
+    let client = cluster.client().clone();
+    let mut changes = Changes::new();
+    let kinds: BTreeSet<(WorkloadKind, &str)> = workloads
+        .iter()
+        .map(|w| (w.kind, w.namespace.as_str()))
+        .collect();
+    let namespaces: BTreeSet<&str> = workloads.iter().map(|w| w.namespace.as_str()).collect();
+    for (kind, ns) in &kinds {
+        match kind {
+            WorkloadKind::Deployment => {
+                changes.watch(Api::<Deployment>::namespaced(client.clone(), ns), None)
+            }
+            WorkloadKind::DaemonSet => {
+                changes.watch(Api::<DaemonSet>::namespaced(client.clone(), ns), None)
+            }
+            WorkloadKind::StatefulSet => {
+                changes.watch(Api::<StatefulSet>::namespaced(client.clone(), ns), None)
+            }
+        }
+    }
+    for ns in namespaces {
+        changes.watch(Api::<Pod>::namespaced(client.clone(), ns), None);
+    }
+    if kinds.iter().any(|(k, _)| *k == WorkloadKind::DaemonSet) {
+        changes.watch(Api::<Node>::all(client), None);
+    }
+    changes
+}
+
+/// Gates `workloads` on their rollouts, together: each has `timeout` from the start, and is
+/// looked at again as soon as its object, its namespace's pods or (DaemonSets) the nodes
+/// change, and at least every `recheck`. Results are taken in the given (dependency) order,
+/// so a failure names the first workload in that order that did not roll out, even when a
+/// later one gave up sooner; progress is reported in that order too. A workload gives up on
+/// a timeout, or as soon as every pod of it that is not ready has been [`hopeless`] for
+/// [`HOPELESS_GRACE`]; the error is the [`diagnose`]d reason.
 pub async fn gate(
     cluster: &Cluster,
     workloads: &[WorkloadId],
     timeout: Duration,
-    interval: Duration,
+    recheck: Duration,
     reporter: &Reporter,
 ) -> Result<Vec<RolloutState>, GateError> {
+    let changes = watches(cluster, workloads);
+    let mut pending: FuturesOrdered<_> = workloads
+        .iter()
+        .map(|id| gate_one(cluster, id, timeout, recheck, changes.subscribe()))
+        .collect();
     let mut done = Vec::new();
-    for id in workloads {
-        let started = std::time::Instant::now();
-        let last: std::sync::Mutex<Option<RolloutState>> = std::sync::Mutex::new(None);
-        let api_error: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-        let hopeless_since: std::sync::Mutex<Option<std::time::Instant>> =
-            std::sync::Mutex::new(None);
-        let result = wait::until(&format!("{id} to roll out"), timeout, interval, || {
+    while let Some(r) = pending.next().await {
+        let s = r?;
+        reporter.detail(None, format!("{} is rolled out: {}", s.id, s.summary()));
+        done.push(s);
+    }
+    Ok(done)
+}
+
+/// The pods of a workload, by its selector.
+async fn pods_of(cluster: &Cluster, state: &RolloutState) -> Result<Vec<Pod>, KubeError> {
+    if state.selector.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sel = state
+        .selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let api: Api<Pod> = Api::namespaced(cluster.client().clone(), &state.id.namespace);
+    Ok(api.list(&ListParams::default().labels(&sel)).await?.items)
+}
+
+/// One workload's gate (see [`gate`]).
+async fn gate_one(
+    cluster: &Cluster,
+    id: &WorkloadId,
+    timeout: Duration,
+    recheck: Duration,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) -> Result<RolloutState, GateError> {
+    let started = std::time::Instant::now();
+    // What the probes saw, kept for the diagnosis (a Mutex: the probe's future borrows it).
+    let last: Mutex<Option<RolloutState>> = Mutex::new(None);
+    let api_error: Mutex<Option<String>> = Mutex::new(None);
+    let hopeless_since: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    let result = wait::until_changed(
+        &format!("{id} to roll out"),
+        timeout,
+        recheck,
+        &mut changes,
+        || {
             let id = id.clone();
-            let last = &last;
-            let api_error = &api_error;
-            let hopeless_since = &hopeless_since;
+            let (last, api_error, hopeless_since) = (&last, &api_error, &hopeless_since);
             async move {
-                match state(cluster, &id).await {
-                    Ok(s) if s.is_done() => Probe::Done(Ok(s)),
-                    Ok(s) => {
-                        let summary = s.summary();
-                        // Give up early when nothing can get better by waiting.
-                        let stuck = match pods_and_events(cluster, &s).await {
-                            Ok((pods, _)) => {
-                                let unready: Vec<&Pod> =
-                                    pods.iter().filter(|p| !is_ready(p)).collect();
-                                !unready.is_empty() && unready.iter().all(|p| hopeless(p))
-                            }
-                            Err(_) => false,
-                        };
-                        let give_up = match hopeless_since.lock() {
-                            Ok(mut since) => {
-                                if stuck {
-                                    let t = *since.get_or_insert_with(std::time::Instant::now);
-                                    t.elapsed() >= HOPELESS_GRACE
-                                } else {
-                                    *since = None;
-                                    false
-                                }
-                            }
-                            Err(_) => false,
-                        };
-                        if give_up {
-                            return Probe::Done(Err(s));
-                        }
-                        if let Ok(mut l) = last.lock() {
-                            *l = Some(s);
-                        }
-                        Probe::NotYet(summary)
-                    }
+                let s = match state(cluster, &id).await {
+                    Ok(s) if s.is_done() => return Probe::Done(Ok(s)),
+                    Ok(s) => s,
                     Err(e) => {
                         if let Ok(mut a) = api_error.lock() {
                             *a = Some(e.to_string());
                         }
-                        Probe::NotYet(format!("cannot read it: {e}"))
+                        return Probe::NotYet(format!("cannot read it: {e}"));
                     }
+                };
+                // Give up early when nothing can get better by waiting.
+                let stuck = match pods_of(cluster, &s).await {
+                    Ok(pods) => {
+                        let unready: Vec<&Pod> = pods.iter().filter(|p| !is_ready(p)).collect();
+                        !unready.is_empty() && unready.iter().all(|p| hopeless(p))
+                    }
+                    Err(_) => false,
+                };
+                let give_up = match hopeless_since.lock() {
+                    Ok(mut since) if stuck => {
+                        since.get_or_insert_with(std::time::Instant::now).elapsed()
+                            >= HOPELESS_GRACE
+                    }
+                    Ok(mut since) => {
+                        *since = None;
+                        false
+                    }
+                    Err(_) => false,
+                };
+                if give_up {
+                    return Probe::Done(Err(s));
                 }
-            }
-        })
-        .await;
-        let stuck = match result {
-            Ok(Ok(s)) => {
-                reporter.detail(None, format!("{id} is rolled out: {}", s.summary()));
-                done.push(s);
-                continue;
-            }
-            Ok(Err(s)) => Some(s),
-            Err(_timeout) => None,
-        };
-        let s = match stuck {
-            Some(s) => s,
-            None => {
-                let last = last.lock().ok().and_then(|mut l| l.take());
-                let api_error = api_error.lock().ok().and_then(|mut a| a.take());
-                match last {
-                    Some(s) => s,
-                    None => match api_error {
-                        Some(e) => {
-                            return Err(GateError::Kube(KubeError::Timeout(format!(
-                                "{id}: gave up after {} without reading it: {e}",
-                                humantime::format_duration(Duration::from_secs(
-                                    started.elapsed().as_secs()
-                                ))
-                            ))));
-                        }
-                        None => RolloutState::empty(id.clone()),
-                    },
+                let summary = s.summary();
+                if let Ok(mut l) = last.lock() {
+                    *l = Some(s);
                 }
+                Probe::NotYet(summary)
             }
-        };
-        let (pods, events) = pods_and_events(cluster, &s).await?;
-        let now = Timestamp::now();
-        return Err(GateError::Rollout(Box::new(diagnose(
-            &s,
-            &pods,
-            &events,
-            now,
-            started.elapsed(),
-        ))));
-    }
-    Ok(done)
+        },
+    )
+    .await;
+    let last = last.lock().ok().and_then(|mut l| l.take());
+    let api_error = api_error.lock().ok().and_then(|mut a| a.take());
+    let s = match result {
+        Ok(Ok(s)) => return Ok(s),
+        Ok(Err(s)) => s,
+        Err(_timeout) => match (last, api_error) {
+            (Some(s), _) => s,
+            (None, Some(e)) => {
+                return Err(GateError::Kube(KubeError::Timeout(format!(
+                    "{id}: gave up after {} without reading it: {e}",
+                    humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
+                ))));
+            }
+            (None, None) => RolloutState::empty(id.clone()),
+        },
+    };
+    let (pods, events) = pods_and_events(cluster, &s).await?;
+    let now = Timestamp::now();
+    Err(GateError::Rollout(Box::new(diagnose(
+        &s,
+        &pods,
+        &events,
+        now,
+        started.elapsed(),
+    ))))
 }
 
 /// One workload as `installer status` shows it.

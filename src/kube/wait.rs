@@ -77,6 +77,53 @@ where
     }
 }
 
+/// Like [`until`], but driven by `changes` (a [`super::watch::Changes`] subscription): the
+/// probe runs at once, then again as soon as the watched objects change, so a state is seen
+/// within a round trip of the event. `recheck` is the longest pause between probes when
+/// nothing changes: it bounds how late the parts of a probe that cannot be watched (a host's
+/// SSH liveness, a grace period running out) are looked at again.
+pub async fn until_changed<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    recheck: Duration,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    mut probe: F,
+) -> Result<T, WaitTimeout>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Probe<T>>,
+{
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // Whatever changed before this probe is seen by it.
+        changes.borrow_and_update();
+        let (last, hopeless) = match probe().await {
+            Probe::Done(v) => return Ok(v),
+            Probe::NotYet(seen) => (seen, false),
+            Probe::Hopeless(why) => (why, true),
+        };
+        if hopeless || start.elapsed() >= timeout {
+            return Err(WaitTimeout {
+                what: what.to_owned(),
+                after: Duration::from_secs(start.elapsed().as_secs()),
+                last,
+                hopeless,
+            });
+        }
+        let wake = (tokio::time::Instant::now() + recheck).min(deadline);
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    // The watches are gone (the gate is ending): fall back to the recheck pace.
+                    tokio::time::sleep_until(wake).await;
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
 /// Whether a node is Ready, and if not, why (the Ready condition's reason and message,
 /// plus its taints), in words fit for an operator.
 pub fn node_readiness(node: &Node) -> (bool, String) {
@@ -159,6 +206,64 @@ mod tests {
                 .ends_with("waiting for the moon; last seen: clouds"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn until_changed_probes_again_on_a_change_not_at_the_recheck_pace() {
+        let (tx, mut rx) = tokio::sync::watch::channel(0u64);
+        let n = AtomicU32::new(0);
+        let started = Instant::now();
+        let bump = tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                tx.send_modify(|v| *v += 1);
+            }
+            tx
+        });
+        let v = until_changed(
+            "three changes",
+            Duration::from_secs(30),
+            Duration::from_secs(20),
+            &mut rx,
+            || async {
+                let i = n.fetch_add(1, Ordering::SeqCst);
+                if i >= 3 {
+                    Probe::Done(i)
+                } else {
+                    Probe::NotYet(format!("saw {i}"))
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(v, 3);
+        // Woken by the three changes, not by the 20 s recheck.
+        assert!(started.elapsed() < Duration::from_secs(10));
+        drop(bump.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn until_changed_rechecks_without_changes_and_stops_when_hopeless() {
+        let (_tx, mut rx) = tokio::sync::watch::channel(0u64);
+        let n = AtomicU32::new(0);
+        let e = until_changed::<(), _, _>(
+            "a host",
+            Duration::from_secs(30),
+            Duration::from_millis(5),
+            &mut rx,
+            || async {
+                if n.fetch_add(1, Ordering::SeqCst) >= 2 {
+                    Probe::Hopeless("it stopped answering".into())
+                } else {
+                    Probe::NotYet("starting".into())
+                }
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(e.hopeless);
+        assert_eq!(e.last, "it stopped answering");
+        assert_eq!(n.load(Ordering::SeqCst), 3);
     }
 
     #[test]

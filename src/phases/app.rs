@@ -25,23 +25,59 @@ pub fn outcome(unchanged: bool, detail: String) -> StepOk {
     }
 }
 
-/// The `app` phase. Returns the loaded application and its generated material.
-pub async fn run(
-    runner: &mut Runner,
+/// The application made ready to roll out, by [`prepare`].
+pub struct Prepared {
+    pub app: App,
+    pub generated: Generated,
+    pub manifests: app::Manifests,
+    /// What applying the objects that are not workloads changed.
+    pub setup: crate::kube::apply::ApplyReport,
+}
+
+/// Everything of the `app` phase that does not depend on cluster DNS, so it runs while
+/// CoreDNS rolls out (docs/design.md, "Overlap"): the application loaded for the cluster's
+/// nodes, its generated material (created once, reused), its manifests rendered and
+/// validated, and the objects that are not workloads applied. Its result is handed to
+/// [`run`], which reports a failure here as the `app` phase's.
+pub async fn prepare(
     cluster: &Cluster,
     values: &Values,
     service_cidr: ipnet::IpNet,
+    reporter: &crate::report::events::Reporter,
+) -> Result<Prepared, StepError> {
+    let facts = cluster_facts(cluster, service_cidr).await?;
+    let app = App::load(app::Bundle::embedded(), values.clone(), facts)?;
+    let generated = app::generated::ensure(cluster, &app, reporter).await?;
+    let manifests = app.render(&generated)?;
+    let setup = app::apply_setup(cluster, &app, &manifests, reporter).await?;
+    Ok(Prepared {
+        app,
+        generated,
+        manifests,
+        setup,
+    })
+}
+
+/// The `app` phase: with what [`prepare`] made ready, every workload applied and gated
+/// together. Returns the loaded application and its generated material.
+pub async fn run(
+    runner: &mut Runner,
+    cluster: &Cluster,
+    prepared: Result<Prepared, StepError>,
     timeouts: app::DeployTimeouts,
 ) -> Result<(App, Generated), PhaseFailure> {
     let reporter = runner.reporter().clone();
     let id = PhaseId::App;
     runner
         .cluster_step(id.id(), id.title(), async {
-            let facts = cluster_facts(cluster, service_cidr).await?;
-            let app = App::load(app::Bundle::embedded(), values.clone(), facts)?;
-            let generated = app::generated::ensure(cluster, &app, &reporter).await?;
-            let manifests = app.render(&generated)?;
-            let report = app::deploy(cluster, &app, &manifests, &reporter, timeouts).await?;
+            let Prepared {
+                app,
+                generated,
+                manifests,
+                setup,
+            } = prepared?;
+            let mut report = setup;
+            report.extend(app::roll_out(cluster, &app, &manifests, &reporter, timeouts).await?);
             let unchanged = report.unchanged() && generated.report.unchanged();
             let detail = format!("{}; every workload rolled out", report.summary());
             Ok((outcome(unchanged, detail), (app, generated)))

@@ -87,7 +87,7 @@ pub async fn run(runner: &mut Runner, plan: &K3sPlan<'_>) -> Result<Option<Boote
                     }
                 })
                 .await?;
-                k3s_node::node_gate(&ops, &cluster, &n, t.server, t.poll).await?;
+                k3s_node::node_gate(&ops, &cluster, &n, t.server).await?;
                 let ca_pem = n
                     .remote
                     .read_file(paths::SERVER_CA_CERT, true)

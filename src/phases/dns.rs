@@ -12,7 +12,12 @@ use crate::app;
 use crate::host::Remote;
 use crate::kube::Cluster;
 
-/// The `dns` phase.
+/// How often a node that has not answered yet is asked again: a DNS answer over SSH has
+/// nothing to watch.
+pub const LOOKUP_EVERY: Duration = Duration::from_millis(250);
+
+/// The `dns` phase: CoreDNS applied and gated on its rollout (watch-driven), then a lookup
+/// from every node (polled every [`LOOKUP_EVERY`]).
 pub async fn run(
     runner: &mut Runner,
     cluster: &Cluster,
@@ -28,15 +33,9 @@ pub async fn run(
             let facts = cluster_facts(cluster, service_cidr).await?;
             let report = app::dns::deploy(cluster, &facts, &reporter, timeout).await?;
             let check = app::dns::DnsCheck::for_cluster(&facts)?;
-            app::dns::gate(
-                &remotes,
-                &check,
-                timeout,
-                Duration::from_millis(500),
-                &reporter,
-            )
-            .await
-            .map_err(|e| StepError::new(e.to_string()))?;
+            app::dns::gate(&remotes, &check, timeout, LOOKUP_EVERY, &reporter)
+                .await
+                .map_err(|e| StepError::new(e.to_string()))?;
             let detail = format!(
                 "{}; answering on {} node{}",
                 report.summary(),

@@ -84,7 +84,7 @@ pub async fn run(
                 )
                 .await?;
                 k3s_node::wait_unit_active(&n, role.unit(), timeout, t.poll).await?;
-                k3s_node::node_gate(&ops, &boot.cluster, &n, timeout, t.poll).await?;
+                k3s_node::node_gate(&ops, &boot.cluster, &n, timeout).await?;
                 if role == JoinRole::Server {
                     k3s_node::etcd_member_gate(&boot.cluster, &n, timeout, t.poll).await?;
                 }

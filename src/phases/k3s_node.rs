@@ -450,20 +450,34 @@ pub async fn bounded<T, E: std::fmt::Display>(
     }
 }
 
+/// How often a watch-driven gate looks again when the API reports no change: the host's
+/// SSH liveness ([`Liveness`]) has nothing to watch, so a host that went silent is noticed
+/// within [`LOST_AFTER`] plus this.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
 /// Waits for the node object, writes the CNI config for its pod CIDR, waits for Ready.
+/// Both waits are driven by a watch on the node (`fieldSelector=metadata.name=<node>`): the
+/// node is looked at again as soon as it changes, and every [`RECHECK`] for the host's
+/// liveness.
 pub async fn node_gate(
     ops: &Ops,
     cluster: &Cluster,
     node: &ConnectedHost,
     timeout: Duration,
-    poll: Duration,
 ) -> Result<(), StepError> {
     let name = node.node_name.clone();
     let alive = tokio::sync::Mutex::new(Liveness::default());
-    let registered = wait::until(
+    let mut changes = crate::kube::watch::Changes::new();
+    changes.watch(
+        kube::Api::<k8s_openapi::api::core::v1::Node>::all(cluster.client().clone()),
+        Some(&format!("metadata.name={name}")),
+    );
+    let mut rx = changes.subscribe();
+    let registered = wait::until_changed(
         &format!("node {name} to register with a pod CIDR"),
         timeout,
-        poll,
+        RECHECK,
+        &mut rx,
         || async {
             let seen = match cluster.node(&name).await {
                 Ok(Some(n)) => match wait::pod_cidr(&n) {
@@ -491,10 +505,11 @@ pub async fn node_gate(
             .map(String::as_str),
     )
     .await?;
-    wait::until(
+    wait::until_changed(
         &format!("node {name} to be Ready"),
         timeout,
-        poll,
+        RECHECK,
+        &mut rx,
         || async {
             let seen = match cluster.node(&name).await {
                 Ok(Some(n)) => {
@@ -528,7 +543,8 @@ async fn still_there<T>(
     }
 }
 
-/// Waits until `name` is a voting (no longer learner) member of the embedded etcd.
+/// Waits until `name` is a voting (no longer learner) member of the embedded etcd. k3s's
+/// `/db/info` has no watch, so this one polls, every `poll` (`Timeouts::poll`, 250 ms).
 pub async fn etcd_member_gate(
     cluster: &Cluster,
     node: &ConnectedHost,
