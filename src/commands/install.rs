@@ -246,6 +246,28 @@ pub fn open_journal(plan: &Plan, reporter: &Reporter) -> Option<Journal> {
     }
 }
 
+/// The start of a run that may change hosts: one run at a time against this cluster (a
+/// dry run changes nothing and takes no lock), its journal, and the runner, named `command`
+/// or `command --dry-run`. Install and uninstall begin the same way.
+pub fn changing_run(
+    plan: &Plan,
+    command: &str,
+    dry_run: bool,
+    reporter: &Reporter,
+) -> Result<(Option<super::lock::RunLock>, Runner), Error> {
+    let (lock, journal, name) = if dry_run {
+        (None, None, format!("{command} --dry-run"))
+    } else {
+        (
+            Some(session::lock(plan, command)?),
+            open_journal(plan, reporter),
+            command.to_owned(),
+        )
+    };
+    let runner = Runner::new(name, reporter.clone(), journal, session::cancel_token());
+    Ok((lock, runner))
+}
+
 /// Runs an install of `plan`.
 pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result<(), Error> {
     reporter.emit(Event::PlanReady {
@@ -262,23 +284,7 @@ pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result
     if let Some(ask) = &opts.ask_host_keys {
         connector = connector.with_prompt(ask.clone());
     }
-    // One run at a time against this cluster (a dry run changes nothing and takes none).
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        Some(session::lock(&plan, "install")?)
-    };
-    let journal = if opts.dry_run {
-        None
-    } else {
-        open_journal(&plan, &reporter)
-    };
-    let command = if opts.dry_run {
-        "install --dry-run"
-    } else {
-        "install"
-    };
-    let mut runner = Runner::new(command, reporter.clone(), journal, session::cancel_token());
+    let (_lock, mut runner) = changing_run(&plan, "install", opts.dry_run, &reporter)?;
     let hosts: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
     runner.start(&ids::PhaseId::ids(ids::INSTALL), &hosts);
     let result = cluster_phases(&mut runner, &plan, &ctx, &connector, &store).await;

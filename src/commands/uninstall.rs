@@ -15,7 +15,7 @@ use crate::phases::uninstall_plan::APP_DATA_DIRS;
 use crate::phases::{Goal, Runner, StepError, StepOk, ids};
 use crate::report::{ChangeAction, Event, Reporter, prompt};
 
-use super::install::open_journal;
+use super::install::changing_run;
 use super::session::{self, SshConnector};
 
 /// How the admin confirms.
@@ -151,22 +151,7 @@ pub async fn run(
     }
     let ctx = session::context(&plan, goal);
     let connector = SshConnector::new(&full, args.accept_new_host_keys, reporter.clone());
-    let _lock = if args.dry_run {
-        None
-    } else {
-        Some(session::lock(&full, "uninstall")?)
-    };
-    let journal = if args.dry_run {
-        None
-    } else {
-        open_journal(&full, &reporter)
-    };
-    let command = if args.dry_run {
-        "uninstall --dry-run"
-    } else {
-        "uninstall"
-    };
-    let mut runner = Runner::new(command, reporter.clone(), journal, session::cancel_token());
+    let (_lock, mut runner) = changing_run(&full, "uninstall", args.dry_run, &reporter)?;
     let names: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
     let mut list: Vec<&str> = ids::PhaseId::ids(ids::UNINSTALL);
     if only.is_some() {
