@@ -98,10 +98,9 @@ fn check_open(path: &Path, f: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically with `mode`: a new, randomly named temporary file in
-/// the same directory (created exclusively, never through a link), fsynced, renamed over
-/// `path`, and the directory fsynced. Creates missing parent directories (mode 0700).
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+/// The directory `path` goes in, created (mode 0700) when missing; refused when others may
+/// write to it, or when `path` itself is a link or not a regular file.
+fn prepare(path: &Path) -> io::Result<PathBuf> {
     let dir = dir_of(path);
     if !dir.exists() {
         std::fs::DirBuilder::new()
@@ -112,6 +111,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     }
     check_dir(&dir)?;
     check_target(path)?;
+    Ok(dir)
+}
+
+/// Writes `bytes` to `path` atomically with `mode`: a new, randomly named temporary file in
+/// the same directory (created exclusively, never through a link), fsynced, renamed over
+/// `path`, and the directory fsynced. Creates missing parent directories (mode 0700).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = prepare(path)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
@@ -139,16 +146,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// Opens `path` for appending (creating it with `mode` if missing), refusing a symbolic link,
 /// anything but a regular file, a file of another user, or a file with other hard links.
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
-    let dir = dir_of(path);
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| with_path(&dir, e))?;
-    }
-    check_dir(&dir)?;
-    check_target(path)?;
+    prepare(path)?;
     let f = OpenOptions::new()
         .append(true)
         .create(true)
