@@ -14,7 +14,7 @@ use crate::kube::Cluster;
 use crate::kube::wait::node_readiness;
 use crate::phases::Journal;
 use crate::phases::connect::connect_host;
-use crate::phases::k3s_node::cluster_client;
+use crate::phases::k3s_node::cluster_through_any;
 use crate::phases::{ConnectedHost, StepError};
 use crate::report::status::{HostStatus, NodeStatus, StatusSummary};
 use crate::report::{Event, Reporter};
@@ -32,7 +32,9 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
         ..Default::default()
     };
     let results = connect_hosts(plan, opts.accept_new_host_keys, reporter).await;
-    let mut api_host: Option<Arc<dyn Remote>> = None;
+    // Every server whose k3s runs, in the plan's order: the API is read through the first that
+    // answers, so one server down does not hide the cluster (issue 13).
+    let mut api_hosts: Vec<Arc<dyn Remote>> = Vec::new();
     for (h, r) in plan.hosts.iter().zip(results) {
         let mut hs = HostStatus {
             host: h.name.clone(),
@@ -59,8 +61,8 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
                         hs.unit.as_deref().unwrap_or("not installed")
                     ));
                 }
-                if api_host.is_none() && h.role == Role::Server && f.kubeconfig && f.k3s_running() {
-                    api_host = Some(host.remote.clone());
+                if h.role == Role::Server && f.kubeconfig && f.k3s_running() {
+                    api_hosts.push(host.remote.clone());
                 }
             }
             Err(e) => {
@@ -70,17 +72,21 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
         }
         s.hosts.push(hs);
     }
-    match api_host {
-        Some(remote) => match cluster_client(remote).await {
+    if api_hosts.is_empty() {
+        s.problems.push(
+            "no server with a running k3s could be reached: the cluster is not installed or is down"
+                .into(),
+        );
+    } else {
+        match cluster_through_any(api_hosts).await {
             Ok(cluster) => {
                 nodes(&cluster, plan, &mut s).await;
                 super::appliance::status(&cluster, plan, &mut s).await;
             }
-            Err(e) => s.problems.push(format!("the Kubernetes API: {}", e.message)),
-        },
-        None => s
-            .problems
-            .push("no server with a running k3s could be reached: the cluster is not installed or is down".into()),
+            Err(reasons) => s
+                .problems
+                .push(format!("the Kubernetes API: {}", reasons.join("; "))),
+        }
     }
     let journal = session::state_dir(plan).join("journal.jsonl");
     match Journal::last_run(&journal) {

@@ -83,23 +83,10 @@ pub async fn run(
         "no server with a running k3s and its kubeconfig could be reached".to_string()
     });
     if !args.no_cluster {
-        let mut reasons = Vec::new();
-        for r in api_candidates {
-            let name = r.name().to_owned();
-            match crate::phases::k3s_node::cluster_client(r)
+        if !api_candidates.is_empty() {
+            cluster = crate::phases::k3s_node::cluster_through_any(api_candidates)
                 .await
-                .map_err(|e| e.message)
-            {
-                Ok(c) if c.readyz().await.is_ok() => {
-                    cluster = Ok(c);
-                    break;
-                }
-                Ok(_) => reasons.push(format!("{name}: the API did not answer /readyz")),
-                Err(e) => reasons.push(format!("{name}: {e}")),
-            }
-        }
-        if cluster.is_err() && !reasons.is_empty() {
-            cluster = Err(reasons.join("; "));
+                .map_err(|reasons| reasons.join("; "));
         }
     }
 

@@ -127,6 +127,31 @@ pub async fn cluster_client(remote: Arc<dyn Remote>) -> Result<Cluster, StepErro
     Ok(Cluster::connect(remote, k.expose()).await?)
 }
 
+/// The cluster's API through the first of `servers` (in the plan's order) whose API answers
+/// `/readyz` at all, ready or not, so a server that is down, isolated or has lost its kubeconfig
+/// is passed over for the next one. Err gives each server's reason, named.
+pub async fn cluster_through_any(servers: Vec<Arc<dyn Remote>>) -> Result<Cluster, Vec<String>> {
+    let mut reasons = Vec::new();
+    for r in servers {
+        let name = r.name().to_owned();
+        let named = |m: String| {
+            if m.starts_with(&format!("{name}:")) {
+                m
+            } else {
+                format!("{name}: {m}")
+            }
+        };
+        match cluster_client(r).await {
+            Ok(c) => match c.readyz().await {
+                Ok(_) => return Ok(c),
+                Err(e) => reasons.push(named(format!("the API did not answer /readyz: {e}"))),
+            },
+            Err(e) => reasons.push(named(e.message)),
+        }
+    }
+    Err(reasons)
+}
+
 /// Writes token files, config and unit; starts or restarts k3s without blocking.
 /// Returns whether anything changed. When the goal is not to apply, only reports.
 /// `secrets` is None in a dry run before the cluster exists (the token files are then

@@ -219,7 +219,7 @@ async fn k3s_restarts_only_when_its_config_unit_or_binary_changed() {
 #[tokio::test]
 async fn a_first_server_without_data_is_never_bootstrapped_while_others_hold_the_cluster() {
     let c = ctx(Goal::Apply, 2);
-    let first = Arc::new(FakeRemote::new("node1"));
+    let first = Arc::new(FakeRemote::new("node1").on_contains("k3s.yaml", Reply::exit(3, "", "")));
     let hosts = vec![
         host(1, first.clone(), facts("")),
         host(
@@ -363,4 +363,26 @@ async fn a_host_whose_ssh_calls_hang_is_lost_after_lost_after_not_after_its_retr
         e.message
     );
     assert!(e.message.contains("no answer within 20 s"), "{}", e.message);
+}
+
+/// `status` and `support-bundle` read the API through any server: a server whose kubeconfig is
+/// gone or whose API cannot be reached is passed over for the next, and when none answers every
+/// server's reason is given, named, in the plan's order.
+#[tokio::test]
+async fn api_through_any_server_passes_over_a_broken_one_and_names_each_reason() {
+    let kubeconfig = "apiVersion: v1\nkind: Config\nclusters:\n- name: default\n  cluster:\n    server: https://127.0.0.1:6443\n    insecure-skip-tls-verify: true\ncontexts:\n- name: default\n  context: {cluster: default, user: default}\ncurrent-context: default\nusers:\n- name: default\n  user: {token: not-a-secret}\n";
+    let no_kubeconfig: Arc<dyn crate::host::Remote> =
+        Arc::new(FakeRemote::new("node1").on_contains("k3s.yaml", Reply::exit(3, "", "")));
+    let no_tunnel: Arc<dyn crate::host::Remote> =
+        Arc::new(FakeRemote::new("node2").with_file(paths::KUBECONFIG, kubeconfig));
+    let reasons = k3s_node::cluster_through_any(vec![no_kubeconfig, no_tunnel])
+        .await
+        .err()
+        .expect("no server could answer, yet a cluster was returned");
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("node1: ") && reasons[0].contains("is missing"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].starts_with("node2: "), "{reasons:?}");
 }
