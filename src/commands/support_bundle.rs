@@ -82,12 +82,10 @@ pub async fn run(
     } else {
         "no server with a running k3s and its kubeconfig could be reached".to_string()
     });
-    if !args.no_cluster {
-        if !api_candidates.is_empty() {
-            cluster = crate::phases::k3s_node::cluster_through_any(api_candidates)
-                .await
-                .map_err(|reasons| reasons.join("; "));
-        }
+    if !args.no_cluster && !api_candidates.is_empty() {
+        cluster = crate::phases::k3s_node::cluster_through_any(api_candidates)
+            .await
+            .map_err(|reasons| reasons.join("; "));
     }
 
     let mut workstation: Vec<(String, Vec<u8>)> = Vec::new();
