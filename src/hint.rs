@@ -57,3 +57,9 @@ impl Hint for crate::kube::wait::WaitTimeout {
         None
     }
 }
+
+impl Hint for crate::k3s::skew::Refusal {
+    fn hint(&self) -> Option<String> {
+        crate::k3s::skew::Refusal::hint(self)
+    }
+}

@@ -19,6 +19,7 @@ pub mod flags;
 pub mod kubeconfig;
 pub mod paths;
 pub mod ports;
+pub mod skew;
 pub mod token;
 pub mod units;
 
