@@ -335,3 +335,231 @@ async fn deleting_a_namespace_deletes_its_contents_first() {
         "{err}"
     );
 }
+
+const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+
+async fn get_table(client: &kube::Client, path: &str) -> serde_json::Value {
+    let req = axum::http::Request::get(path)
+        .header("accept", TABLE_ACCEPT)
+        .body(Vec::new())
+        .unwrap();
+    serde_json::from_str(&client.request_text(req).await.unwrap()).unwrap()
+}
+
+fn column_names(t: &serde_json::Value, priority: u64) -> Vec<String> {
+    t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["priority"] == priority)
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_answers_tables_with_the_apiservers_printer_columns() {
+    let n = first_server("srv1", "");
+    let client = client(&n).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_for("node registered", Duration::from_secs(20), || {
+        let nodes = nodes.clone();
+        async move { nodes.get_opt("srv1").await.ok().flatten() }
+    })
+    .await;
+    n.write(
+        "/etc/cni/net.d/10-local.conflist",
+        &conflist("10.42.0.0/24"),
+    );
+    let t = wait_for("node Ready in the Table", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            let t = get_table(&client, "/api/v1/nodes").await;
+            (t["rows"][0]["cells"][1] == "Ready").then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(t["kind"], "Table");
+    assert_eq!(t["apiVersion"], "meta.k8s.io/v1");
+    assert_eq!(
+        column_names(&t, 0),
+        ["Name", "Status", "Roles", "Age", "Version"]
+    );
+    assert_eq!(
+        column_names(&t, 1),
+        [
+            "Internal-IP",
+            "External-IP",
+            "OS-Image",
+            "Kernel-Version",
+            "Container-Runtime"
+        ]
+    );
+    assert_eq!(t["columnDefinitions"][0]["format"], "name");
+    let rows = t["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    let cells = rows[0]["cells"].as_array().unwrap();
+    assert_eq!(cells[0], "srv1");
+    assert_eq!(cells[2], "control-plane,etcd");
+    assert!(
+        cells[3].as_str().unwrap().ends_with('s'),
+        "age {}",
+        cells[3]
+    );
+    assert_eq!(cells[4], "v1.36.2+k3s1");
+    assert_eq!(cells[5], n.ip.to_string());
+    assert!(cells[9].as_str().unwrap().starts_with("containerd://"));
+    // The row's object is PartialObjectMetadata by default, the object with includeObject=Object.
+    assert_eq!(rows[0]["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(rows[0]["object"]["metadata"]["name"], "srv1");
+    assert!(rows[0]["object"].get("status").is_none());
+    let t = get_table(&client, "/api/v1/nodes/srv1?includeObject=Object").await;
+    assert_eq!(t["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(t["rows"][0]["object"]["kind"], "Node");
+    assert!(t["rows"][0]["object"]["status"]["nodeInfo"].is_object());
+    let t = get_table(&client, "/api/v1/nodes?includeObject=None").await;
+    assert!(t["rows"][0].get("object").is_none());
+
+    // Pods: one scheduled to srv1 that waits in ContainerCreating (no pause image on this node:
+    // the container's waiting reason is the STATUS), one no node fits (Pending, no node).
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
+    let pod = |name: &str| {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "registry.example/none:1", "imagePullPolicy": "Never"}],
+                     "nodeSelector": if name == "web" { serde_json::json!({}) } else { serde_json::json!({"nowhere": "true"}) }},
+        }))
+        .unwrap()
+    };
+    pods.create(&PostParams::default(), &pod("web"))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("stuck"))
+        .await
+        .unwrap();
+    let t = wait_for(
+        "pod web ContainerCreating in the Table",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move {
+                let t = get_table(&client, "/api/v1/namespaces/default/pods/web").await;
+                let c = &t["rows"][0]["cells"];
+                (c[1] == "0/1" && c[2] == "ContainerCreating").then_some(t)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        column_names(&t, 0),
+        ["Name", "Ready", "Status", "Restarts", "Age"]
+    );
+    assert_eq!(
+        column_names(&t, 1),
+        ["IP", "Node", "Nominated Node", "Readiness Gates"]
+    );
+    let c = t["rows"][0]["cells"].as_array().unwrap();
+    assert_eq!(
+        (&c[0], &c[3]),
+        (&serde_json::json!("web"), &serde_json::json!("0"))
+    );
+    assert_eq!(c[6], "srv1");
+    assert_eq!(
+        (&c[7], &c[8]),
+        (&serde_json::json!("<none>"), &serde_json::json!("<none>"))
+    );
+    let t = get_table(&client, "/api/v1/namespaces/default/pods").await;
+    let stuck = t["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cells"][0] == "stuck")
+        .unwrap();
+    assert_eq!(stuck["cells"][1], "0/1");
+    assert_eq!(stuck["cells"][2], "Pending");
+    assert_eq!(stuck["cells"][6], "<none>");
+
+    // Types without a printer get Name and Age; plain JSON is still the default.
+    let t = get_table(&client, "/api/v1/namespaces/default/configmaps").await;
+    assert_eq!(column_names(&t, 0), ["Name", "Age"]);
+    let req = axum::http::Request::get("/api/v1/nodes")
+        .header("accept", "application/json")
+        .body(Vec::new())
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&client.request_text(req).await.unwrap()).unwrap();
+    assert_eq!(v["kind"], "NodeList");
+}
+
+/// The `kubectl` on PATH (Debian's kubernetes-client, or any other), if there is one.
+fn real_kubectl() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_kubectl_prints_its_usual_columns() {
+    let Some(kubectl) = real_kubectl() else {
+        if std::env::var("LAB_REQUIRED").is_ok_and(|v| v.trim() == "1") {
+            panic!("LAB_REQUIRED=1 but no kubectl on PATH (Debian package kubernetes-client)");
+        }
+        eprintln!(
+            "SKIPPED: no kubectl on PATH (Debian package kubernetes-client). Set LAB_REQUIRED=1 to make this a failure."
+        );
+        return;
+    };
+    let n = first_server("srv1", "");
+    let client = client(&n).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_for("node registered", Duration::from_secs(20), || {
+        let nodes = nodes.clone();
+        async move { nodes.get_opt("srv1").await.ok().flatten() }
+    })
+    .await;
+    let kubeconfig = n.path("/etc/rancher/k3s/k3s.yaml");
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&kubectl)
+            .env("HOME", home.path())
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let s = run(&["get", "nodes"]);
+    let mut lines = s.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "STATUS", "ROLES", "AGE", "VERSION"], "{s}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        (row[0], row[1], row[2], row[4]),
+        ("srv1", "NotReady", "control-plane,etcd", "v1.36.2+k3s1"),
+        "{s}"
+    );
+    let s = run(&["get", "nodes", "-o", "wide"]);
+    let header = s.lines().next().unwrap();
+    assert!(
+        header.contains("INTERNAL-IP") && header.contains("CONTAINER-RUNTIME"),
+        "{s}"
+    );
+    assert!(s.contains(&n.ip.to_string()), "{s}");
+    let s = run(&["get", "namespaces"]);
+    assert!(s.starts_with("NAME"), "{s}");
+    let header: Vec<&str> = s.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "STATUS", "AGE"], "{s}");
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("kube-system") && l.contains("Active")),
+        "{s}"
+    );
+}

@@ -2,12 +2,13 @@
 //! runs. k3s embeds kubectl and defaults it to `/etc/rancher/k3s/k3s.yaml` (`pkg/kubectl/main.go`).
 //!
 //! Supported: `get TYPE[,TYPE...] [NAME] [-n NS | -A] [-l SELECTOR] [-o json|yaml|name|wide]`
-//! with kubectl's default columns for nodes, pods, deployments, daemonsets, statefulsets,
-//! services and events (other types print NAME and AGE), `get --raw PATH`, `logs POD [-c C]
+//! with the columns of the API's Table ([`super::api::table`]: nodes, pods, deployments,
+//! daemonsets, statefulsets, services, events, namespaces; other types print NAME and AGE), `get --raw PATH`, `logs POD [-c C]
 //! [--previous]`, and `version`. Anything else says it is not modelled and exits 1.
 
 use serde_json::Value;
 
+use super::api::table;
 use super::paths::{Root, k3s};
 use super::pki::CertKey;
 use super::store::resources::{self, ResourceType};
@@ -125,239 +126,22 @@ fn find_type(name: &str) -> Option<&'static ResourceType> {
     })
 }
 
-fn age(ts: &str) -> String {
-    let Some(t) = super::store::parse_time(ts) else {
-        return "<unknown>".into();
-    };
-    let s = (jiff::Timestamp::now().as_second() - t.as_second()).max(0);
-    match s {
-        s if s < 120 => format!("{s}s"),
-        s if s < 600 => format!("{}m{}s", s / 60, s % 60),
-        s if s < 3 * 3600 => format!("{}m", s / 60),
-        s if s < 8 * 3600 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        s if s < 48 * 3600 => format!("{}h", s / 3600),
-        s if s < 8 * 86400 => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
-        s => format!("{}d", s / 86400),
-    }
-}
-
-fn columns(rt: &ResourceType, o: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
-    let name = o
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let created = age(o
-        .pointer("/metadata/creationTimestamp")
-        .and_then(Value::as_str)
-        .unwrap_or_default());
-    let i = |p: &str| o.pointer(p).and_then(Value::as_i64).unwrap_or(0);
-    let s = |p: &str| {
-        o.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    match rt.key().as_str() {
-        "core/nodes" => {
-            let ready = o
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-                .map(|c| {
-                    if c["status"] == "True" {
-                        "Ready"
-                    } else {
-                        "NotReady"
-                    }
-                })
-                .unwrap_or("Unknown");
-            let status = if o.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
-                format!("{ready},SchedulingDisabled")
-            } else {
-                ready.to_string()
+/// The columns the apiserver's Table carries for the type (the subset prints them as kubectl
+/// prints a Table: names upper-cased, priority 1 columns only with `-o wide`).
+fn columns(rt: &ResourceType, o: &Value, wide: bool) -> (Vec<String>, Vec<String>) {
+    let defs = table::columns(rt);
+    let cells = table::cells(rt, o);
+    defs.iter()
+        .zip(cells)
+        .filter(|(d, _)| wide || d.priority == 0)
+        .map(|(d, c)| {
+            let v = match c {
+                Value::String(s) => s,
+                other => other.to_string(),
             };
-            let mut roles: Vec<String> = o
-                .pointer("/metadata/labels")
-                .and_then(Value::as_object)
-                .map(|l| {
-                    l.keys()
-                        .filter_map(|k| {
-                            k.strip_prefix("node-role.kubernetes.io/")
-                                .map(str::to_string)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            roles.sort();
-            let roles = if roles.is_empty() {
-                "<none>".into()
-            } else {
-                roles.join(",")
-            };
-            let mut cols = vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"];
-            let mut vals = vec![
-                name,
-                status,
-                roles,
-                created,
-                s("/status/nodeInfo/kubeletVersion"),
-            ];
-            if wide {
-                let ip = o
-                    .pointer("/status/addresses")
-                    .and_then(Value::as_array)
-                    .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
-                    .and_then(|x| x["address"].as_str())
-                    .unwrap_or("<none>")
-                    .to_string();
-                cols.extend([
-                    "INTERNAL-IP",
-                    "EXTERNAL-IP",
-                    "OS-IMAGE",
-                    "KERNEL-VERSION",
-                    "CONTAINER-RUNTIME",
-                ]);
-                vals.extend([
-                    ip,
-                    "<none>".into(),
-                    s("/status/nodeInfo/osImage"),
-                    s("/status/nodeInfo/kernelVersion"),
-                    s("/status/nodeInfo/containerRuntimeVersion"),
-                ]);
-            }
-            (cols, vals)
-        }
-        "core/pods" => {
-            let cs = o
-                .pointer("/status/containerStatuses")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let total = o
-                .pointer("/spec/containers")
-                .and_then(Value::as_array)
-                .map(Vec::len)
-                .unwrap_or(0);
-            let ready = cs.iter().filter(|c| c["ready"] == true).count();
-            let restarts: i64 = cs
-                .iter()
-                .map(|c| c["restartCount"].as_i64().unwrap_or(0))
-                .sum();
-            let waiting = cs.iter().find_map(|c| {
-                c.pointer("/state/waiting/reason")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            });
-            let status = if o.pointer("/metadata/deletionTimestamp").is_some() {
-                "Terminating".to_string()
-            } else {
-                waiting.unwrap_or_else(|| s("/status/phase"))
-            };
-            let mut cols = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
-            let mut vals = vec![
-                name,
-                format!("{ready}/{total}"),
-                status,
-                restarts.to_string(),
-                created,
-            ];
-            if wide {
-                cols.extend(["IP", "NODE"]);
-                let ip = s("/status/podIP");
-                let node = s("/spec/nodeName");
-                vals.extend([
-                    if ip.is_empty() { "<none>".into() } else { ip },
-                    if node.is_empty() {
-                        "<none>".into()
-                    } else {
-                        node
-                    },
-                ]);
-            }
-            (cols, vals)
-        }
-        "apps/deployments" => (
-            vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
-            vec![
-                name,
-                format!("{}/{}", i("/status/readyReplicas"), i("/spec/replicas")),
-                i("/status/updatedReplicas").to_string(),
-                i("/status/availableReplicas").to_string(),
-                created,
-            ],
-        ),
-        "apps/daemonsets" => (
-            vec![
-                "NAME",
-                "DESIRED",
-                "CURRENT",
-                "READY",
-                "UP-TO-DATE",
-                "AVAILABLE",
-                "AGE",
-            ],
-            vec![
-                name,
-                i("/status/desiredNumberScheduled").to_string(),
-                i("/status/currentNumberScheduled").to_string(),
-                i("/status/numberReady").to_string(),
-                i("/status/updatedNumberScheduled").to_string(),
-                i("/status/numberAvailable").to_string(),
-                created,
-            ],
-        ),
-        "apps/statefulsets" => (
-            vec!["NAME", "READY", "AGE"],
-            vec![
-                name,
-                format!("{}/{}", i("/status/readyReplicas"), i("/spec/replicas")),
-                created,
-            ],
-        ),
-        "core/services" => {
-            let ports: Vec<String> = o
-                .pointer("/spec/ports")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")))
-                .collect();
-            (
-                vec![
-                    "NAME",
-                    "TYPE",
-                    "CLUSTER-IP",
-                    "EXTERNAL-IP",
-                    "PORT(S)",
-                    "AGE",
-                ],
-                vec![
-                    name,
-                    s("/spec/type"),
-                    s("/spec/clusterIP"),
-                    "<none>".into(),
-                    ports.join(","),
-                    created,
-                ],
-            )
-        }
-        "core/events" => (
-            vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
-            vec![
-                age(&s("/lastTimestamp")),
-                s("/type"),
-                s("/reason"),
-                format!(
-                    "{}/{}",
-                    s("/involvedObject/kind").to_lowercase(),
-                    s("/involvedObject/name")
-                ),
-                s("/message"),
-            ],
-        ),
-        _ => (vec!["NAME", "AGE"], vec![name, created]),
-    }
+            (d.name.to_uppercase(), v)
+        })
+        .unzip()
 }
 
 fn table(rows: &[Vec<String>]) -> String {
@@ -516,9 +300,7 @@ async fn run_inner(root: &Root, args: &[String]) -> Result<(), String> {
                         }
                         let mut rows = Vec::new();
                         for (k, o) in items.iter().enumerate() {
-                            let (cols, mut vals) = columns(rt, o, a.output == "wide");
-                            let mut cols: Vec<String> =
-                                cols.into_iter().map(str::to_string).collect();
+                            let (mut cols, mut vals) = columns(rt, o, a.output == "wide");
                             if a.all_namespaces && rt.namespaced {
                                 cols.insert(0, "NAMESPACE".into());
                                 vals.insert(

@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::table;
 use crate::standin::store::resources::{self, ResourceType};
 use crate::standin::store::selectors::{FieldSelector, LabelSelector};
 use crate::standin::store::{
@@ -33,6 +34,8 @@ pub struct KubeRequest {
     pub query: BTreeMap<String, String>,
     pub content_type: String,
     pub user_agent: String,
+    /// The `Accept` header: a Table is answered when it asks for one (see [`super::table`]).
+    pub accept: String,
     pub body: Bytes,
 }
 
@@ -58,6 +61,7 @@ impl KubeRequest {
             query,
             content_type: h("content-type"),
             user_agent: h("user-agent"),
+            accept: h("accept"),
             body,
         }
     }
@@ -434,7 +438,19 @@ async fn handle_inner(
         }
         (&Method::DELETE, None, None) => delete_collection(store, req, rt, rp.namespace.as_deref()),
         (&Method::GET, Some(name), None) => match store.get(rt, &ns, name) {
-            Some(o) => Ok(json_response(StatusCode::OK, &o, &[])),
+            Some(o) => match table::wanted(&req.accept) {
+                Some(v) => {
+                    let include = table::include_object(req.q("includeObject"))
+                        .map_err(ApiError::bad_request)?;
+                    let rv = o
+                        .pointer("/metadata/resourceVersion")
+                        .cloned()
+                        .unwrap_or_default();
+                    let t = table::table(rt, v, &[o], json!({"resourceVersion": rv}), include);
+                    Ok(json_response(StatusCode::OK, &t, &[]))
+                }
+                None => Ok(json_response(StatusCode::OK, &o, &[])),
+            },
             None => Err(ApiError::not_found(rt, name)),
         },
         (&Method::GET, Some(name), Some("status")) if rt.status => match store.get(rt, &ns, name) {
@@ -660,6 +676,12 @@ fn list(
     if next < total {
         meta["continue"] = json!(format!("standin:{next}"));
         meta["remainingItemCount"] = json!(total - next);
+    }
+    if let Some(v) = table::wanted(&req.accept) {
+        let include =
+            table::include_object(req.q("includeObject")).map_err(ApiError::bad_request)?;
+        let t = table::table(rt, v, &page, meta, include);
+        return Ok(json_response(StatusCode::OK, &t, &[]));
     }
     let out = json!({"kind": list_kind(rt), "apiVersion": rt.api_version(), "metadata": meta, "items": page});
     Ok(json_response(StatusCode::OK, &out, &[]))

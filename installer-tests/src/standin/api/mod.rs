@@ -9,6 +9,7 @@
 //! certificate subject so handlers can apply those rules.
 
 pub mod kube;
+pub mod table;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
