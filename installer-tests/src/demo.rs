@@ -3,6 +3,7 @@
 //! The demo builds what it needs (the installer, the k3s stand-in, the lab's base root
 //! filesystem), brings up a 3-host lab, runs `installer install` unattended against it with
 //! the stand-in and the lab's image archives, and ends with `installer status`. The lab is
+//! then taken down, so the test command can follow on the same `LAB_ID`; with `--keep` it is
 //! left running so it can be looked at (`lab ssh node1`, `lab down` when done).
 
 use std::path::{Path, PathBuf};
@@ -59,8 +60,8 @@ fn fresh_lab(n: usize) -> Result<Lab> {
     Lab::builder(n).cli_owned().up()
 }
 
-/// `lab demo`.
-pub fn demo() -> Result<bool> {
+/// `lab demo [--keep]`.
+pub fn demo(keep: bool) -> Result<bool> {
     lab::require_root()?;
     let t = Instant::now();
     banner("building the installer and the k3s stand-in");
@@ -102,16 +103,24 @@ pub fn demo() -> Result<bool> {
         .status()
         .context("run installer status")?;
     let id = lab.id();
-    lab.detach()?;
-    eprintln!(
-        "\ndemo {} in {:.0?}; the lab is still up: `LAB_ID={id} cargo run -p installer-tests --bin lab -- ssh node1`, and `... -- down` when done",
-        if installed && status.success() {
-            "succeeded"
-        } else {
-            "FAILED"
-        },
-        t.elapsed()
-    );
+    let outcome = if installed && status.success() {
+        "succeeded"
+    } else {
+        "FAILED"
+    };
+    if keep {
+        lab.detach()?;
+        eprintln!(
+            "\ndemo {outcome} in {:.0?}; the lab is still up: `LAB_ID={id} cargo run -p installer-tests --bin lab -- ssh node1`, and `... -- down` when done",
+            t.elapsed()
+        );
+    } else {
+        lab.down()?;
+        eprintln!(
+            "\ndemo {outcome} in {:.0?}; the lab is taken down (`lab demo --keep` leaves it up to look at)",
+            t.elapsed()
+        );
+    }
     Ok(installed && status.success())
 }
 

@@ -227,6 +227,29 @@ fn lab_up_login_verify_host_keys_down_leaves_nothing() {
     assert_eq!(out.trim(), "node1");
     lab.down().expect("down");
     assert!(lab::leftovers(&layout).is_empty());
+
+    // A lab started with `lab up` (or `lab demo --keep`) is refused while its hosts run, and is a
+    // leftover once none runs (a CI run failed with "lab 0 is already up" and nothing running).
+    Lab::builder(1)
+        .cli_owned()
+        .up()
+        .expect("cli-owned up")
+        .detach()
+        .expect("detach");
+    let err = Lab::up(1)
+        .map(|_| ())
+        .expect_err("up must refuse a running cli-owned lab");
+    assert!(format!("{err:#}").contains("is already up"), "{err:#}");
+    let cli_lab = Lab::attach().expect("attach");
+    cli_lab
+        .kill_node(&cli_lab.nodes()[0])
+        .expect("kill the cli lab's node");
+    drop(cli_lab);
+    let lab = Lab::up(1).expect("up after a cli-owned lab whose hosts are gone");
+    let out = lab.ssh_ok(&lab.nodes()[0], "hostname").unwrap();
+    assert_eq!(out.trim(), "node1");
+    lab.down().expect("down");
+    assert!(lab::leftovers(&layout).is_empty());
 }
 
 /// Run by the test above as a child process: starts a lab and exits without dropping it.

@@ -76,8 +76,13 @@ enum Cmd {
     /// Reconnect a node cut off with link-down.
     LinkUp { node: String },
     /// The README's main job: build, start a 3-host lab, install the cluster and the
-    /// application on it unattended, and print `installer status`.
-    Demo,
+    /// application on it unattended, and print `installer status`. The lab is taken down at
+    /// the end unless `--keep` is given.
+    Demo {
+        /// Leave the lab running afterwards, to look at it (`lab ssh node1`; `lab down` when done).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Benchmarks, each printing its figures (see docs/testing.md).
     Bench {
         #[command(subcommand)]
@@ -112,8 +117,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Demo => {
-            if !installer_tests::demo::demo()? {
+        Cmd::Demo { keep } => {
+            if !installer_tests::demo::demo(keep)? {
                 return Ok(ExitCode::from(1));
             }
         }

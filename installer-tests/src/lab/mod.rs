@@ -768,10 +768,19 @@ fn clear_leftover(layout: &Layout) -> Result<()> {
     };
     if st.same_boot() {
         match &st.owner {
-            Owner::Cli => bail!(
-                "lab {0} is already up (started with `lab up`)\nhint: run `LAB_ID={0} lab down` first, or use another LAB_ID",
+            // A lab started with `lab up` (or `lab demo --keep`) is refused while any of its
+            // hosts runs. One whose hosts are all gone (killed, or a machine restored without
+            // its processes) holds nothing that could be brought back: it is a leftover.
+            Owner::Cli if hosts_running(layout) => bail!(
+                "lab {0} is already up (started with `lab up` or `lab demo --keep`)\nhint: run `LAB_ID={0} lab down` first, or use another LAB_ID",
                 layout.id()
             ),
+            Owner::Cli => {
+                eprintln!(
+                    "lab {}: removing a lab started with `lab up` whose hosts are no longer running",
+                    layout.id()
+                );
+            }
             Owner::Process(p) if p.alive() => bail!(
                 "lab {} is in use by process {} (its lock was not held: was the Lab leaked?)",
                 layout.id(),
@@ -787,6 +796,11 @@ fn clear_leftover(layout: &Layout) -> Result<()> {
         }
     }
     teardown::teardown(layout, &mut st, &mut BTreeMap::new())
+}
+
+/// True when a systemd-nspawn process of one of this lab's hosts is running.
+fn hosts_running(layout: &Layout) -> bool {
+    leftovers(layout).iter().any(|l| l.starts_with("process:"))
 }
 
 /// Tears down the lab of this `LAB_ID` from its state file (the CLI's `down`). Waits for the lab lock,
