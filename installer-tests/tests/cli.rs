@@ -269,6 +269,21 @@ fn exit_codes() {
         log.contains("error (exit 1): error: Connect and gather facts failed on 1 of 1 host:\n"),
         "{log}"
     );
+    // The last line says how to collect what support needs, with this answer file.
+    assert!(
+        e.trim_end().ends_with(&format!(
+            "`installer support-bundle -f {}` writes one archive (secrets removed).",
+            answers.display()
+        )),
+        "{e}"
+    );
+    // Bad input is not a failure on the hosts: no such line.
+    let o = example_env(home.path())
+        .current_dir(home.path())
+        .args(["install", "-f", "nope.yaml"])
+        .output()
+        .unwrap();
+    assert!(!stderr(&o).contains("support-bundle"), "{}", stderr(&o));
 }
 
 #[test]

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use installer_tests::e2e::{Env, Run};
+use installer_tests::e2e::{self, Env, Run};
 use installer_tests::lab_or_skip;
 
 const APP_CANARY: &str = "CANARY-app-7f3e9a1c-secret";
@@ -284,8 +284,15 @@ fn support_bundle_on_a_three_host_cluster() {
     );
     println!("BUNDLE hang: {secs:.1} s");
 
-    // 3. One node powered off: unreachable, the others complete, within budget.
+    // 3. One node powered off: unreachable, the others complete, within budget. Before it, a
+    //    pod that crash-loops (its host port is sshd's) and a grace period short enough that
+    //    the dead node turns NotReady: the analysis must flag both from the cluster's view.
+    e2e::standin_knobs(&lab, "node-monitor-grace-period: 6s\n").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(cluster_client(&answers));
+    rt.block_on(crash_looping_pod(&client, &n[0].name));
     lab.kill_node(&n[2]).unwrap();
+    rt.block_on(wait_node_not_ready(&client, &n[2].name));
     let (run, _, root, secs) = bundle(&env, &answers, "dead", &["--node-budget", "2m"]);
     assert_eq!(run.code, 3, "{}", run.all());
     let m = json(&root, "manifest.json");
@@ -311,6 +318,18 @@ fn support_bundle_on_a_three_host_cluster() {
             .any(|f| f["id"] == "node-unreachable" && f["node"] == n[2].name.as_str()),
         "{a}"
     );
+    for (id, node) in [
+        ("node-not-ready", n[2].name.as_str()),
+        ("pod-crash-looping", n[0].name.as_str()),
+    ] {
+        assert!(
+            a.as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == id && f["node"] == node),
+            "no {id} finding for {node}: {a}"
+        );
+    }
     println!("BUNDLE dead-node: {secs:.1} s");
 
     // 4. k3s stopped on every server: node collectors complete, cluster/ absent, partial.
@@ -338,6 +357,102 @@ fn support_bundle_on_a_three_host_cluster() {
         .count();
     assert_eq!(stopped, 2, "{a}");
     assert!(run.stdout.contains("bundle_ready"), "{}", run.all());
+}
+
+/// A client through the kubeconfig the install wrote beside `answers`.
+async fn cluster_client(answers: &Path) -> kube::Client {
+    let dir = answers.parent().unwrap();
+    let path = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-kubeconfig.yaml"))
+        .unwrap_or_else(|| panic!("no kubeconfig in {}", dir.display()));
+    let text = std::fs::read_to_string(path).unwrap();
+    let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+/// A host-network pod on `node` whose port is sshd's: it cannot bind, so it crash-loops.
+/// Waits until the API reports CrashLoopBackOff.
+async fn crash_looping_pod(client: &kube::Client, node: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: kube::Api<Pod> = kube::Api::all(client.clone());
+    // In the application's namespace, with an image every node holds: an application pod's.
+    let (ns, image) = pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .find_map(|p| {
+            let ns = p
+                .metadata
+                .namespace
+                .clone()
+                .filter(|n| n != "kube-system")?;
+            Some((ns, p.spec.as_ref()?.containers.first()?.image.clone()?))
+        })
+        .expect("an application pod with an image");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bundle-crasher", "namespace": ns},
+        "spec": {
+            "nodeName": node,
+            "hostNetwork": true,
+            "containers": [{"name": "crasher", "image": image, "ports": [{"containerPort": 22}]}]
+        }
+    }))
+    .unwrap();
+    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
+    api.create(&Default::default(), &pod).await.unwrap();
+    poll("bundle-crasher in CrashLoopBackOff", || async {
+        let p = api.get("bundle-crasher").await.ok()?;
+        let waiting = p
+            .status?
+            .container_statuses?
+            .first()?
+            .state
+            .clone()?
+            .waiting?
+            .reason?;
+        (waiting == "CrashLoopBackOff").then_some(())
+    })
+    .await;
+}
+
+/// Waits until `node`'s Ready condition is no longer True.
+async fn wait_node_not_ready(client: &kube::Client, node: &str) {
+    use k8s_openapi::api::core::v1::Node;
+    let api: kube::Api<Node> = kube::Api::all(client.clone());
+    poll(&format!("{node} NotReady"), || async {
+        let n = api.get(node).await.ok()?;
+        let ready = n
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (ready.status != "True").then_some(())
+    })
+    .await;
+}
+
+/// Polls `f` every 250 ms until it gives `Some`, for at most 90 s.
+async fn poll<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let t = Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(90) {
+        if f().await.is_some() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("{what}: not seen within 90 s");
 }
 
 fn base64_std(s: &str) -> String {

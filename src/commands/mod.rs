@@ -56,7 +56,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         Some(Command::Man) => simple(g, settings, |w| completions::man(w)),
         Some(Command::Install(args)) => {
             let file = args.answers.file.clone();
-            with_output(g, settings, Some(&file), |out| {
+            with_output_then(g, settings, Some(&file), After::BundleOnFailure, |out| {
                 let plan = load(out, &file, None)?;
                 let mut opts = install::InstallOptions::from_args(&args);
                 opts.log_file = out.log.as_ref().map(|l| l.path().to_owned());
@@ -178,11 +178,39 @@ fn open_log(
     }
 }
 
+/// What a command adds after its last line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Nothing,
+    /// When it failed on the hosts (not bad input, not Ctrl-C): how to collect a support
+    /// bundle, the one archive the vendor's support asks for.
+    BundleOnFailure,
+}
+
 /// Runs `f` with output and the log file set up, and shows its error once.
 fn with_output(
     g: &GlobalArgs,
     settings: OutputSettings,
     answer_file: Option<&Path>,
+    f: impl FnOnce(&Output) -> Result<(), Error>,
+) -> i32 {
+    with_output_then(g, settings, answer_file, After::Nothing, f)
+}
+
+/// The line that says how to collect a support bundle after `command` failed on the hosts.
+fn bundle_pointer(answer_file: &Path) -> String {
+    format!(
+        "To send support what happened: `installer support-bundle -f {}` writes one archive (secrets removed).",
+        answer_file.display()
+    )
+}
+
+/// [`with_output`], then `after`.
+fn with_output_then(
+    g: &GlobalArgs,
+    settings: OutputSettings,
+    answer_file: Option<&Path>,
+    after: After,
     f: impl FnOnce(&Output) -> Result<(), Error>,
 ) -> i32 {
     let (log, warning) = match open_log(g, answer_file) {
@@ -236,6 +264,17 @@ fn with_output(
                 #[allow(clippy::print_stderr, reason = "after the renderer finished")]
                 {
                     eprintln!("The debug log is in {}", l.path().display());
+                }
+            }
+            if after == After::BundleOnFailure
+                && matches!(e, Error::Failed { .. })
+                && settings.verbosity >= 0
+                && settings.mode != crate::report::Mode::Json
+                && let Some(file) = answer_file
+            {
+                #[allow(clippy::print_stderr, reason = "after the renderer finished")]
+                {
+                    eprintln!("{}", bundle_pointer(file));
                 }
             }
             e.exit_code()
