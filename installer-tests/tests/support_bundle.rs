@@ -14,6 +14,7 @@ use installer_tests::lab_or_skip;
 const APP_CANARY: &str = "CANARY-app-7f3e9a1c-secret";
 const JOURNAL_CANARY: &str = "CANARY-journal-5b2d8e4f";
 const PROC_CANARY: &str = "CANARY-proc-9c1a7e3b";
+const CM_CANARY: &str = "CANARY-configmap-3e8d1f6a";
 
 /// Runs the bundle into a fresh directory; returns the run, the archive and its extraction.
 fn bundle(
@@ -123,6 +124,23 @@ fn support_bundle_on_a_three_host_cluster() {
     )
     .unwrap();
 
+    // And one in a ConfigMap of the application's namespace, as an application's JSON setting.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(cluster_client(&answers));
+    rt.block_on(async {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let ns = app_namespace(&client).await;
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bundle-canary", "namespace": ns},
+            "data": {"settings.json": format!("{{\"apiKey\":\"{CM_CANARY}\"}}")}
+        }))
+        .unwrap();
+        kube::Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .create(&Default::default(), &cm)
+            .await
+            .unwrap();
+    });
+
     // 1. Healthy: every collector ok (or skipped where it does not apply), opens with tar.
     let (run, archive, root, secs) = bundle(&env, &answers, "healthy", &[]);
     let m = json(&root, "manifest.json");
@@ -171,6 +189,7 @@ fn support_bundle_on_a_three_host_cluster() {
         token.clone(),
         JOURNAL_CANARY.into(),
         PROC_CANARY.into(),
+        CM_CANARY.into(),
     ];
     let forms: Vec<String> = canaries
         .iter()
@@ -223,6 +242,21 @@ fn support_bundle_on_a_three_host_cluster() {
             .unwrap_or(0)
             >= 1,
         "{r}"
+    );
+    let cm_file = format!(
+        "cluster/{}/configmaps.json",
+        rt.block_on(app_namespace(&client))
+    );
+    let cm_masked: u64 = r["files"][&cm_file]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0);
+    assert!(cm_masked >= 1, "nothing masked in {cm_file}: {r}");
+    assert!(
+        std::fs::read_to_string(root.join(&cm_file))
+            .unwrap()
+            .contains("bundle-canary"),
+        "the canary ConfigMap was not collected"
     );
     let journal =
         std::fs::read_to_string(root.join(format!("nodes/{}/journal/system.log", n[0].name)))
@@ -288,8 +322,6 @@ fn support_bundle_on_a_three_host_cluster() {
     //    pod that crash-loops (its host port is sshd's) and a grace period short enough that
     //    the dead node turns NotReady: the analysis must flag both from the cluster's view.
     e2e::standin_knobs(&lab, "node-monitor-grace-period: 6s\n").unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(cluster_client(&answers));
     rt.block_on(crash_looping_pod(&client, &n[0].name));
     lab.kill_node(&n[2]).unwrap();
     rt.block_on(wait_node_not_ready(&client, &n[2].name));
@@ -376,26 +408,32 @@ async fn cluster_client(answers: &Path) -> kube::Client {
     kube::Client::try_from(cfg).unwrap()
 }
 
-/// A host-network pod on `node` whose port is sshd's: it cannot bind, so it crash-loops.
-/// Waits until the API reports CrashLoopBackOff.
-async fn crash_looping_pod(client: &kube::Client, node: &str) {
+/// The application's namespace: that of a pod outside kube-system.
+async fn app_namespace(client: &kube::Client) -> String {
     use k8s_openapi::api::core::v1::Pod;
-    let pods: kube::Api<Pod> = kube::Api::all(client.clone());
-    // In the application's namespace, with an image every node holds: an application pod's.
-    let (ns, image) = pods
+    kube::Api::<Pod>::all(client.clone())
         .list(&Default::default())
         .await
         .unwrap()
         .items
         .iter()
-        .find_map(|p| {
-            let ns = p
-                .metadata
-                .namespace
-                .clone()
-                .filter(|n| n != "kube-system")?;
-            Some((ns, p.spec.as_ref()?.containers.first()?.image.clone()?))
-        })
+        .find_map(|p| p.metadata.namespace.clone().filter(|n| n != "kube-system"))
+        .expect("an application pod")
+}
+
+/// A host-network pod on `node` whose port is sshd's: it cannot bind, so it crash-loops.
+/// Waits until the API reports CrashLoopBackOff.
+async fn crash_looping_pod(client: &kube::Client, node: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    // In the application's namespace, with an image every node holds: an application pod's.
+    let ns = app_namespace(client).await;
+    let image = kube::Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .find_map(|p| p.spec.as_ref()?.containers.first()?.image.clone())
         .expect("an application pod with an image");
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "bundle-crasher", "namespace": ns},
