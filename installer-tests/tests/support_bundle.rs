@@ -497,3 +497,45 @@ fn base64_std(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+#[test]
+fn a_node_whose_var_lib_rancher_is_full_still_gives_its_bundle() {
+    // A 1.25 GiB /var/lib/rancher (a tmpfs in the lab; preflight wants 1.1 GiB free), filled to the last block after the install.
+    let Some(lab) = lab_or_skip!(installer_tests::lab::Lab::builder(1).rancher_size_mib(1280))
+    else {
+        return;
+    };
+    let env = Env::new().unwrap();
+    let answers = lab.answer_file_path();
+    let run = env.run(&answers, &["install"]).unwrap();
+    assert!(run.ok(), "{}", run.all());
+    let n1 = &lab.nodes()[0];
+    // dd stops with "No space left on device": that is the point.
+    lab.exec_ok(
+        n1,
+        "dd if=/dev/zero of=/var/lib/rancher/fill bs=1M 2>/dev/null; sync; df --output=avail -B1 /var/lib/rancher | tail -1",
+    )
+    .unwrap();
+    let avail = lab
+        .exec_ok(n1, "df --output=avail -B1 /var/lib/rancher | tail -1")
+        .unwrap();
+    assert_eq!(avail.trim(), "0", "/var/lib/rancher is not full");
+
+    let (run, archive, root, secs) = bundle(&env, &answers, "full", &[]);
+    assert!(archive.is_some(), "{}", run.all());
+    let m = json(&root, "manifest.json");
+    let its = items(&m, Some(&n1.name));
+    assert!(its.len() >= 25, "{}", its.len());
+    for i in its {
+        let st = i["status"].as_str().unwrap();
+        assert!(
+            st == "ok" || (st == "skipped" && i["id"] == "pod-logs"),
+            "{i}"
+        );
+    }
+    let disks =
+        std::fs::read_to_string(root.join(format!("nodes/{}/system/resources.txt", n1.name)))
+            .unwrap();
+    assert!(disks.contains("/var/lib/rancher"), "{disks}");
+    println!("BUNDLE full-rancher: {secs:.1} s, exit {}", run.code);
+}
