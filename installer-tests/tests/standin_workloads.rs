@@ -12,7 +12,7 @@ use installer_tests::standin::testing::LocalNode;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
 use standin_util::*;
@@ -571,6 +571,63 @@ async fn an_app_on_a_port_k3s_holds_crash_loops() {
     assert!(
         evs.iter().any(|e| e.reason.as_deref() == Some("BackOff")),
         "{evs:?}"
+    );
+    // Its log (read through the node's kubelet on 10250, as the apiserver does) says why.
+    let text = pods.logs("clash", &LogParams::default()).await.unwrap();
+    assert!(
+        text.contains("simulated container app exited") && text.contains("10250"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_logs_are_read_through_the_kubelet_with_the_apiservers_parameters() {
+    let (n, c) = ready_node(&[PAUSE, APP]).await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &host_pod("talker", APP, "IfNotPresent", 18260),
+    )
+    .await
+    .unwrap();
+    let uid = wait_for("talker running", Duration::from_secs(20), || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("talker").await.ok()?;
+            let running = p.status.as_ref()?.container_statuses.as_ref()?[0]
+                .state
+                .as_ref()?
+                .running
+                .is_some();
+            running.then(|| p.metadata.uid.clone()).flatten()
+        }
+    })
+    .await;
+    let text = pods.logs("talker", &LogParams::default()).await.unwrap();
+    assert!(text.contains("listening on 18260/TCP"), "{text}");
+    // What the program prints lands in the CRI file; tail and previous as the kubelet answers.
+    let f = installer_tests::standin::kubelet::logs::file(
+        &installer_tests::standin::paths::Root::under(n.root.path()),
+        "default",
+        "talker",
+        &uid,
+        "app",
+        0,
+    );
+    installer_tests::standin::kubelet::logs::append(&f, "stdout", "second\nthird").unwrap();
+    let tail = LogParams {
+        tail_lines: Some(2),
+        ..LogParams::default()
+    };
+    assert_eq!(pods.logs("talker", &tail).await.unwrap(), "second\nthird\n");
+    let prev = LogParams {
+        previous: true,
+        ..LogParams::default()
+    };
+    let err = pods.logs("talker", &prev).await.unwrap_err().to_string();
+    assert!(
+        err.contains("previous terminated container \"app\" in pod \"talker\" not found"),
+        "{err}"
     );
 }
 

@@ -15,6 +15,7 @@ const APP_CANARY: &str = "CANARY-app-7f3e9a1c-secret";
 const JOURNAL_CANARY: &str = "CANARY-journal-5b2d8e4f";
 const PROC_CANARY: &str = "CANARY-proc-9c1a7e3b";
 const CM_CANARY: &str = "CANARY-configmap-3e8d1f6a";
+const LOG_CANARY: &str = "CANARY-podlog-6a0c2d9e";
 
 /// Runs the bundle into a fresh directory; returns the run, the archive and its extraction.
 fn bundle(
@@ -141,6 +142,43 @@ fn support_bundle_on_a_three_host_cluster() {
             .unwrap();
     });
 
+    // And one in an application pod's log, as its program would print it (JSON logging): a
+    // line appended to the container's CRI log file on its node, which the kubelet serves.
+    let (pod_ns, pod_name, pod_uid, pod_node, pod_container) = rt.block_on(async {
+        use k8s_openapi::api::core::v1::Pod;
+        let ns = app_namespace(&client).await;
+        let pods = kube::Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap();
+        let p = pods
+            .items
+            .iter()
+            .find(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+            .expect("a scheduled application pod");
+        let spec = p.spec.clone().unwrap();
+        (
+            ns,
+            p.metadata.name.clone().unwrap(),
+            p.metadata.uid.clone().unwrap(),
+            spec.node_name.unwrap(),
+            spec.containers[0].name.clone(),
+        )
+    });
+    let log_node = n
+        .iter()
+        .find(|x| x.name == pod_node)
+        .expect("the pod's node");
+    lab.exec_ok(
+        log_node,
+        &format!(
+            "f=$(ls -v /var/log/pods/{pod_ns}_{pod_name}_{pod_uid}/{pod_container}/*.log | tail -1) && \
+             printf '%s stdout F {{\"level\":\"info\",\"apiKey\":\"{LOG_CANARY}\"}}\n' \
+             \"$(date -u +%Y-%m-%dT%H:%M:%S.000000000Z)\" >> \"$f\""
+        ),
+    )
+    .unwrap();
+
     // 1. Healthy: every collector ok (or skipped where it does not apply), opens with tar.
     let (run, archive, root, secs) = bundle(&env, &answers, "healthy", &[]);
     let m = json(&root, "manifest.json");
@@ -190,6 +228,7 @@ fn support_bundle_on_a_three_host_cluster() {
         JOURNAL_CANARY.into(),
         PROC_CANARY.into(),
         CM_CANARY.into(),
+        LOG_CANARY.into(),
     ];
     let forms: Vec<String> = canaries
         .iter()
@@ -257,6 +296,17 @@ fn support_bundle_on_a_three_host_cluster() {
             .unwrap()
             .contains("bundle-canary"),
         "the canary ConfigMap was not collected"
+    );
+    let pod_log = format!("cluster/{pod_ns}/logs/{pod_name}/{pod_container}.log");
+    let text = std::fs::read_to_string(root.join(&pod_log))
+        .unwrap_or_else(|e| panic!("{pod_log} not collected: {e}"));
+    assert!(
+        text.contains("simulated container") && text.contains(r#""apiKey":"#),
+        "{pod_log}: {text}"
+    );
+    assert!(
+        r["files"][&pod_log]["json-secret"].as_u64().unwrap_or(0) >= 1,
+        "{pod_log} not counted: {r}"
     );
     let journal =
         std::fs::read_to_string(root.join(format!("nodes/{}/journal/system.log", n[0].name)))
@@ -388,6 +438,14 @@ fn support_bundle_on_a_three_host_cluster() {
         .filter(|f| f["id"] == "k3s-not-active")
         .count();
     assert_eq!(stopped, 2, "{a}");
+    // With the API down, pod logs come from the nodes' /var/log/pods, redacted as well.
+    for node in &n[..2] {
+        let f = root.join(format!("nodes/{}/pod-logs.txt", node.name));
+        let text = std::fs::read_to_string(&f)
+            .unwrap_or_else(|e| panic!("{} not collected: {e}", f.display()));
+        assert!(text.contains("simulated container"), "{text}");
+        assert!(!text.contains(LOG_CANARY), "{}", f.display());
+    }
     assert!(run.stdout.contains("bundle_ready"), "{}", run.all());
 }
 

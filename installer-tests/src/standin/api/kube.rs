@@ -558,17 +558,56 @@ async fn handle_inner(
                     "container {container} is not valid for pod {name}"
                 )));
             }
-            if req.q("previous") == Some("true") {
+            // As the apiserver: ask the kubelet of the pod's node, at its InternalIP.
+            let node = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if node.is_empty() {
                 return Err(ApiError::bad_request(format!(
-                    "previous terminated container \"{container}\" in pod \"{name}\" not found"
+                    "pod {name} does not have a host assigned"
                 )));
             }
-            Ok(text_response(
-                StatusCode::OK,
-                format!(
-                    "k3s stand-in: container {container} of pod {ns}/{name} is simulated and writes no log output\n"
-                ),
-            ))
+            let ip = super::super::store::resources::find("", "v1", "nodes")
+                .and_then(|nrt| store.get(nrt, "", node))
+                .and_then(|n| {
+                    n.pointer("/status/addresses")?
+                        .as_array()?
+                        .iter()
+                        .find(|a| a["type"] == "InternalIP")?["address"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .ok_or_else(|| {
+                    ApiError::internal(format!("no InternalIP known for node \"{node}\""))
+                })?;
+            let q = crate::standin::kubelet::logs::Query::from_params(&req.query);
+            let host = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip
+            };
+            let url = format!(
+                "https://{host}:10250/containerLogs/{ns}/{name}/{container}?{}",
+                q.to_params()
+            );
+            let http =
+                super::super::client::insecure_with_timeout(std::time::Duration::from_secs(10))
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+            match http.get(&url).send().await {
+                Ok(resp) => {
+                    let code = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    if code.is_success() {
+                        Ok(text_response(StatusCode::OK, text))
+                    } else {
+                        Err(ApiError::bad_request(text))
+                    }
+                }
+                Err(e) => Err(ApiError::internal(super::super::client::go_error(
+                    "GET", &url, &e,
+                ))),
+            }
         }
         _ => Err(ApiError::method_not_allowed(&format!(
             "{} {}",

@@ -19,6 +19,7 @@
 //!   2379/2380 and the controller-manager, cloud-controller and scheduler 10257-10259) are bound,
 //!   so an application that wants one of them fails to bind, as it would next to real k3s.
 
+pub mod logs;
 pub mod pods;
 pub mod runtime;
 pub mod shim;
@@ -169,10 +170,67 @@ async fn node_certs(setup: &AgentSetup, node_password: &str) -> Result<CertKey, 
     })
 }
 
+/// The kubelet's API on 10250: `GET /containerLogs/{namespace}/{pod}/{container}` (see [`logs`]),
+/// over TLS with a self-signed serving certificate, as a kubelet without `--tls-cert-file`
+/// generates one. Differences: k3s gives its kubelet a serving certificate signed by the server
+/// CA, and the kubelet authenticates the apiserver's client certificate; here any client may read.
+async fn serve_kubelet_api(setup: &AgentSetup, node_ip: &str) {
+    let name = setup.node.node_name.clone();
+    let tls = super::pki::new_ca(&format!("{name}-ca"))
+        .and_then(|ca| super::pki::issue_server(&ca, &name, &[node_ip.to_string(), name.clone()]))
+        .and_then(|ck| super::api::tls_config(&ck.cert_pem, &ck.key_pem, None));
+    let tls = match tls {
+        Ok(t) => t,
+        Err(e) => {
+            log::error(format!("kubelet serving certificate: {e:#}"));
+            return;
+        }
+    };
+    let ip = setup.root.host_bind_ip(node_ip, "0.0.0.0");
+    let listener = match tokio::net::TcpListener::bind((ip.as_str(), 10250)).await {
+        Ok(l) => l,
+        Err(e) => {
+            log::error(format!("Failed to listen on {ip}:10250: {e}"));
+            return;
+        }
+    };
+    let root = setup.root.clone();
+    let router = axum::Router::new().route(
+        "/containerLogs/{ns}/{pod}/{container}",
+        axum::routing::get(
+            move |axum::extract::Path((ns, pod, container)): axum::extract::Path<(
+                String,
+                String,
+                String,
+            )>,
+                  axum::extract::RawQuery(q): axum::extract::RawQuery| {
+                let root = root.clone();
+                async move {
+                    let params = super::api::kube::url_decode_pairs(q.as_deref().unwrap_or(""));
+                    let query = logs::Query::from_params(&params);
+                    match logs::read(&root, &ns, &pod, &container, &query) {
+                        Ok(text) => (axum::http::StatusCode::OK, text),
+                        Err(logs::LogError::NotFound(m)) => (axum::http::StatusCode::NOT_FOUND, m),
+                        Err(logs::LogError::BadRequest(m)) => {
+                            (axum::http::StatusCode::BAD_REQUEST, m)
+                        }
+                    }
+                }
+            },
+        ),
+    );
+    tokio::spawn(super::api::serve_tls(
+        listener,
+        tls,
+        router,
+        setup.shutdown.clone(),
+    ));
+}
+
 /// Bind the ports k3s's own components hold on a node.
 fn reserve_ports(root: &Root, node_ip: &str, server: bool) -> Vec<std::net::TcpListener> {
+    // 10250 is served by [`serve_kubelet_api`].
     let mut ports: Vec<(&str, u16)> = vec![
-        ("0.0.0.0", 10250),
         ("127.0.0.1", 10248),
         ("127.0.0.1", 10249),
         ("0.0.0.0", 10256),
@@ -1105,6 +1163,23 @@ impl Kubelet {
                         local.shims.insert(cname.to_string(), (pid, dir.clone()));
                         local.started.insert(cname.to_string(), ts.clone());
                         local.crash.remove(cname);
+                        let run = local.restarts.get(cname).copied().unwrap_or(0);
+                        let listening: Vec<String> = ports
+                            .iter()
+                            .map(|p| format!("{}/{}", p.port, p.protocol))
+                            .collect();
+                        self.container_log(
+                            pns,
+                            pname,
+                            uid,
+                            cname,
+                            run,
+                            "stdout",
+                            &format!(
+                                "k3s stand-in: simulated container {cname} started, listening on {}",
+                                listening.join(", ")
+                            ),
+                        );
                         events.push((
                             "Normal".into(),
                             "Created".into(),
@@ -1125,6 +1200,19 @@ impl Kubelet {
                         if local.started.contains_key(cname) || local.crash.contains_key(cname) {
                             *restarts += 1;
                         }
+                        let run = *restarts;
+                        self.container_log(
+                            pns,
+                            pname,
+                            uid,
+                            cname,
+                            run,
+                            "stderr",
+                            &format!(
+                                "k3s stand-in: simulated container {cname} exited: {}",
+                                s.error
+                            ),
+                        );
                         log::info(format!(
                             "container {cname} of {pns}/{pname} exited: {}",
                             s.error
@@ -1165,6 +1253,16 @@ impl Kubelet {
             }
         } else if !local.started.contains_key(cname) {
             local.started.insert(cname.to_string(), ts.clone());
+            let run = local.restarts.get(cname).copied().unwrap_or(0);
+            self.container_log(
+                pns,
+                pname,
+                uid,
+                cname,
+                run,
+                "stdout",
+                &format!("k3s stand-in: simulated container {cname} started (no ports)"),
+            );
             events.push((
                 "Normal".into(),
                 "Created".into(),
@@ -1208,6 +1306,27 @@ impl Kubelet {
         };
         local.ready.insert(cname.to_string(), ready);
         Run::Running { started_at, ready }
+    }
+}
+
+impl Kubelet {
+    /// One line in a container run's log file (see [`logs`]).
+    #[allow(clippy::too_many_arguments)]
+    fn container_log(
+        &self,
+        ns: &str,
+        pod: &str,
+        uid: &str,
+        container: &str,
+        run: i64,
+        stream: &str,
+        text: &str,
+    ) {
+        let run = u32::try_from(run).unwrap_or(0);
+        let path = logs::file(&self.setup.root, ns, pod, uid, container, run);
+        if let Err(e) = logs::append(&path, stream, text) {
+            log::warn(format!("writing {}: {e}", path.display()));
+        }
     }
 }
 
@@ -1446,6 +1565,7 @@ async fn run_agent_inner(setup: AgentSetup, notify: bool) {
         .cloned()
         .unwrap_or_else(|| "127.0.0.1".into());
     let _reserved = reserve_ports(&setup.root, &node_ip, setup.control_plane);
+    serve_kubelet_api(&setup, &node_ip).await;
     let run_dir = setup.root.path(k3s::RUN_DIR);
     let probe = match client::insecure_with_timeout(Duration::from_secs(1)) {
         Ok(c) => c,
