@@ -34,6 +34,29 @@ fn f(id: &str, severity: Severity, node: Option<&str>, message: String, evidence
     }
 }
 
+/// The nftables table the policy enforcer programs on every node (its `--table` default).
+pub const ENFORCER_TABLE: &str = "installer_enforcer";
+
+/// The enforcer's rules on a node, from `nft -a list ruleset`: without its table, no
+/// NetworkPolicy is enforced for the host-network pods there.
+pub fn enforcer(node: &str, ruleset: &str) -> Option<Finding> {
+    let has_table = ruleset.lines().any(|l| {
+        let mut w = l.split_whitespace();
+        w.next() == Some("table") && w.next() == Some("inet") && w.next() == Some(ENFORCER_TABLE)
+    });
+    (!has_table).then(|| {
+        f(
+            "enforcer-rules-missing",
+            Severity::Fail,
+            Some(node),
+            format!(
+                "no `table inet {ENFORCER_TABLE}` in the node's nftables ruleset: NetworkPolicies are not enforced on this node"
+            ),
+            &format!("nodes/{node}/network/nftables.txt"),
+        )
+    })
+}
+
 /// Disk space and inodes from `df -PT` then `df -Pi` (separated by a blank line).
 pub fn disk(node: &str, resources: &str) -> Vec<Finding> {
     let path = format!("nodes/{node}/system/resources.txt");
@@ -379,6 +402,25 @@ mod tests {
         let ids: Vec<&str> = got.iter().map(|f| f.id.as_str()).collect();
         assert_eq!(ids, vec!["node-unreachable", "clock-skew"]);
         assert!(nodes(&[e("a", "ok", Some(0)), e("b", "ok", Some(900))]).is_empty());
+    }
+
+    #[test]
+    fn a_ruleset_without_the_enforcers_table_is_flagged() {
+        let with = "table inet filter { # handle 1\n}\ntable inet installer_enforcer { # handle 7\n\tchain input { # handle 1\n\t}\n}\n";
+        assert_eq!(enforcer("n1", with), None);
+        let without = "table inet filter { # handle 1\n}\ntable ip installer_enforcer { # handle 2\n}\n# table inet installer_enforcer\n";
+        let got = enforcer("n1", without).expect("flagged");
+        assert_eq!(got.id, "enforcer-rules-missing");
+        assert_eq!(
+            got.evidence,
+            vec!["nodes/n1/network/nftables.txt".to_string()]
+        );
+        // The name the enforcer programs by default.
+        assert!(
+            include_str!("../enforcer/src/main.rs")
+                .contains(&format!("default_value = \"{ENFORCER_TABLE}\"")),
+            "the enforcer's default table is not {ENFORCER_TABLE}"
+        );
     }
 
     #[test]

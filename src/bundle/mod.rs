@@ -318,6 +318,9 @@ pub async fn collect(input: Input<'_>, reporter: &Reporter) -> Result<Summary, B
             let text = String::from_utf8_lossy(&c.data).into_owned();
             match c.item.id.as_str() {
                 "system/resources" => findings.extend(analysis::disk(&n.name, &text)),
+                "network/nftables" if c.item.status == Status::Ok => {
+                    findings.extend(analysis::enforcer(&n.name, &text))
+                }
                 "system/services" if c.item.status == Status::Ok || !text.is_empty() => {
                     findings.extend(analysis::k3s_unit(&n.name, n.is_server, &text))
                 }
