@@ -1163,17 +1163,13 @@ impl Kubelet {
                         local.shims.insert(cname.to_string(), (pid, dir.clone()));
                         local.started.insert(cname.to_string(), ts.clone());
                         local.crash.remove(cname);
-                        let run = local.restarts.get(cname).copied().unwrap_or(0);
                         let listening: Vec<String> = ports
                             .iter()
                             .map(|p| format!("{}/{}", p.port, p.protocol))
                             .collect();
+                        let run = local.restarts.get(cname).copied().unwrap_or(0);
                         self.container_log(
-                            pns,
-                            pname,
-                            uid,
-                            cname,
-                            run,
+                            (pns, pname, uid, cname, run),
                             "stdout",
                             &format!(
                                 "k3s stand-in: simulated container {cname} started, listening on {}",
@@ -1202,11 +1198,7 @@ impl Kubelet {
                         }
                         let run = *restarts;
                         self.container_log(
-                            pns,
-                            pname,
-                            uid,
-                            cname,
-                            run,
+                            (pns, pname, uid, cname, run),
                             "stderr",
                             &format!(
                                 "k3s stand-in: simulated container {cname} exited: {}",
@@ -1255,11 +1247,7 @@ impl Kubelet {
             local.started.insert(cname.to_string(), ts.clone());
             let run = local.restarts.get(cname).copied().unwrap_or(0);
             self.container_log(
-                pns,
-                pname,
-                uid,
-                cname,
-                run,
+                (pns, pname, uid, cname, run),
                 "stdout",
                 &format!("k3s stand-in: simulated container {cname} started (no ports)"),
             );
@@ -1310,15 +1298,11 @@ impl Kubelet {
 }
 
 impl Kubelet {
-    /// One line in a container run's log file (see [`logs`]).
-    #[allow(clippy::too_many_arguments)]
+    /// One line in the log file of a container's run (namespace, pod, uid, container, restart
+    /// count; see [`logs`]).
     fn container_log(
         &self,
-        ns: &str,
-        pod: &str,
-        uid: &str,
-        container: &str,
-        run: i64,
+        (ns, pod, uid, container, run): (&str, &str, &str, &str, i64),
         stream: &str,
         text: &str,
     ) {
