@@ -90,3 +90,22 @@ pub fn conflist(pod_cidr: &str) -> String {
         r#"{{"cniVersion":"1.0.0","name":"local","plugins":[{{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"hairpinMode":true,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{pod_cidr}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}},{{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#
     )
 }
+
+/// A real `kubectl` on PATH; without one, None after saying why (a failure under LAB_REQUIRED=1).
+#[allow(dead_code)]
+pub fn real_kubectl_or_skip() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("kubectl"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var("LAB_REQUIRED").is_ok_and(|v| v.trim() == "1") {
+            panic!("LAB_REQUIRED=1 but no kubectl on PATH (Debian package kubernetes-client)");
+        }
+        eprintln!(
+            "SKIPPED: no kubectl on PATH (Debian package kubernetes-client). Set LAB_REQUIRED=1 to make this a failure."
+        );
+    }
+    found
+}

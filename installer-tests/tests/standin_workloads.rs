@@ -792,3 +792,68 @@ async fn eviction_honours_pod_disruption_budgets() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_kubectl_shows_a_pods_log_and_describes_the_pod_and_its_node() {
+    let Some(kubectl) = real_kubectl_or_skip() else {
+        return;
+    };
+    let (n, c) = ready_node(&[PAUSE, APP]).await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &host_pod("shown", APP, "IfNotPresent", 18270),
+    )
+    .await
+    .unwrap();
+    wait_for("shown running", Duration::from_secs(20), || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("shown").await.ok()?;
+            p.status?.container_statuses?[0]
+                .state
+                .as_ref()?
+                .running
+                .as_ref()?;
+            Some(())
+        }
+    })
+    .await;
+    let kubeconfig = n.path("/etc/rancher/k3s/k3s.yaml");
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&kubectl)
+            .env("HOME", home.path())
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let s = run(&["logs", "shown"]);
+    assert!(s.contains("listening on 18270/TCP"), "{s}");
+    let s = run(&["describe", "pod", "shown"]);
+    for want in [
+        "Name:", "shown", "Node:", "srv1", "Status:", "Running", "Events:",
+    ] {
+        assert!(s.contains(want), "no {want:?} in:\n{s}");
+    }
+    let s = run(&["describe", "node", "srv1"]);
+    for want in [
+        "Name:",
+        "srv1",
+        "Conditions:",
+        "Ready",
+        "Non-terminated Pods:",
+        "shown",
+    ] {
+        assert!(s.contains(want), "no {want:?} in:\n{s}");
+    }
+}
