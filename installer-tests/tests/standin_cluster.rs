@@ -596,3 +596,39 @@ async fn cluster_reset_leaves_the_server_as_the_only_etcd_member() {
     assert_eq!(members.len(), 1, "{members:?}");
     assert!(members[0]["name"].as_str().unwrap().starts_with("srv1-"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_newer_than_every_server_is_recorded_as_skew() {
+    let srv1 = first_server("srv1", "");
+    let skew = "/var/lib/rancher/k3s/server/db/standin/skew.jsonl";
+    // An agent on the same release: nothing recorded.
+    let mut same = joiner(AGENT, "agt1", "agent", &srv1, &token_of(&srv1), None);
+    same.start();
+    same.wait_log("k3s agent is up and running", Duration::from_secs(20))
+        .unwrap();
+    // An agent on the next minor: a kubelet newer than every apiserver.
+    let d = tempfile::tempdir().unwrap();
+    let newer = d.path().join("k3s");
+    installer_tests::standin::version::stamp(&bin(), &newer, "v1.37.0+k3s1").unwrap();
+    let cfg = AGENT
+        .replace("{server}", &srv1.url())
+        .replace("{token}", &token_of(&srv1));
+    let mut agt2 = LocalNode::prepare(&newer, "agt2", "agent", &cfg, None);
+    agt2.start();
+    agt2.wait_log("k3s agent is up and running", Duration::from_secs(20))
+        .unwrap();
+    let line = wait_for("a skew record", Duration::from_secs(20), || {
+        let text = srv1.read(skew).unwrap_or_default();
+        async move {
+            text.lines()
+                .find(|l| l.contains("kubelet-newer-than-apiservers"))
+                .map(str::to_string)
+        }
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["node"], "agt2", "{line}");
+    assert_eq!(v["kubelet"], "v1.37.0+k3s1", "{line}");
+    let all = srv1.read(skew).unwrap_or_default();
+    assert!(!all.contains("\"agt1\""), "{all}");
+}

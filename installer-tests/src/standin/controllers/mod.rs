@@ -4,6 +4,7 @@
 
 pub mod core;
 pub mod scheduler;
+pub mod skew;
 pub mod util;
 pub mod workloads;
 
@@ -29,6 +30,7 @@ pub fn spawn(store: Arc<Store>, srv: &Arc<Server>, faults: LiveFaults) {
         &ca,
     );
     let servicelb = !cfg.disable.iter().any(|d| d == "servicelb");
+    let mut skew = skew::SkewWatch::new(&srv.server_dir);
     std::thread::spawn(move || {
         let rec = util::Recorder::default();
         let mut last_ips: Vec<String> = Vec::new();
@@ -57,6 +59,7 @@ pub fn spawn(store: Arc<Store>, srv: &Arc<Server>, faults: LiveFaults) {
                     f.node_monitor_grace_period.as_secs() as i64,
                 );
                 core::garbage_collect(&store);
+                skew.check(&store);
                 if std::time::Instant::now() >= next_expiry {
                     core::expire_events(&store);
                     next_expiry = std::time::Instant::now() + Duration::from_secs(60);
