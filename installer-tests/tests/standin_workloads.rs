@@ -620,6 +620,21 @@ async fn container_logs_are_read_through_the_kubelet_with_the_apiservers_paramet
         ..LogParams::default()
     };
     assert_eq!(pods.logs("talker", &tail).await.unwrap(), "second\nthird\n");
+    // follow: what is written later arrives on the open stream.
+    let follow = LogParams {
+        follow: true,
+        tail_lines: Some(1),
+        ..LogParams::default()
+    };
+    let mut lines = pods.log_stream("talker", &follow).await.unwrap().lines();
+    use futures::{AsyncBufReadExt, TryStreamExt};
+    assert_eq!(lines.try_next().await.unwrap().as_deref(), Some("third"));
+    installer_tests::standin::kubelet::logs::append(&f, "stdout", "fourth").unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), lines.try_next())
+        .await
+        .expect("a followed line within 10 s")
+        .unwrap();
+    assert_eq!(next.as_deref(), Some("fourth"));
     let prev = LogParams {
         previous: true,
         ..LogParams::default()

@@ -591,10 +591,20 @@ async fn handle_inner(
                 "https://{host}:10250/containerLogs/{ns}/{name}/{container}?{}",
                 q.to_params()
             );
+            // A followed log stays open as long as the container runs.
+            let limit = if q.follow { 86_400 } else { 10 };
             let http =
-                super::super::client::insecure_with_timeout(std::time::Duration::from_secs(10))
+                super::super::client::insecure_with_timeout(std::time::Duration::from_secs(limit))
                     .map_err(|e| ApiError::internal(e.to_string()))?;
             match http.get(&url).send().await {
+                Ok(resp) if resp.status().is_success() && q.follow => {
+                    let mut r = Response::new(Body::from_stream(resp.bytes_stream()));
+                    r.headers_mut().insert(
+                        "content-type",
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                    Ok(r)
+                }
                 Ok(resp) => {
                     let code = resp.status();
                     let text = resp.text().await.unwrap_or_default();

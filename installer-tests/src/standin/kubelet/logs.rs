@@ -13,6 +13,7 @@
 //! What writes them: the stand-in's simulated containers have no program of their own, so the
 //! kubelet writes what a container's start and crash would show (its listeners, its bind error).
 //! A test may append lines to a container's file, standing for what the program would print.
+//! A pod's logs are removed once the pod is gone from the API.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,20 @@ pub fn file(root: &Root, ns: &str, pod: &str, uid: &str, container: &str, restar
     pod_dir(root, ns, pod, uid)
         .join(container)
         .join(format!("{restart}.log"))
+}
+
+/// Removes the logs of a pod that is gone (the kubelet's garbage collection of a deleted pod).
+pub fn remove_pod(root: &Root, uid: &str) {
+    let suffix = format!("_{uid}");
+    for e in std::fs::read_dir(root.path("/var/log/pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().ends_with(&suffix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Appends `text` to a container's log, one full CRI line per line of text.
@@ -51,6 +66,8 @@ pub fn append(path: &Path, stream: &str, text: &str) -> std::io::Result<()> {
 /// What the apiserver asks the kubelet for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {
+    /// Keep the stream open and send lines as they are written, until the run ends.
+    pub follow: bool,
     pub previous: bool,
     pub tail_lines: Option<usize>,
     pub limit_bytes: Option<usize>,
@@ -63,6 +80,7 @@ impl Query {
     pub fn from_params(q: &std::collections::BTreeMap<String, String>) -> Query {
         let num = |k: &str| q.get(k).and_then(|v| v.parse::<i64>().ok());
         Query {
+            follow: q.get("follow").is_some_and(|v| v == "true"),
             previous: q.get("previous").is_some_and(|v| v == "true"),
             tail_lines: num("tailLines").and_then(|n| usize::try_from(n).ok()),
             limit_bytes: num("limitBytes").and_then(|n| usize::try_from(n).ok()),
@@ -74,6 +92,9 @@ impl Query {
     /// The same parameters, as a query string (without `?`).
     pub fn to_params(&self) -> String {
         let mut p = Vec::new();
+        if self.follow {
+            p.push("follow=true".to_string());
+        }
         if self.previous {
             p.push("previous=true".to_string());
         }
@@ -102,7 +123,8 @@ pub enum LogError {
     BadRequest(String),
 }
 
-/// The log of `container` of pod `ns/pod` on this node, as `GET /containerLogs` returns it.
+/// The log of `container` of pod `ns/pod` on this node, as `GET /containerLogs` returns it
+/// (without `follow`: see [`follow`]).
 pub fn read(
     root: &Root,
     ns: &str,
@@ -110,6 +132,86 @@ pub fn read(
     container: &str,
     q: &Query,
 ) -> Result<String, LogError> {
+    let path = locate(root, ns, pod, container, q.previous)?;
+    let raw = std::fs::read_to_string(path).unwrap_or_default();
+    Ok(render(&raw, q, jiff::Timestamp::now()))
+}
+
+/// What `follow` sends: the log so far (as [`read`] gives it), then each complete line as it is
+/// written, until the run's file is gone or a newer run has begun (the container restarted),
+/// polled every 200 ms. `limitBytes` applies to the first part only.
+pub fn follow(
+    root: &Root,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    q: &Query,
+) -> Result<impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + use<>, LogError> {
+    let path = locate(root, ns, pod, container, false)?;
+    let raw = std::fs::read(&path).unwrap_or_default();
+    let head = render(&String::from_utf8_lossy(&raw), q, jiff::Timestamp::now());
+    let rest = Query {
+        timestamps: q.timestamps,
+        ..Query::default()
+    };
+    let state = (Some(head), path, raw.len() as u64);
+    Ok(futures::stream::unfold(
+        state,
+        move |(head, path, offset)| {
+            let rest = rest.clone();
+            async move {
+                if let Some(h) = head {
+                    return Some((Ok(bytes::Bytes::from(h)), (None, path, offset)));
+                }
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    if !path.exists() || newer_run(&path) {
+                        return None;
+                    }
+                    let data = std::fs::read(&path).ok()?;
+                    let start = usize::try_from(offset).ok()?.min(data.len());
+                    let Some(end) = data[start..].iter().rposition(|b| *b == b'\n') else {
+                        continue;
+                    };
+                    let chunk = &data[start..start + end + 1];
+                    let text = render(
+                        &String::from_utf8_lossy(chunk),
+                        &rest,
+                        jiff::Timestamp::now(),
+                    );
+                    let next = offset + chunk.len() as u64;
+                    if !text.is_empty() {
+                        return Some((Ok(bytes::Bytes::from(text)), (None, path, next)));
+                    }
+                }
+            }
+        },
+    ))
+}
+
+/// True when a run numbered after `path`'s exists beside it.
+fn newer_run(path: &Path) -> bool {
+    let run =
+        |p: &Path| -> Option<u32> { p.file_name()?.to_str()?.strip_suffix(".log")?.parse().ok() };
+    let Some(mine) = run(path) else {
+        return false;
+    };
+    path.parent()
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| run(&e.path()).is_some_and(|n| n > mine))
+}
+
+/// The file of the current run (or, with `previous`, the run before it).
+fn locate(
+    root: &Root,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    previous: bool,
+) -> Result<PathBuf, LogError> {
     let base = root.path("/var/log/pods");
     let prefix = format!("{ns}_{pod}_");
     // The newest directory of that pod (a pod recreated under the same name has a new uid).
@@ -138,7 +240,7 @@ pub fn read(
         })
         .collect();
     runs.sort_unstable();
-    let run = if q.previous {
+    let run = if previous {
         runs.iter().rev().nth(1).copied().ok_or_else(|| {
             LogError::BadRequest(format!(
                 "previous terminated container \"{container}\" in pod \"{pod}\" not found"
@@ -151,8 +253,7 @@ pub fn read(
             ))
         })?
     };
-    let raw = std::fs::read_to_string(dir.join(format!("{run}.log"))).unwrap_or_default();
-    Ok(render(&raw, q, jiff::Timestamp::now()))
+    Ok(dir.join(format!("{run}.log")))
 }
 
 /// CRI lines to what `kubectl logs` prints: the text (with its time when asked), partial lines
@@ -268,6 +369,11 @@ mod tests {
             read(&root, "app", "web-1", "web", &prev).unwrap(),
             "bind: address already in use\n"
         );
+        let other = file(&root, "app", "web-2", "u2", "web", 0);
+        append(&other, "stdout", "kept").unwrap();
+        remove_pod(&root, "u2");
+        assert!(!pod_dir(&root, "app", "web-2", "u2").exists());
+        assert!(f1.exists(), "another pod's log was removed");
         std::fs::remove_file(&f0).unwrap();
         assert_eq!(
             read(&root, "app", "web-1", "web", &prev),
@@ -281,9 +387,34 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn follow_sends_what_is_written_and_ends_when_the_container_restarts() {
+        use futures::StreamExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = Root::under(d.path());
+        let f0 = file(&root, "app", "web-1", "u1", "web", 0);
+        append(&f0, "stdout", "first").unwrap();
+        let q = Query {
+            follow: true,
+            ..Query::default()
+        };
+        let mut s = Box::pin(follow(&root, "app", "web-1", "web", &q).unwrap());
+        assert_eq!(s.next().await.unwrap().unwrap(), "first\n");
+        append(&f0, "stdout", "second").unwrap();
+        assert_eq!(s.next().await.unwrap().unwrap(), "second\n");
+        append(
+            &file(&root, "app", "web-1", "u1", "web", 1),
+            "stdout",
+            "again",
+        )
+        .unwrap();
+        assert!(s.next().await.is_none(), "the stream outlived its run");
+    }
+
     #[test]
     fn query_round_trips_through_its_parameters() {
         let q = Query {
+            follow: true,
             previous: true,
             tail_lines: Some(10),
             limit_bytes: Some(100),

@@ -206,13 +206,25 @@ async fn serve_kubelet_api(setup: &AgentSetup, node_ip: &str) {
                   axum::extract::RawQuery(q): axum::extract::RawQuery| {
                 let root = root.clone();
                 async move {
+                    use axum::http::StatusCode;
+                    use axum::response::IntoResponse;
                     let params = super::api::kube::url_decode_pairs(q.as_deref().unwrap_or(""));
                     let query = logs::Query::from_params(&params);
-                    match logs::read(&root, &ns, &pod, &container, &query) {
-                        Ok(text) => (axum::http::StatusCode::OK, text),
-                        Err(logs::LogError::NotFound(m)) => (axum::http::StatusCode::NOT_FOUND, m),
+                    let r = if query.follow && !query.previous {
+                        logs::follow(&root, &ns, &pod, &container, &query).map(|s| {
+                            (StatusCode::OK, axum::body::Body::from_stream(s)).into_response()
+                        })
+                    } else {
+                        logs::read(&root, &ns, &pod, &container, &query)
+                            .map(|text| (StatusCode::OK, text).into_response())
+                    };
+                    match r {
+                        Ok(resp) => resp,
+                        Err(logs::LogError::NotFound(m)) => {
+                            (StatusCode::NOT_FOUND, m).into_response()
+                        }
                         Err(logs::LogError::BadRequest(m)) => {
-                            (axum::http::StatusCode::BAD_REQUEST, m)
+                            (StatusCode::BAD_REQUEST, m).into_response()
                         }
                     }
                 }
@@ -748,6 +760,7 @@ impl Kubelet {
         for uid in gone {
             self.stop_pod(&uid);
             self.pods.remove(&uid);
+            logs::remove_pod(&self.setup.root, &uid);
         }
         // Orphaned shims from an earlier run of this process.
         if let Ok(rd) = std::fs::read_dir(self.run_dir.join("pods")) {
