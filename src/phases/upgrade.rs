@@ -560,3 +560,314 @@ async fn own_readyz_gate(node: &ConnectedHost, timeout: Duration) -> Result<(), 
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::facts;
+    use crate::host::fake::FakeRemote;
+    use crate::phases::context::HostSpec;
+    use crate::report::events::Collector;
+    use crate::report::{Event, HostOutcome, Reporter};
+    use std::sync::Mutex;
+    use tokio_util::sync::CancellationToken;
+
+    const A: &str = "v1.36.4+k3s1";
+    const B: &str = "v1.36.5+k3s1";
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    fn node(i: usize, server: bool, version: &str) -> NodeSeen {
+        NodeSeen {
+            host: format!("host{i}"),
+            node: format!("node{i}"),
+            is_server: server,
+            kubelet_version: Some(version.into()),
+            ready: Ok(()),
+            etcd_voter: server.then_some(true),
+            readyz: server.then_some(Ok(())),
+        }
+    }
+
+    fn cluster(version: &str) -> Vec<NodeSeen> {
+        vec![
+            node(1, true, version),
+            node(2, true, version),
+            node(3, true, version),
+            node(4, false, version),
+        ]
+    }
+
+    fn reasons(v: Verdict) -> Vec<Reason> {
+        match v {
+            Verdict::Refused(r) => r,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    fn last_run(command: &str, finished: Option<bool>) -> RunSummary {
+        RunSummary {
+            run: "1".into(),
+            command: command.into(),
+            started: "2026-12-03T06:00:00Z".into(),
+            finished,
+            done: vec![],
+            failed: vec![],
+        }
+    }
+
+    #[test]
+    fn a_healthy_cluster_one_patch_behind_may_go_and_one_on_the_target_is_up_to_date() {
+        assert_eq!(judge(&cluster(A), &v(B), None, "a.yaml"), Verdict::Go);
+        assert_eq!(judge(&cluster(B), &v(B), None, "a.yaml"), Verdict::UpToDate);
+        // Midway (an earlier run restarted one server): still allowed, to finish the roll.
+        let mut mid = cluster(A);
+        mid[0].kubelet_version = Some(B.into());
+        assert_eq!(judge(&mid, &v(B), None, "a.yaml"), Verdict::Go);
+    }
+
+    #[test]
+    fn a_downgrade_is_refused_naming_each_node_with_a_hint() {
+        let r = reasons(judge(&cluster(B), &v(A), None, "a.yaml"));
+        assert_eq!(r.len(), 4, "{r:?}");
+        for (i, r) in r.iter().enumerate() {
+            assert!(r.message.starts_with("downgrade refused"), "{r:?}");
+            assert!(r.message.contains(&format!("node{}", i + 1)), "{r:?}");
+            assert!(!r.hint.is_empty(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_two_minor_jump_is_refused() {
+        let r = reasons(judge(&cluster("v1.34.2+k3s1"), &v(B), None, "a.yaml"));
+        assert!(
+            r.iter().all(|r| r.message.contains("one minor at a time")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_cluster_is_refused_with_one_reason_per_problem() {
+        let mut c = cluster(A);
+        c[1].ready = Err("NotReady (KubeletNotReady: no heartbeat)".into());
+        c[2].etcd_voter = Some(false);
+        c[0].readyz = Some(Err("/readyz does not answer ok".into()));
+        let r = reasons(judge(&c, &v(B), None, "a.yaml"));
+        assert_eq!(r.len(), 3, "{r:?}");
+        assert!(
+            r[0].message.starts_with("host1: the API server's /readyz"),
+            "{r:?}"
+        );
+        assert!(
+            r[1].message.starts_with("host2: node node2 is not Ready"),
+            "{r:?}"
+        );
+        assert!(
+            r[2].message.contains("node3 is not a voting etcd member"),
+            "{r:?}"
+        );
+        assert!(r.iter().all(|r| !r.hint.is_empty()));
+        // Up to date but unhealthy is not "nothing to do": it is refused.
+        let mut c = cluster(B);
+        c[3].ready = Err("NotReady".into());
+        assert_eq!(reasons(judge(&c, &v(B), None, "a.yaml")).len(), 1);
+    }
+
+    #[test]
+    fn a_node_not_registered_is_refused() {
+        let mut c = cluster(A);
+        c[3].kubelet_version = None;
+        c[3].ready = Err("not registered".into());
+        let r = reasons(judge(&c, &v(B), None, "a.yaml"));
+        assert!(
+            r.iter()
+                .any(|r| r.message.contains("not registered in the cluster")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn an_unfinished_install_is_refused_pointing_to_its_rerun_and_an_unfinished_upgrade_is_continued()
+     {
+        for finished in [None, Some(false)] {
+            let last = last_run("install", finished);
+            let r = reasons(judge(&cluster(A), &v(B), Some(&last), "a.yaml"));
+            assert_eq!(r.len(), 1, "{r:?}");
+            assert!(r[0].message.contains("the last `install`"), "{r:?}");
+            assert!(
+                r[0].hint.contains("rerun `installer install -f a.yaml`"),
+                "{r:?}"
+            );
+        }
+        let done = last_run("install", Some(true));
+        assert_eq!(
+            judge(&cluster(A), &v(B), Some(&done), "a.yaml"),
+            Verdict::Go
+        );
+        let upgrading = last_run("upgrade", None);
+        assert_eq!(
+            judge(&cluster(A), &v(B), Some(&upgrading), "a.yaml"),
+            Verdict::Go
+        );
+    }
+
+    #[test]
+    fn the_refusal_error_puts_each_reason_on_its_own_line_with_its_hint() {
+        let r = reasons(judge(&cluster(B), &v(A), None, "a.yaml"));
+        let e = refusal_error(&r);
+        let lines: Vec<&str> = e.message.lines().collect();
+        assert_eq!(lines.len(), 1 + 2 * r.len(), "{}", e.message);
+        assert!(lines[0].contains("nothing was changed"), "{}", e.message);
+        for pair in lines[1..].chunks(2) {
+            assert!(
+                pair[0].trim_start().starts_with("- downgrade refused"),
+                "{pair:?}"
+            );
+            assert!(pair[1].trim_start().starts_with("hint: "), "{pair:?}");
+        }
+        assert!(e.hint.is_some());
+    }
+
+    #[test]
+    fn a_node_is_restarted_when_its_binary_changed_or_its_kubelet_is_behind() {
+        let mut c = cluster(B);
+        c[1].kubelet_version = Some(A.into());
+        let uploaded: BTreeMap<String, bool> = [("host3".to_string(), true)].into_iter().collect();
+        let r = needs_restart(&uploaded, &c, &v(B));
+        assert!(!r["host1"]);
+        assert!(r["host2"], "staged by an earlier run, never restarted");
+        assert!(r["host3"]);
+        assert!(!r["host4"]);
+    }
+
+    #[test]
+    fn the_version_line_of_k3s_is_parsed() {
+        assert_eq!(
+            parse_k3s_version_line("k3s version v1.36.5+k3s1 (5a1a4d4e)"),
+            Some("v1.36.5+k3s1")
+        );
+        assert_eq!(parse_k3s_version_line("bash: k3s: command not found"), None);
+        assert_eq!(parse_k3s_version_line(""), None);
+    }
+
+    fn host(i: usize, server: bool) -> Arc<ConnectedHost> {
+        let facts = facts::parse(
+            "os_id=debian\nos_version=12\ncpus=2\nmem_kb=4000000\ndisk_free_kb=1\ndisk_total_kb=1\nhostname=h\ngather=done\n",
+        )
+        .unwrap();
+        Arc::new(ConnectedHost {
+            spec: HostSpec {
+                name: format!("host{i}"),
+                address: format!("10.0.0.{i}"),
+                is_server: server,
+                node_name: None,
+                node_ip: None,
+            },
+            remote: Arc::new(FakeRemote::new(&format!("host{i}"))),
+            facts,
+            node_name: format!("node{i}"),
+            node_ip: format!("10.0.0.{i}").parse().unwrap(),
+            node_ip_reason: "test".into(),
+            facts_window: (0, 0),
+        })
+    }
+
+    /// The plan lists agents and servers mixed; the roll takes the servers first.
+    fn mixed() -> Vec<Arc<ConnectedHost>> {
+        vec![
+            host(1, false),
+            host(2, true),
+            host(3, true),
+            host(4, false),
+            host(5, true),
+        ]
+    }
+
+    fn runner(events: &Arc<Collector>) -> Runner {
+        Runner::new(
+            "upgrade",
+            Reporter::new(vec![events.clone()]),
+            None,
+            CancellationToken::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn servers_are_rolled_one_at_a_time_before_any_agent() {
+        let hosts = mixed();
+        let servers = super::super::context::servers(&hosts);
+        let agents = super::super::context::agents(&hosts);
+        let events = Arc::new(Collector::default());
+        let mut r = runner(&events);
+        let log = Mutex::new(Vec::<String>::new());
+        roll(&mut r, &servers, &agents, |n| {
+            let log = &log;
+            async move {
+                log.lock().unwrap().push(format!("start {}", n.spec.name));
+                // Give any other step that could run now the chance to start.
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                log.lock().unwrap().push(format!("end {}", n.spec.name));
+                Ok(StepOk::changed("restarted"))
+            }
+        })
+        .await
+        .unwrap();
+        let want: Vec<String> = ["host2", "host3", "host5", "host1", "host4"]
+            .iter()
+            .flat_map(|h| [format!("start {h}"), format!("end {h}")])
+            .collect();
+        assert_eq!(*log.lock().unwrap(), want);
+        let phases: Vec<String> = events
+            .events()
+            .iter()
+            .filter_map(|e| match e {
+                Event::PhaseStarted { phase, .. } => Some(phase.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(phases, ["upgrade-servers", "upgrade-agents"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_gate_stops_the_roll_no_later_node_is_touched() {
+        let hosts = mixed();
+        let servers = super::super::context::servers(&hosts);
+        let agents = super::super::context::agents(&hosts);
+        let events = Arc::new(Collector::default());
+        let mut r = runner(&events);
+        let stepped = Mutex::new(Vec::<String>::new());
+        let err = roll(&mut r, &servers, &agents, |n| {
+            let stepped = &stepped;
+            async move {
+                stepped.lock().unwrap().push(n.spec.name.clone());
+                if n.spec.name == "host3" {
+                    return Err(StepError::new(
+                        "gave up after 5m waiting for node node3 to report kubeletVersion v1.36.5+k3s1; last seen: kubeletVersion is v1.36.4+k3s1",
+                    ));
+                }
+                Ok(StepOk::changed("restarted"))
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(*stepped.lock().unwrap(), ["host2", "host3"]);
+        let text = err.to_string();
+        assert!(text.contains("host3: gave up"), "{text}");
+        assert!(text.contains("kubeletVersion is v1.36.4+k3s1"), "{text}");
+        let ev = events.events();
+        assert!(
+            !ev.iter().any(
+                |e| matches!(e, Event::PhaseStarted { phase, .. } if phase == "upgrade-agents")
+            ),
+            "the agents' phase started after a server failed"
+        );
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            Event::HostDone { host, outcome: HostOutcome::Skipped, .. } if host == "host5"
+        )));
+    }
+}
