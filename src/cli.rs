@@ -84,8 +84,7 @@ pub enum Command {
     Install(InstallArgs),
     /// Run only the checks: connect to every host and report what would stop an install
     Preflight(PreflightArgs),
-    /// Upgrade a running cluster to the k3s and application this installer carries: servers
-    /// one at a time, then agents, refused before any change when unsafe
+    /// Upgrade the cluster to this installer's k3s and application, one node at a time
     Upgrade(UpgradeArgs),
     /// Show the cluster's health: hosts, nodes, workloads, endpoints, the last run
     Status(StatusArgs),

@@ -765,7 +765,7 @@ mod tests {
                 node_name: None,
                 node_ip: None,
             },
-            remote: Arc::new(FakeRemote::new(&format!("host{i}"))),
+            remote: Arc::new(FakeRemote::new(format!("host{i}"))),
             facts,
             node_name: format!("node{i}"),
             node_ip: format!("10.0.0.{i}").parse().unwrap(),
