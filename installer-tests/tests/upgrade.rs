@@ -65,14 +65,43 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
 
     let install = env.run(&answers, &["install"]).unwrap();
     assert!(install.ok(), "{}", install.all());
-    let before: Vec<Unit> = lab.nodes().iter().map(|n| unit(&lab, n)).collect();
-    for (n, u) in lab.nodes().iter().zip(&before) {
-        assert_eq!(u.version, A, "{}", n.name);
-    }
     let installed_in = started.elapsed();
 
     // The installer of release B.
     env.payload = release_b.clone();
+
+    // One server down: refused before any change, naming it.
+    let n3 = &lab.nodes()[2];
+    lab.exec_ok(n3, "systemctl stop k3s").unwrap();
+    let stopped: Vec<Unit> = lab.nodes().iter().map(|n| unit(&lab, n)).collect();
+    let sick = env.run(&answers, &["upgrade"]).unwrap();
+    assert_eq!(sick.code, 1, "{}", sick.all());
+    let why = sick.failures();
+    assert!(
+        why.contains(&format!("{}: the API server's /readyz is not ok", n3.addr)),
+        "{why}"
+    );
+    assert!(!sick.uploaded_anything(), "{}", sick.all());
+    for (n, u) in lab.nodes().iter().zip(&stopped) {
+        assert_eq!(&unit(&lab, n), u, "the refused upgrade changed {}", n.name);
+    }
+    lab.exec_ok(n3, "systemctl start --no-block k3s").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (st_run, _) = status(&env, &lab);
+        if st_run.code == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster did not become healthy again: {}",
+            st_run.all()
+        );
+    }
+    let before: Vec<Unit> = lab.nodes().iter().map(|n| unit(&lab, n)).collect();
+    for (n, u) in lab.nodes().iter().zip(&before) {
+        assert_eq!(u.version, A, "{}", n.name);
+    }
 
     // A dry run plans, in order, a restart of each server, and changes nothing.
     let dry = env.run(&answers, &["upgrade", "--dry-run"]).unwrap();
@@ -99,6 +128,14 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
     let up = env.run(&answers, &["upgrade"]).unwrap();
     let upgrade_took = t0.elapsed();
     assert!(up.ok(), "{}", up.all());
+    for e in up.of("host_done") {
+        if e["phase"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("upgrade-"))
+        {
+            eprintln!("{} {}: {}", e["phase"], e["host"], e["detail"]);
+        }
+    }
     let after: Vec<Unit> = lab.nodes().iter().map(|n| unit(&lab, n)).collect();
     for ((n, b), a) in lab.nodes().iter().zip(&before).zip(&after) {
         assert_eq!(a.version, B, "{}: k3s --version", n.name);
@@ -128,6 +165,9 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
             w[1].0,
             w[1].1
         );
+    }
+    for w in &windows {
+        eprintln!("restart window {}: {:.2} s", w.2, (w.1 - w.0) as f64 / 1e6);
     }
     let order: Vec<&str> = windows.iter().map(|w| w.2).collect();
     let names: Vec<&str> = lab.nodes().iter().map(|n| n.name.as_str()).collect();
@@ -165,6 +205,13 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
         again.changes().is_empty(),
         "a second upgrade changed: {:?}",
         again.changes()
+    );
+    assert!(
+        again.of("message").iter().any(|m| m["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(&format!("already {B} on every node")))),
+        "{}",
+        again.all()
     );
 
     // The installer of release A: a downgrade, refused before any change on any host.
