@@ -1,5 +1,5 @@
-//! End to end (issue 14, first slice): `installer upgrade` on a 3-server lab with the k3s
-//! stand-in. Release A is installed, release B (the stand-in stamped with a newer patch
+//! End to end (issue 14, first slice): `installer upgrade` on a 4-host lab (3 servers, 1
+//! agent) with the k3s stand-in. Release A is installed, release B (the stand-in stamped with a newer patch
 //! version, a payload and lock of its own) is rolled on, servers one at a time; then the
 //! installer of A is refused a downgrade before it changes anything.
 //! Needs root; skips with the reason otherwise (fails instead under LAB_REQUIRED=1).
@@ -13,7 +13,7 @@ use installer_tests::lab_or_skip;
 const A: &str = "v1.36.4+k3s1";
 const B: &str = "v1.36.5+k3s1";
 
-/// The k3s unit's activation times on a node (CLOCK_MONOTONIC µs, one clock for every lab
+/// The k3s unit's (`k3s`, or `k3s-agent` on the agent) activation times on a node (CLOCK_MONOTONIC µs, one clock for every lab
 /// host: they share the kernel), and its binary's checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Unit {
@@ -24,13 +24,21 @@ struct Unit {
 }
 
 fn unit(lab: &Lab, n: &Node) -> Unit {
+    // The lab's fourth host is the agent.
+    let unit = if n.name == "node4" {
+        "k3s-agent"
+    } else {
+        "k3s"
+    };
     let out = lab
         .exec_ok(
             n,
-            "systemctl show -p ActiveExitTimestampMonotonic --value k3s; \
-             systemctl show -p ActiveEnterTimestampMonotonic --value k3s; \
-             sha256sum /usr/local/bin/k3s | cut -d' ' -f1; \
-             /usr/local/bin/k3s --version | head -n 1",
+            &format!(
+                "systemctl show -p ActiveExitTimestampMonotonic --value {unit}; \
+                 systemctl show -p ActiveEnterTimestampMonotonic --value {unit}; \
+                 sha256sum /usr/local/bin/k3s | cut -d' ' -f1; \
+                 /usr/local/bin/k3s --version | head -n 1"
+            ),
         )
         .unwrap();
     let l: Vec<&str> = out.lines().map(str::trim).collect();
@@ -56,7 +64,7 @@ fn status(env: &Env, lab: &Lab) -> (Run, serde_json::Value) {
 #[test]
 fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgrade_is_refused_before_any_change()
  {
-    let Some(lab) = lab_or_skip!(3) else { return };
+    let Some(lab) = lab_or_skip!(4) else { return };
     let started = std::time::Instant::now();
     let mut env = Env::with_release(A).unwrap();
     let release_a = env.payload.clone();
@@ -103,14 +111,17 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
         assert_eq!(u.version, A, "{}", n.name);
     }
 
-    // A dry run plans, in order, a restart of each server, and changes nothing.
+    // A dry run plans, in order, a restart of each server, then of the agent, and changes
+    // nothing.
     let dry = env.run(&answers, &["upgrade", "--dry-run"]).unwrap();
     assert!(dry.ok(), "{}", dry.all());
     let restarts: Vec<String> = dry
         .of("planned_change")
         .iter()
         .filter(|e| {
-            e["phase"] == "upgrade-servers"
+            e["phase"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("upgrade-"))
                 && e["summary"]
                     .as_str()
                     .is_some_and(|s| s.starts_with("restart k3s"))
@@ -147,7 +158,7 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
         );
     }
     // Never two servers down at once: each restart window [stop, active again] ends before
-    // the next one begins, in the plan's order.
+    // the next one begins, in the plan's order, the agent's after every server's.
     let mut windows: Vec<(u64, u64, &str)> = after
         .iter()
         .zip(lab.nodes())
@@ -172,20 +183,22 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
     let order: Vec<&str> = windows.iter().map(|w| w.2).collect();
     let names: Vec<&str> = lab.nodes().iter().map(|n| n.name.as_str()).collect();
     assert_eq!(order, names);
-    // The gates ran on every server, and the application phases after them.
+    // The gates ran on every node, and the application phases after them.
     let done = up.of("host_done");
-    let servers_done: Vec<_> = done
-        .iter()
-        .filter(|e| e["phase"] == "upgrade-servers" && e["outcome"] == "changed")
-        .collect();
-    assert_eq!(servers_done.len(), 3, "{}", up.all());
+    let changed = |phase: &str| {
+        done.iter()
+            .filter(|e| e["phase"] == phase && e["outcome"] == "changed")
+            .count()
+    };
+    assert_eq!(changed("upgrade-servers"), 3, "{}", up.all());
+    assert_eq!(changed("upgrade-agents"), 1, "{}", up.all());
     assert!(done.iter().any(|e| e["phase"] == "verify"), "{}", up.all());
 
     let (st_run, st) = status(&env, &lab);
     assert_eq!(st_run.code, 0, "status after the upgrade: {}", st_run.all());
     assert_eq!(st["healthy"], true, "{st:#}");
     let nodes = st["nodes"].as_array().cloned().unwrap_or_default();
-    assert_eq!(nodes.len(), 3, "{st:#}");
+    assert_eq!(nodes.len(), 4, "{st:#}");
     for n in &nodes {
         assert_eq!(n["version"], B, "{st:#}");
     }
@@ -243,7 +256,7 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
     assert_eq!(st_run.code, 0, "status after the refusal: {}", st_run.all());
     assert_eq!(st["healthy"], true, "{st:#}");
     eprintln!(
-        "timing: install {:.1} s, upgrade of 3 servers {:.1} s, whole test {:.1} s",
+        "timing: install {:.1} s, upgrade of 3 servers and 1 agent {:.1} s, whole test {:.1} s",
         installed_in.as_secs_f64(),
         upgrade_took.as_secs_f64(),
         started.elapsed().as_secs_f64()

@@ -209,7 +209,13 @@ pub fn parse_k3s_version_line(line: &str) -> Option<&str> {
     }
 }
 
-/// Reads every node of the plan through `cluster`, and `/readyz` through each server.
+/// How long the check gives a server's `/readyz` to be ok before refusing: a single failed
+/// look can be a blip (an etcd leader election after a restart); a server that is down or
+/// unhealthy stays failed for longer.
+pub const READYZ_SETTLE: Duration = Duration::from_secs(15);
+
+/// Reads every node of the plan through `cluster`, and `/readyz` through each server (all
+/// servers at once, each given [`READYZ_SETTLE`]).
 pub async fn observe(
     cluster: &Cluster,
     hosts: &[Arc<ConnectedHost>],
@@ -219,8 +225,16 @@ pub async fn observe(
         .await
         .map_err(|e| StepError::new(format!("listing the nodes through {}: {e}", cluster.via())))?;
     let members = cluster.etcd_members().await.ok();
+    let readyz = futures::future::join_all(hosts.iter().map(|h| async move {
+        if h.spec.is_server {
+            Some(readyz_within(h.remote.clone(), READYZ_SETTLE).await)
+        } else {
+            None
+        }
+    }))
+    .await;
     let mut seen = Vec::new();
-    for h in hosts {
+    for (h, readyz) in hosts.iter().zip(readyz) {
         let node = nodes
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(h.node_name.as_str()));
@@ -231,13 +245,12 @@ pub async fn observe(
             }
             None => Err("not registered".into()),
         };
-        let (etcd_voter, readyz) = if h.spec.is_server {
-            let voter = members
+        let etcd_voter = if h.spec.is_server {
+            members
                 .as_ref()
-                .map(|m| m.iter().any(|m| m.is_node(&h.node_name) && !m.is_learner));
-            (voter, Some(readyz_of(h.remote.clone()).await))
+                .map(|m| m.iter().any(|m| m.is_node(&h.node_name) && !m.is_learner))
         } else {
-            (None, None)
+            None
         };
         seen.push(NodeSeen {
             host: h.spec.name.clone(),
@@ -252,16 +265,64 @@ pub async fn observe(
     Ok(seen)
 }
 
-/// `/readyz` of the API server on this very server.
-async fn readyz_of(remote: Arc<dyn Remote>) -> Result<(), String> {
-    let c = k3s_node::cluster_client(remote)
-        .await
-        .map_err(|e| e.message)?;
-    match c.readyz().await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err("/readyz does not answer ok".into()),
+/// One look at `/readyz?verbose` through a connection to this server's own API server: Ok,
+/// or the checks that failed (`[-]etcd failed: reason withheld`), or why it did not answer.
+async fn readyz_once(cluster: &Cluster) -> Result<(), String> {
+    let req = http::Request::get("/readyz?verbose")
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    match cluster.client().request_text(req).await {
+        Ok(body) if body.contains("readyz check passed") || body.trim() == "ok" => Ok(()),
+        Ok(body) => Err(failed_checks(&body)),
+        Err(kube::Error::Api(e)) => Err(failed_checks(&e.message)),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// The failing lines of a verbose health answer (all of it when none is marked).
+fn failed_checks(body: &str) -> String {
+    let failed: Vec<&str> = body
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("[-]"))
+        .collect();
+    if failed.is_empty() {
+        format!("/readyz answered: {}", crate::host::tail(body.trim(), 3))
+    } else {
+        format!("/readyz: {}", failed.join(", "))
+    }
+}
+
+/// Waits up to `within` for this server's own `/readyz` to be ok (one connection, made
+/// again when it fails); Err says what was last seen.
+async fn readyz_within(remote: Arc<dyn Remote>, within: Duration) -> Result<(), String> {
+    let conn: tokio::sync::Mutex<Option<Cluster>> = tokio::sync::Mutex::new(None);
+    wait::until(
+        "/readyz to be ok",
+        within,
+        Duration::from_secs(1),
+        || async {
+            let mut slot = conn.lock().await;
+            if slot.is_none() {
+                match k3s_node::cluster_client(remote.clone()).await {
+                    Ok(c) => *slot = Some(c),
+                    Err(e) => return Probe::NotYet(e.message),
+                }
+            }
+            let Some(c) = slot.as_ref() else {
+                return Probe::NotYet("no connection".into());
+            };
+            match readyz_once(c).await {
+                Ok(()) => Probe::Done(()),
+                Err(e) => {
+                    *slot = None;
+                    Probe::NotYet(e)
+                }
+            }
+        },
+    )
+    .await
+    .map_err(|e| e.last)
 }
 
 /// The `upgrade-check` phase: reads the cluster through any server, judges, and fails (a
@@ -546,21 +607,20 @@ async fn version_gate(
 
 /// Waits until the restarted server's own API server answers `/readyz` ok.
 async fn own_readyz_gate(node: &ConnectedHost, timeout: Duration) -> Result<(), StepError> {
-    wait::until(
-        &format!("the API server on {} to be ready (/readyz)", node.spec.name),
-        timeout,
-        Duration::from_secs(1),
-        || async {
-            match readyz_of(node.remote.clone()).await {
-                Ok(()) => Probe::Done(()),
-                Err(e) => Probe::NotYet(e),
-            }
-        },
-    )
-    .await?;
-    Ok(())
+    readyz_within(node.remote.clone(), timeout)
+        .await
+        .map_err(|last| {
+            StepError::new(format!(
+                "gave up after {} waiting for the API server on {} to be ready; last seen: {last}",
+                humantime::format_duration(timeout),
+                node.spec.name
+            ))
+            .with_hint(format!(
+                "see `journalctl -u k3s` on {}; the upgrade stopped here, and the servers after it were not touched",
+                node.spec.name
+            ))
+        })
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,6 +810,19 @@ mod tests {
         );
         assert_eq!(parse_k3s_version_line("bash: k3s: command not found"), None);
         assert_eq!(parse_k3s_version_line(""), None);
+    }
+
+    #[test]
+    fn a_failed_readyz_names_its_failing_checks() {
+        let body = "[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n[+]poststarthook/start-apiserver ok\nreadyz check failed\n";
+        assert_eq!(
+            failed_checks(body),
+            "/readyz: [-]etcd failed: reason withheld"
+        );
+        assert_eq!(
+            failed_checks("Unauthorized"),
+            "/readyz answered: Unauthorized"
+        );
     }
 
     fn host(i: usize, server: bool) -> Arc<ConnectedHost> {
