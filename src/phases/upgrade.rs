@@ -150,11 +150,19 @@ pub fn judge(
                     ),
                 });
             }
-            if n.etcd_voter == Some(false) {
-                reasons.push(Reason {
+            match n.etcd_voter {
+                Some(true) => {}
+                Some(false) => reasons.push(Reason {
                     message: format!("{}: node {} is not a voting etcd member", n.host, n.node),
                     hint: "wait until it is promoted (it may still be a learner) or rejoin it; with a server out of the quorum, one more restart would stop the cluster".into(),
-                });
+                }),
+                None => reasons.push(Reason {
+                    message: format!(
+                        "{}: cannot tell whether node {} is a voting etcd member (k3s's /db/info did not answer)",
+                        n.host, n.node
+                    ),
+                    hint: "an upgrade restarts servers only when every one is known to be in the quorum; see `journalctl -u k3s` on the servers and run the upgrade again".into(),
+                }),
             }
         }
     }
@@ -716,6 +724,15 @@ mod tests {
         c[0].readyz = Some(Err("/readyz does not answer ok".into()));
         let r = reasons(judge(&c, &v(B), None, "a.yaml"));
         assert_eq!(r.len(), 3, "{r:?}");
+        // Not knowing the voters is not taken as a yes.
+        let mut unknown = cluster(A);
+        unknown[1].etcd_voter = None;
+        let u = reasons(judge(&unknown, &v(B), None, "a.yaml"));
+        assert!(
+            u[0].message
+                .contains("cannot tell whether node node2 is a voting"),
+            "{u:?}"
+        );
         assert!(
             r[0].message.starts_with("host1: the API server's /readyz"),
             "{r:?}"
