@@ -275,3 +275,123 @@ fn journal_text(answers: &std::path::Path) -> String {
     }
     text
 }
+
+#[test]
+fn a_server_that_cannot_start_on_the_new_release_stops_the_upgrade_at_its_gate_and_a_rerun_finishes()
+ {
+    let Some(lab) = lab_or_skip!(4) else { return };
+    let mut env = Env::with_release(A).unwrap();
+    let release_b = env.release(B).unwrap();
+    let answers = lab.answer_file_path();
+    let install = env.run(&answers, &["install"]).unwrap();
+    assert!(install.ok(), "{}", install.all());
+    let before: Vec<Unit> = lab.nodes().iter().map(|n| unit(&lab, n)).collect();
+
+    // node2's next start fails (the stand-in reads the fault at start; the running k3s is
+    // not affected), as a k3s would that cannot start on the new release.
+    let n2 = &lab.nodes()[1];
+    let fault = "/etc/k3s-standin/faults.yaml";
+    lab.exec_ok(
+        n2,
+        &format!("mkdir -p /etc/k3s-standin && echo 'crash-at-start: true' > {fault}"),
+    )
+    .unwrap();
+    env.payload = release_b;
+    let t0 = std::time::Instant::now();
+    let up = env.run(&answers, &["upgrade"]).unwrap();
+    let took = t0.elapsed();
+    assert_eq!(up.code, 1, "{}", up.all());
+    let why = up.failures();
+    assert!(why.contains(&format!("{}:", n2.addr)), "{why}");
+    assert!(why.contains("keeps exiting at start"), "{why}");
+    assert!(
+        why.contains("crash at start"),
+        "the fatal line is quoted: {why}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(120),
+        "took {took:?}\n{why}"
+    );
+    // node1 went first and is on B; node3 and the agent were not restarted, and the agents'
+    // phase never started.
+    let stopped: Vec<Unit> = lab.nodes().iter().map(|n| unit(&lab, n)).collect();
+    assert_eq!(stopped[0].version, B);
+    assert!(stopped[0].enter > before[0].enter, "{:?}", stopped[0]);
+    for i in [2, 3] {
+        let (b, s) = (&before[i], &stopped[i]);
+        assert_eq!(
+            (b.exit, b.enter),
+            (s.exit, s.enter),
+            "{} was restarted after the upgrade stopped",
+            lab.nodes()[i].name
+        );
+    }
+    let node3 = lab.nodes()[2].addr.to_string();
+    assert!(
+        up.of("host_done")
+            .iter()
+            .any(|e| e["phase"] == "upgrade-servers"
+                && e["host"] == node3.as_str()
+                && e["outcome"] == "skipped"),
+        "{}",
+        up.all()
+    );
+    assert!(
+        !up.of("phase_started")
+            .iter()
+            .any(|e| e["phase"] == "upgrade-agents"),
+        "{}",
+        up.all()
+    );
+
+    // The cause fixed, node2 comes back on B (systemd restarts it); the same command then
+    // finishes what is left, re-derived from the cluster: node3 and the agent.
+    lab.exec_ok(n2, &format!("rm -f {fault}")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while lab
+        .exec_ok(n2, "systemctl is-active k3s || true")
+        .unwrap()
+        .trim()
+        != "active"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "k3s on node2 did not come back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let rerun = env.run(&answers, &["upgrade"]).unwrap();
+    assert!(rerun.ok(), "{}", rerun.all());
+    assert!(
+        rerun.of("message").iter().any(|m| m["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("failed") && t.contains("continuing"))),
+        "the rerun did not say where the last run stopped\n{}",
+        rerun.all()
+    );
+    let outcome = |phase: &str, host: &str| {
+        rerun
+            .of("host_done")
+            .iter()
+            .find(|e| e["phase"] == phase && e["host"] == host)
+            .map(|e| e["outcome"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    let addr = |i: usize| lab.nodes()[i].addr.to_string();
+    assert_eq!(outcome("upgrade-servers", &addr(0)), "unchanged");
+    assert_eq!(outcome("upgrade-servers", &addr(1)), "unchanged");
+    assert_eq!(outcome("upgrade-servers", &addr(2)), "changed");
+    assert_eq!(outcome("upgrade-agents", &addr(3)), "changed");
+    for n in lab.nodes() {
+        assert_eq!(unit(&lab, n).version, B, "{}", n.name);
+    }
+    let (st_run, st) = status(&env, &lab);
+    assert_eq!(st_run.code, 0, "{}", st_run.all());
+    for n in st["nodes"].as_array().cloned().unwrap_or_default() {
+        assert_eq!(n["version"], B, "{st:#}");
+    }
+    eprintln!(
+        "timing: the upgrade stopped at node2's gate after {:.1} s",
+        took.as_secs_f64()
+    );
+}
