@@ -84,6 +84,8 @@ pub enum Command {
     Install(InstallArgs),
     /// Run only the checks: connect to every host and report what would stop an install
     Preflight(PreflightArgs),
+    /// Upgrade the cluster to this installer's k3s and application, one node at a time
+    Upgrade(UpgradeArgs),
     /// Show the cluster's health: hosts, nodes, workloads, endpoints, the last run
     Status(StatusArgs),
     /// Collect one redacted .tar.gz from every host and the cluster, for a support ticket
@@ -142,6 +144,21 @@ pub struct InstallArgs {
 
     /// Connect and gather facts, then print every action the install would take on each
     /// host; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `installer upgrade`.
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub answers: AnswerFileArg,
+
+    /// Connect, read the cluster, run the checks, then print every node in the order it would
+    /// be upgraded and what would change on it; change nothing
     #[arg(long)]
     pub dry_run: bool,
 

@@ -93,6 +93,29 @@ impl Env {
         Ok(Env { work, payload })
     }
 
+    /// An environment whose payload is a release reporting `k3s_version`
+    /// ([`payload::build_release`]); [`Env::release`] mints further ones.
+    pub fn with_release(k3s_version: &str) -> Result<Env> {
+        let work = tempfile::tempdir()?;
+        let payload = Env::mint(&work, k3s_version)?;
+        Ok(Env { work, payload })
+    }
+
+    /// Mints another release of the payload in this environment (it does not replace
+    /// `self.payload`: assign it to run the installer of that release).
+    pub fn release(&self, k3s_version: &str) -> Result<Payload> {
+        Env::mint(&self.work, k3s_version)
+    }
+
+    fn mint(work: &tempfile::TempDir, k3s_version: &str) -> Result<Payload> {
+        let standin = payload::workspace_binary("k3s-standin")?;
+        payload::build_release(
+            &work.path().join(format!("release-{k3s_version}")),
+            &standin,
+            k3s_version,
+        )
+    }
+
     /// The installer command for `args` (plus `-f answers --output json` and the payload).
     pub fn command(&self, answers: &Path, args: &[&str]) -> Result<Command> {
         let bin = payload::workspace_binary("installer")?;
@@ -103,7 +126,10 @@ impl Env {
             .args(["--output", "json"])
             .env("NO_COLOR", "1");
         // Only the commands that upload take the payload.
-        if matches!(args.first(), Some(&"install") | Some(&"preflight")) {
+        if matches!(
+            args.first(),
+            Some(&"install") | Some(&"preflight") | Some(&"upgrade")
+        ) {
             c.args(self.payload.args());
         }
         Ok(c)

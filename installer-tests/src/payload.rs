@@ -107,6 +107,35 @@ pub fn build(dir: &Path, standin: &Path, sizes: Sizes, leave_out: &[&str]) -> Re
     })
 }
 
+/// A release of the payload: the stand-in stamped to report `k3s_version` in the k3s
+/// binary's position (`installer_tests::standin::version::stamp`), and a lock naming that
+/// version as its `k3s_version` (what the installer upgrades to). Two of these with
+/// different versions are two releases of the product.
+pub fn build_release(dir: &Path, standin: &Path, k3s_version: &str) -> Result<Payload> {
+    fs_create(dir)?;
+    let stamped = dir.join(format!("k3s-standin-{k3s_version}"));
+    crate::standin::version::stamp(standin, &stamped, k3s_version)
+        .with_context(|| format!("stamp {}", stamped.display()))?;
+    let payload = build(&dir.join("assets"), &stamped, Sizes::default(), &[])?;
+    std::fs::remove_file(&stamped)?;
+    let text = std::fs::read_to_string(&payload.lock)?;
+    let mut lock = installer::assets::AssetLock::parse(&text, "the payload lock")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    lock.k3s_version = k3s_version.to_owned();
+    for e in &mut lock.artifacts {
+        if matches!(
+            e.kind,
+            installer::assets::ArtifactKind::K3sBinary
+                | installer::assets::ArtifactKind::K3sAirgapImages
+        ) {
+            e.version = k3s_version.to_owned();
+        }
+    }
+    std::fs::write(&payload.lock, lock.to_json())
+        .with_context(|| format!("write {}", payload.lock.display()))?;
+    Ok(payload)
+}
+
 fn fs_create(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))
 }

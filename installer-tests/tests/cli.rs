@@ -42,6 +42,7 @@ fn help_of_each_command() {
         vec!["install", "--help"],
         vec!["preflight", "--help"],
         vec!["uninstall", "--help"],
+        vec!["upgrade", "--help"],
         vec!["schema", "--help"],
         vec!["version", "--help"],
     ] {

@@ -16,6 +16,7 @@ pub mod session;
 pub mod status;
 pub mod support_bundle;
 pub mod uninstall;
+pub mod upgrade;
 pub mod version;
 pub mod wizard;
 
@@ -61,6 +62,13 @@ pub fn dispatch(cli: Cli) -> i32 {
                 let mut opts = install::InstallOptions::from_args(&args);
                 opts.log_file = out.log.as_ref().map(|l| l.path().to_owned());
                 block_on(install::run(plan, opts, out.reporter.clone()))
+            })
+        }
+        Some(Command::Upgrade(args)) => {
+            let file = args.answers.file.clone();
+            with_output(g, settings, Some(&file), |out| {
+                let plan = load(out, &file, None)?;
+                block_on(upgrade::run(plan, args, out.reporter.clone()))
             })
         }
         Some(Command::Status(args)) => {

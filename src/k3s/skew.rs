@@ -1,5 +1,5 @@
-//! The version rules an upgrade must refuse before it changes anything (first part of
-//! issue 14, `installer upgrade`; the command itself does not exist yet).
+//! The version rules an upgrade must refuse before it changes anything (issue 14;
+//! `installer upgrade` runs them in its `upgrade-check` phase, `phases::upgrade::judge`).
 //!
 //! Pure: it takes the versions the nodes run (as `k3s --version` / `kubeletVersion` print
 //! them) and the target version the installer carries, and says whether the hop is

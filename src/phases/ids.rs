@@ -20,6 +20,9 @@ pub enum PhaseId {
     UninstallStop,
     UninstallClean,
     UninstallForget,
+    UpgradeCheck,
+    UpgradeServers,
+    UpgradeAgents,
 }
 
 impl PhaseId {
@@ -42,6 +45,9 @@ impl PhaseId {
             PhaseId::UninstallStop => "stop",
             PhaseId::UninstallClean => "clean",
             PhaseId::UninstallForget => "forget",
+            PhaseId::UpgradeCheck => "upgrade-check",
+            PhaseId::UpgradeServers => "upgrade-servers",
+            PhaseId::UpgradeAgents => "upgrade-agents",
         }
     }
 
@@ -64,6 +70,9 @@ impl PhaseId {
             PhaseId::UninstallStop => "Stop k3s and its containers",
             PhaseId::UninstallClean => "Remove k3s and undo the installer's changes",
             PhaseId::UninstallForget => "Delete the node from the cluster",
+            PhaseId::UpgradeCheck => "Check versions and health before changing anything",
+            PhaseId::UpgradeServers => "Upgrade the servers, one at a time",
+            PhaseId::UpgradeAgents => "Upgrade the agents, one at a time",
         }
     }
 
@@ -97,6 +106,19 @@ pub const UNINSTALL: &[PhaseId] = &[
     PhaseId::UninstallClean,
 ];
 
+/// The phases of `installer upgrade`, in order.
+pub const UPGRADE: &[PhaseId] = &[
+    PhaseId::Connect,
+    PhaseId::UpgradeCheck,
+    PhaseId::Upload,
+    PhaseId::UpgradeServers,
+    PhaseId::UpgradeAgents,
+    PhaseId::Dns,
+    PhaseId::Enforcer,
+    PhaseId::App,
+    PhaseId::Verify,
+];
+
 /// The phases of `installer preflight`.
 pub const PREFLIGHT: &[PhaseId] = &[PhaseId::Connect, PhaseId::Preflight];
 
@@ -108,6 +130,11 @@ mod tests {
     fn ids_are_unique_and_kebab_case() {
         let mut ids = PhaseId::ids(INSTALL);
         ids.extend(PhaseId::ids(&UNINSTALL[1..]));
+        ids.extend(PhaseId::ids(&[
+            PhaseId::UpgradeCheck,
+            PhaseId::UpgradeServers,
+            PhaseId::UpgradeAgents,
+        ]));
         let mut sorted = ids.clone();
         sorted.sort_unstable();
         sorted.dedup();

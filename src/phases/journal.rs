@@ -40,6 +40,14 @@ pub enum Entry {
         command: String,
         ok: bool,
     },
+    /// An upgrade brought every node to `k3s_version` (and the application was applied).
+    Upgraded {
+        run: String,
+        time: String,
+        k3s_version: String,
+        /// Each node's version before the upgrade (`node=version`).
+        from: Vec<String>,
+    },
 }
 
 /// What the journal says about the most recent run.
@@ -165,6 +173,34 @@ impl Journal {
         });
     }
 
+    /// Records a finished upgrade: the version every node now runs, and what they ran before.
+    pub fn upgraded(&self, k3s_version: &str, from: Vec<String>) {
+        self.append(&Entry::Upgraded {
+            run: self.run.clone(),
+            time: now(),
+            k3s_version: k3s_version.to_owned(),
+            from,
+        });
+    }
+
+    /// The most recent upgrade recorded at `path`: (time, k3s version), if any.
+    pub fn last_upgrade(path: &Path) -> std::io::Result<Option<(String, String)>> {
+        let text = match fs_err::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(text
+            .lines()
+            .rev()
+            .find_map(|l| match serde_json::from_str::<Entry>(l) {
+                Ok(Entry::Upgraded {
+                    time, k3s_version, ..
+                }) => Some((time, k3s_version)),
+                _ => None,
+            }))
+    }
+
     pub fn run_finished(&self, command: &str, ok: bool) {
         self.append(&Entry::RunFinished {
             run: self.run.clone(),
@@ -221,6 +257,7 @@ impl Journal {
                         s.finished = Some(ok);
                     }
                 }
+                Entry::Upgraded { .. } => {}
             }
         }
         Ok(summary)

@@ -190,6 +190,16 @@ impl Runner {
         self.journal.as_ref()
     }
 
+    /// Starts journaling a command that began without a journal (an upgrade journals
+    /// nothing until its checks passed: a refused upgrade changed nothing and leaves no
+    /// unfinished run behind). Records the run's start.
+    pub fn attach_journal(&mut self, journal: Option<Journal>) {
+        if let Some(j) = &journal {
+            j.run_started(&self.command);
+        }
+        self.journal = journal;
+    }
+
     /// Announces the command and its phases.
     pub fn start(&mut self, phases: &[&str], hosts: &[String]) {
         self.started = Instant::now();
