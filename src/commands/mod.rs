@@ -66,7 +66,7 @@ pub fn dispatch(cli: Cli) -> i32 {
         }
         Some(Command::Upgrade(args)) => {
             let file = args.answers.file.clone();
-            with_output(g, settings, Some(&file), |out| {
+            with_output_then(g, settings, Some(&file), After::BundleOnFailure, |out| {
                 let plan = load(out, &file, None)?;
                 block_on(upgrade::run(plan, args, out.reporter.clone()))
             })
