@@ -1,6 +1,6 @@
 //! What every phase shares: the goal of the run, the hosts as the plan names them, the
 //! cluster-wide settings, and the connected-host type that `connect` hands to every later
-//! phase. Commands (install, preflight, status, and the coming upgrade, support bundle and
+//! phase. Commands (install, preflight, status, upgrade, support bundle, uninstall, and the coming
 //! node operations) build one [`Context`] from the plan and call the phases they need.
 
 use std::net::IpAddr;

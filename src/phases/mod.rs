@@ -1,5 +1,5 @@
-//! Phases: the ordered steps of a command (install, preflight, and the coming upgrade,
-//! support bundle and node operations), one module per phase, each a public function over
+//! Phases: the ordered steps of a command (install, preflight, upgrade, uninstall, and the coming
+//! node operations; support bundle reuses connect), one module per phase, each a public function over
 //! the shared [`context::Context`] and the hosts [`connect`] hands on. One [`runner`]
 //! handles ordering, fan-out across hosts with a limit, collecting every host's failure,
 //! events, timings, clean-ups and the [`journal`]; every host change goes through the door
