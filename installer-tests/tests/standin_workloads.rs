@@ -872,3 +872,73 @@ async fn a_real_kubectl_shows_a_pods_log_and_describes_the_pod_and_its_node() {
         assert!(s.contains(want), "no {want:?} in:\n{s}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_services_endpoints_and_slice_follow_its_pods_readiness() {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let (n, c) = ready_node(&[PAUSE, APP]).await;
+    let svcs: Api<Service> = Api::namespaced(c.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+    }))
+    .unwrap();
+    svcs.create(&PostParams::default(), &svc).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "labels": {"app": "web"}},
+        "spec": {"hostNetwork": true, "containers": [{"name": "app", "image": APP, "imagePullPolicy": "IfNotPresent",
+                 "ports": [{"name": "http", "containerPort": 18290}],
+                 "readinessProbe": {"httpGet": {"path": "/ready", "port": 18290}, "periodSeconds": 1}}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let eps: Api<Endpoints> = Api::namespaced(c.clone(), "default");
+    let ip = n.ip.to_string();
+    wait_for("web's ready endpoint", Duration::from_secs(30), || {
+        let eps = eps.clone();
+        let ip = ip.clone();
+        async move {
+            let e = eps.get("web").await.ok()?;
+            let s = e.subsets?.into_iter().next()?;
+            let a = s.addresses?.into_iter().next()?;
+            let port = s.ports?.into_iter().next()?.port;
+            (a.ip == ip && port == 18290).then_some(())
+        }
+    })
+    .await;
+    let slices: Api<EndpointSlice> = Api::namespaced(c.clone(), "default");
+    let list = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1, "{:?}", list.items);
+    let s = &list.items[0];
+    assert_eq!(s.address_type, "IPv4");
+    let ep = &s.endpoints.as_ref().expect("endpoints")[0];
+    assert_eq!(ep.addresses, vec![ip.clone()]);
+    assert_eq!(ep.conditions.as_ref().and_then(|c| c.ready), Some(true));
+    assert_eq!(
+        s.ports.as_ref().unwrap()[0].port,
+        Some(18290),
+        "{:?}",
+        s.ports
+    );
+    // The pod deleted: no address left; the Service deleted: its Endpoints go too.
+    pods.delete("web-1", &Default::default()).await.unwrap();
+    wait_for("no address for web", Duration::from_secs(30), || {
+        let eps = eps.clone();
+        async move {
+            let e = eps.get("web").await.ok()?;
+            e.subsets.unwrap_or_default().is_empty().then_some(())
+        }
+    })
+    .await;
+    svcs.delete("web", &Default::default()).await.unwrap();
+    wait_for("web's Endpoints removed", Duration::from_secs(30), || {
+        let eps = eps.clone();
+        async move { eps.get_opt("web").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+}

@@ -3,6 +3,7 @@
 //! a cluster of a few nodes converges within a second of any change.
 
 pub mod core;
+pub mod endpoints;
 pub mod scheduler;
 pub mod skew;
 pub mod util;
@@ -58,6 +59,7 @@ pub fn spawn(store: Arc<Store>, srv: &Arc<Server>, faults: LiveFaults) {
                     &cfg.cluster_cidr,
                     f.node_monitor_grace_period.as_secs() as i64,
                 );
+                endpoints::run(&store);
                 core::garbage_collect(&store);
                 skew.check(&store);
                 if std::time::Instant::now() >= next_expiry {

@@ -106,6 +106,9 @@ pub fn typed_roundtrip(rt: &ResourceType, v: &Value) -> Result<Value, String> {
         "batch/jobs" => roundtrip::<batch::Job>(v),
         "networking.k8s.io/networkpolicies" => roundtrip::<net::NetworkPolicy>(v),
         "policy/poddisruptionbudgets" => roundtrip::<policy::PodDisruptionBudget>(v),
+        "discovery.k8s.io/endpointslices" => {
+            roundtrip::<k8s_openapi::api::discovery::v1::EndpointSlice>(v)
+        }
         "rbac.authorization.k8s.io/roles" => roundtrip::<rbac::Role>(v),
         "rbac.authorization.k8s.io/rolebindings" => roundtrip::<rbac::RoleBinding>(v),
         "rbac.authorization.k8s.io/clusterroles" => roundtrip::<rbac::ClusterRole>(v),

@@ -147,6 +147,18 @@ pub static RESOURCES: &[ResourceType] = &[
         generation = false
     ),
     rt!(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        true,
+        [],
+        status = false,
+        scale = false,
+        generation = false
+    ),
+    rt!(
         "",
         "v1",
         "configmaps",
