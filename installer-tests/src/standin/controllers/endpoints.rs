@@ -111,6 +111,14 @@ fn target_port(port: &Value, p: &Value) -> Option<i64> {
     }
 }
 
+/// Pods with the same resolved ports: one subset of an Endpoints object.
+#[derive(Default)]
+struct Subset {
+    ready: Vec<Value>,
+    not_ready: Vec<Value>,
+    ports: Vec<Value>,
+}
+
 /// The Endpoints subsets, and the slice's endpoints and ports.
 fn compute(svc: &Value, pods: &[&Value]) -> (Value, Value, Value) {
     let publish = svc
@@ -123,7 +131,7 @@ fn compute(svc: &Value, pods: &[&Value]) -> (Value, Value, Value) {
         .cloned()
         .unwrap_or_default();
     // Pods grouped by their resolved ports (the Endpoints API's subsets).
-    let mut groups: BTreeMap<String, (Vec<Value>, Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Subset> = BTreeMap::new();
     let mut endpoints = Vec::new();
     let mut slice_ports: Option<Vec<Value>> = None;
     let mut sorted: Vec<&&Value> = pods.iter().collect();
@@ -159,11 +167,14 @@ fn compute(svc: &Value, pods: &[&Value]) -> (Value, Value, Value) {
                     .collect::<Vec<_>>()
                     .join(","),
             )
-            .or_insert_with(|| (Vec::new(), Vec::new(), resolved.clone()));
+            .or_insert_with(|| Subset {
+                ports: resolved.clone(),
+                ..Subset::default()
+            });
         if ready || publish {
-            g.0.push(addr);
+            g.ready.push(addr);
         } else {
-            g.1.push(addr);
+            g.not_ready.push(addr);
         }
         let mut ep = json!({
             "addresses": [ip],
@@ -178,14 +189,14 @@ fn compute(svc: &Value, pods: &[&Value]) -> (Value, Value, Value) {
     }
     let subsets: Vec<Value> = groups
         .into_values()
-        .filter(|(_, _, ports)| !ports.is_empty())
-        .map(|(ready, not_ready, ports)| {
-            let mut s = json!({"ports": ports});
-            if !ready.is_empty() {
-                s["addresses"] = json!(ready);
+        .filter(|g| !g.ports.is_empty())
+        .map(|g| {
+            let mut s = json!({"ports": g.ports});
+            if !g.ready.is_empty() {
+                s["addresses"] = json!(g.ready);
             }
-            if !not_ready.is_empty() {
-                s["notReadyAddresses"] = json!(not_ready);
+            if !g.not_ready.is_empty() {
+                s["notReadyAddresses"] = json!(g.not_ready);
             }
             s
         })
