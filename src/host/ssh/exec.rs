@@ -630,15 +630,21 @@ async fn run_inner(
         }
         if let Some(pid) = guard.pid.take() {
             writer_task.abort();
-            let _ = kill_session(
+            let kill = kill_session(
                 conn,
                 pid,
                 opts.host.clone(),
                 opts.user.clone(),
                 opts.sudo.clone(),
                 opts.reporter.clone(),
-            )
-            .await;
+            );
+            // Keep reading the abandoned channel while the kill runs: a command still
+            // writing (a sink that failed mid-file) would otherwise fill the channel's
+            // buffer and stall the whole connection, the kill's channel included.
+            let drain = tokio::time::timeout(Duration::from_secs(25), async {
+                while rx.wait().await.is_some() {}
+            });
+            let _ = tokio::join!(kill, drain);
         }
         return Err(RunError::Host(match stop {
             Stop::Timeout => HostError::Timeout {
