@@ -71,9 +71,14 @@ pub fn confirm(
             ),
         ));
     }
+    let snapshot = match (&args.node, args.no_snapshot) {
+        (Some(_), _) => "",
+        (None, false) => " A last etcd snapshot is copied to the workstation first.",
+        (None, true) => " No etcd snapshot is kept (--no-snapshot).",
+    };
     let typed = confirm
         .ask(&format!(
-            "This deletes {what}. Type the cluster's name ({cluster_name}) to go on"
+            "This deletes {what}.{snapshot} Type the cluster's name ({cluster_name}) to go on"
         ))
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::Interrupted {

@@ -848,6 +848,40 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn a_dry_run_without_an_active_server_warns_and_plans_the_rest() {
+            let dir = tempfile::tempdir().unwrap();
+            let remote = snapshotting(&crate::phases::ops::sha256_hex(DATA.as_bytes()));
+            let (out, events) = uninstall_to(
+                super::super::super::Goal::DryRun,
+                remote.clone(),
+                "unit_k3s=failed\n",
+                dir.path(),
+            )
+            .await;
+            assert!(
+                matches!(&out.snapshot, Some(Snap::Planned { host: None, note }) if note.contains("node2: failed")),
+                "{:?}",
+                out.snapshot
+            );
+            assert!(
+                events.iter().any(
+                    |e| matches!(e, Event::Message { level: crate::report::Level::Warn, text, .. }
+                    if text.starts_with("a real run would stop before changing anything"))
+                ),
+                "{events:#?}"
+            );
+            assert_eq!(out.hosts[1].1, HostResult::Cleaned { kept: vec![] });
+            assert!(
+                remote
+                    .scripts()
+                    .iter()
+                    .all(|s| !s.contains("etcd-snapshot")),
+                "{:#?}",
+                remote.scripts()
+            );
+        }
+
+        #[tokio::test]
         async fn without_an_active_server_nothing_changes_and_the_way_on_is_named() {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("pre-uninstall-node2-1.zip"), "old").unwrap();
