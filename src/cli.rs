@@ -231,6 +231,11 @@ pub struct UninstallArgs {
     #[arg(long)]
     pub purge_data: bool,
 
+    /// Do not copy a last etcd snapshot and the cluster token to the workstation first
+    /// (without it, uninstall stops when no server's k3s is running)
+    #[arg(long)]
+    pub no_snapshot: bool,
+
     /// Only this agent (as the answer file names it, or its node name); its Node is then
     /// deleted from the cluster, which keeps running
     #[arg(long, value_name = "HOST")]

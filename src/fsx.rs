@@ -143,6 +143,63 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// A whole file written as it streams in (a snapshot copied from a host): the same rules as
+/// [`write_atomic`] (a new, randomly named temporary file in the target's directory, created
+/// exclusively with `mode`, never through a link), renamed into place by [`AtomicFile::commit`]
+/// once complete and fsynced. Dropped without a commit, the temporary file is removed: only a
+/// complete file ever appears at `path`.
+pub struct AtomicFile {
+    path: PathBuf,
+    dir: PathBuf,
+    tmp: tempfile::NamedTempFile,
+}
+
+impl AtomicFile {
+    /// Starts `path` (creating missing parent directories, mode 0700).
+    pub fn create(path: &Path, mode: u32) -> io::Result<AtomicFile> {
+        let dir = prepare(path)?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(mode))
+            .tempfile_in(&dir)
+            .map_err(|e| with_path(&dir, e))?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| with_path(tmp.path(), e))?;
+        Ok(AtomicFile {
+            path: path.to_owned(),
+            dir,
+            tmp,
+        })
+    }
+
+    /// Fsyncs the file, renames it over `path` and fsyncs the directory.
+    pub fn commit(self) -> io::Result<()> {
+        self.tmp
+            .as_file()
+            .sync_all()
+            .map_err(|e| with_path(self.tmp.path(), e))?;
+        self.tmp
+            .persist(&self.path)
+            .map_err(|e| with_path(&self.path, e.error))?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tmp.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.tmp.flush()
+    }
+}
+
 /// Opens `path` for appending (creating it with `mode` if missing), refusing a symbolic link,
 /// anything but a regular file, a file of another user, or a file with other hard links.
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
@@ -244,6 +301,27 @@ mod tests {
         assert!(e.to_string().contains("sticky"), "{e}");
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
         write_atomic(&open.join("f"), b"x", 0o600).unwrap();
+    }
+
+    #[test]
+    fn a_streamed_file_appears_only_when_committed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("snap.db");
+        let mut f = AtomicFile::create(&p, 0o600).unwrap();
+        f.write_all(b"part").unwrap();
+        assert!(!p.exists());
+        drop(f);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        let mut f = AtomicFile::create(&p, 0o600).unwrap();
+        f.write_all(b"whole").unwrap();
+        f.commit().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"whole");
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        let link = d.path().join("link.db");
+        symlink(&p, &link).unwrap();
+        assert!(AtomicFile::create(&link, 0o600).is_err());
     }
 
     #[test]

@@ -527,6 +527,79 @@ fn local_sha(p: &std::path::Path) -> String {
         .to_owned()
 }
 
+/// A sink that refuses everything after `left` bytes (a full disk on the workstation).
+struct FailAfter {
+    left: usize,
+}
+
+impl std::io::Write for FailAfter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.left {
+            return Err(std::io::Error::other("disk full"));
+        }
+        self.left -= buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn exec_to_streams_a_file_to_the_sink_and_a_failing_sink_stops_the_command() {
+    let Some(sshd) = Sshd::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_file(dir.path(), 24);
+    let collector = Arc::new(Collector::default());
+    let h = SshHost::new(sshd.spec(), Reporter::new(vec![collector.clone()]));
+    let mut got: Vec<u8> = Vec::new();
+    let out = h
+        .exec_to(
+            RemoteCommand::new(format!("cat -- {}", src.display())),
+            &mut got,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, Some(0));
+    assert!(out.stdout.is_empty(), "stdout was kept as well");
+    assert_eq!(got.len(), 24 * 1024 * 1024);
+    assert_eq!(got, std::fs::read(&src).unwrap());
+    assert!(
+        !collector
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::HostOutput { .. })),
+        "streamed output reached the events"
+    );
+    // A sink that fails stops the command on the host, even one that would write forever
+    // (the marker is in the wrapper's command line).
+    // Without draining the abandoned channel while the kill runs, this stalled the whole
+    // connection for good: the time limit makes that a failure, not a hang.
+    let started = std::time::Instant::now();
+    let mut failing = FailAfter { left: 1024 * 1024 };
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        h.exec_to(
+            RemoteCommand::new(format!(
+                "while cat -- {}; do :; done # marker-3401",
+                src.display()
+            )),
+            &mut failing,
+        ),
+    )
+    .await
+    .expect("the connection stalled")
+    .unwrap_err();
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert!(gone("marker-3401").await, "the command was left running");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(id_u(&h).await, "0");
+}
+
 #[tokio::test]
 async fn upload_200mb_verified_then_rerun_skips() {
     let Some(sshd) = Sshd::start() else { return };

@@ -1,11 +1,14 @@
 //! End to end (issue 18): `installer uninstall` of a 4-host cluster (3 servers, 1 agent)
 //! installed by the real installer with the k3s stand-in. One install serves every assertion
-//! (lab time is scarce): no terminal and no --force changes nothing; a dry run changes nothing;
-//! `--node` refuses a server and uninstalls the agent, whose Node leaves the cluster; a planted bind
+//! (lab time is scarce): no terminal and no --force changes nothing; a dry run changes nothing
+//! (it plans the etcd snapshot on the first server and takes none); `--node` refuses a server
+//! and uninstalls the agent, whose Node leaves the cluster (no snapshot); a planted bind
 //! mount under the kubelet's pods refuses its host (the mount and its data survive) while the
-//! other hosts are cleaned; a file the admin changed after install is kept and reported; once
-//! the mount is gone a rerun cleans the last host; every host then matches its snapshot from
-//! before the install, except the allow-list below; a last run changes nothing.
+//! other hosts are cleaned, after a last etcd snapshot of the first server was copied to the
+//! cluster's state directory (mode 0600, its SHA-256 the host's, the token beside it); a file
+//! the admin changed after install is kept and reported; once the mount is gone a rerun with
+//! `--no-snapshot` cleans the last host and takes none; every host then matches its snapshot
+//! from before the install, except the allow-list below; a last run changes nothing.
 //! Needs root; skips with the reason otherwise (fails instead under LAB_REQUIRED=1).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -114,6 +117,20 @@ fn messages(run: &Run, host: &str) -> Vec<String> {
         .collect()
 }
 
+/// The last etcd snapshots uninstall copied into the cluster's state directory (beside the
+/// journal), with their tokens: file names, sorted.
+fn snapshots(state: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(state)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.starts_with("pre-uninstall-"))
+        .collect();
+    v.sort();
+    v
+}
+
 const CANARY: &str = "/var/lib/kubelet/pods/canary/volumes/kubernetes.io~nfs/data";
 
 #[test]
@@ -136,6 +153,15 @@ fn uninstall_of_an_agent_then_the_cluster_leaves_every_host_as_before() {
     let run = env.run(&answers, &["install"]).unwrap();
     assert!(run.ok(), "{}", run.all());
     let installed: Vec<String> = nodes.iter().map(|n| fingerprint(&lab, n)).collect();
+    // Where uninstall copies the last etcd snapshot: the cluster's state directory.
+    let state = answers
+        .parent()
+        .unwrap()
+        .join(".installer")
+        .join(format!("lab{}", lab.id()));
+    for old in snapshots(&state) {
+        std::fs::remove_file(state.join(old)).unwrap();
+    }
 
     // Without a terminal and without --force: exit 2, no host contacted, nothing changed.
     let run = env.run(&answers, &["uninstall"]).unwrap();
@@ -164,6 +190,20 @@ fn uninstall_of_an_agent_then_the_cluster_leaves_every_host_as_before() {
             );
         }
     }
+    // The snapshot is planned on the first server and not taken.
+    let first = nodes[0].addr.to_string();
+    assert!(
+        dry.of("planned_change")
+            .into_iter()
+            .any(|c| c["host"] == first.as_str()
+                && c["phase"] == "snapshot"
+                && c["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("take an etcd snapshot"))),
+        "{}",
+        dry.all()
+    );
+    assert!(snapshots(&state).is_empty(), "{:?}", snapshots(&state));
     for (n, f) in nodes.iter().zip(&installed) {
         assert_eq!(&fingerprint(&lab, n), f, "{} changed", n.name);
     }
@@ -181,6 +221,9 @@ fn uninstall_of_an_agent_then_the_cluster_leaves_every_host_as_before() {
     assert!(run.ok(), "{}", run.all());
     assert_eq!(host_done(&run, "clean").len(), 1, "{}", run.all());
     assert_eq!(host_done(&run, "forget").len(), 1, "{}", run.all());
+    // One agent holds no etcd: no snapshot.
+    assert!(run.of("snapshot_saved").is_empty(), "{}", run.all());
+    assert!(snapshots(&state).is_empty(), "{:?}", snapshots(&state));
     assert_ne!(e2e::unit_state(&lab, n4, "k3s-agent").unwrap(), "active");
     let names = lab
         .exec_ok(&nodes[0], "k3s kubectl get nodes -o name")
@@ -218,6 +261,61 @@ fn uninstall_of_an_agent_then_the_cluster_leaves_every_host_as_before() {
     .unwrap();
     let run = env.run(&answers, &["uninstall", "--force"]).unwrap();
     assert_eq!(run.code, 1, "{}", run.all());
+    // Before any host changed, the first server's etcd snapshot was copied here, mode 0600,
+    // with the SHA-256 the host reported, and the cluster token beside it.
+    let saved = run.of("snapshot_saved");
+    assert_eq!(saved.len(), 1, "{}", run.all());
+    let (path, token) = (
+        std::path::PathBuf::from(saved[0]["path"].as_str().unwrap()),
+        std::path::PathBuf::from(saved[0]["token"].as_str().unwrap()),
+    );
+    assert_eq!(saved[0]["host"], first.as_str());
+    assert_eq!(path.parent(), Some(state.as_path()));
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(!bytes.is_empty());
+    assert_eq!(saved[0]["bytes"], bytes.len() as u64);
+    {
+        use sha2::Digest;
+        assert_eq!(
+            saved[0]["sha256"].as_str().unwrap(),
+            hex::encode(sha2::Sha256::digest(&bytes))
+        );
+    }
+    for f in [&path, &token] {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::symlink_metadata(f).unwrap();
+        assert!(m.is_file(), "{}", f.display());
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", f.display());
+    }
+    // The token is the server's, and it never reached the output or the log.
+    let token_text = std::fs::read_to_string(&token).unwrap();
+    assert!(token_text.starts_with("K10"), "{token_text:.3}");
+    assert!(
+        !run.all().contains(token_text.trim()),
+        "the token was printed"
+    );
+    // The stand-in's snapshot is its store: the cluster's objects, nodes included.
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("node1"),
+        "not a snapshot of this cluster"
+    );
+    let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with("pre-uninstall-node1-"), "{name}");
+    assert_eq!(
+        snapshots(&state),
+        vec![name.clone(), format!("{name}.token")]
+    );
+    let ordered: Vec<&str> = run
+        .of("phase_started")
+        .into_iter()
+        .filter_map(|p| p["phase"].as_str())
+        .collect();
+    assert_eq!(
+        ordered,
+        ["connect", "uninstall-check", "snapshot", "stop", "clean"],
+        "{}",
+        run.all()
+    );
     // node3 is refused with the reason and left alone: the mount, its data and k3s are there.
     let refused: Vec<_> = run
         .of("host_failed")
@@ -258,8 +356,24 @@ fn uninstall_of_an_agent_then_the_cluster_leaves_every_host_as_before() {
 
     // The admin releases the volume; a rerun cleans node3 and leaves the others as they are.
     lab.exec_ok(n3, &format!("umount {CANARY}")).unwrap();
-    let run = env.run(&answers, &["uninstall", "--force"]).unwrap();
+    let run = env
+        .run(&answers, &["uninstall", "--force", "--no-snapshot"])
+        .unwrap();
     assert!(run.ok(), "{}", run.all());
+    // --no-snapshot takes none, and says so.
+    assert!(run.of("snapshot_saved").is_empty(), "{}", run.all());
+    assert!(
+        run.of("message").into_iter().any(|m| m["level"] == "warn"
+            && m["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("--no-snapshot"))),
+        "{}",
+        run.all()
+    );
+    assert_eq!(
+        snapshots(&state),
+        vec![name.clone(), format!("{name}.token")]
+    );
     let cleaned: Vec<_> = host_done(&run, "clean");
     assert_eq!(cleaned.len(), 1, "{}", run.all());
     assert_eq!(cleaned[0]["host"], n3.addr.to_string().as_str());
@@ -304,6 +418,12 @@ fn uninstall_of_an_agent_then_the_cluster_leaves_every_host_as_before() {
         run.all()
     );
     assert!(host_done(&run, "clean").is_empty(), "{}", run.all());
+    // No server left to uninstall: no snapshot needed, none taken.
+    assert!(run.of("snapshot_saved").is_empty(), "{}", run.all());
+    assert_eq!(
+        snapshots(&state),
+        vec![name.clone(), format!("{name}.token")]
+    );
 }
 
 /// The comparison itself, without a lab: a leftover is reported, the allow-list and the

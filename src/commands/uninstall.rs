@@ -12,6 +12,7 @@ use crate::config::plan::Role;
 use crate::error::Error;
 use crate::phases::uninstall::{self, HostResult};
 use crate::phases::uninstall_plan::APP_DATA_DIRS;
+use crate::phases::uninstall_snapshot as snapshot;
 use crate::phases::{Goal, Runner, StepError, StepOk, ids};
 use crate::report::{ChangeAction, Event, Reporter, prompt};
 
@@ -70,9 +71,14 @@ pub fn confirm(
             ),
         ));
     }
+    let snapshot = match (&args.node, args.no_snapshot) {
+        (Some(_), _) => "",
+        (None, false) => " A last etcd snapshot is copied to the workstation first.",
+        (None, true) => " No etcd snapshot is kept (--no-snapshot).",
+    };
     let typed = confirm
         .ask(&format!(
-            "This deletes {what}. Type the cluster's name ({cluster_name}) to go on"
+            "This deletes {what}.{snapshot} Type the cluster's name ({cluster_name}) to go on"
         ))
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -153,13 +159,38 @@ pub async fn run(
     let connector = SshConnector::new(&full, args.accept_new_host_keys, reporter.clone());
     let (_lock, mut runner) = changing_run(&full, "uninstall", args.dry_run, &reporter)?;
     let names: Vec<String> = plan.hosts.iter().map(|h| h.name.clone()).collect();
+    // A last etcd snapshot, for a whole-cluster uninstall only (one agent holds no etcd).
+    let snapshot_dir = session::state_dir(&full);
+    let snapshot_to = (only.is_none() && !args.no_snapshot).then_some(snapshot_dir.as_path());
     let mut list: Vec<&str> = ids::PhaseId::ids(ids::UNINSTALL);
+    if snapshot_to.is_none() {
+        list.retain(|p| *p != ids::PhaseId::UninstallSnapshot.id());
+    }
     if only.is_some() {
         list.push(ids::PhaseId::UninstallForget.id());
     }
     runner.start(&list, &names);
+    if only.is_none() && args.no_snapshot {
+        reporter.warn(
+            None,
+            "no etcd snapshot is taken (--no-snapshot): once the servers are cleaned, the cluster's state cannot be restored",
+        );
+    }
     let connected = uninstall::connect(&mut runner, &ctx, &connector).await;
-    let results = uninstall::run(&mut runner, &ctx, connected, args.purge_data).await;
+    let outcome = uninstall::run(&mut runner, &ctx, connected, args.purge_data, snapshot_to).await;
+    if let Some(snapshot::Outcome::Failed(e)) = &outcome.snapshot {
+        runner.finish(false);
+        if e.interrupted {
+            return Err(Error::Interrupted);
+        }
+        return Err(Error::failed(
+            anyhow::anyhow!("{}", e.message),
+            e.hint.clone().or_else(|| {
+                Some("rerun, or rerun with --no-snapshot to uninstall without one".into())
+            }),
+        ));
+    }
+    let results = outcome.hosts;
     let mut forget_error = None;
     if let (Some(name), Some((_, result))) = (&only, results.first())
         && matches!(result, HostResult::Cleaned { .. } | HostResult::Nothing)
@@ -185,6 +216,21 @@ pub async fn run(
             HostResult::NotCleaned { .. } => reporter.warn(Some(host), text),
             _ => reporter.info(Some(host), text),
         }
+    }
+    match &outcome.snapshot {
+        Some(snapshot::Outcome::Saved(s)) => reporter.info(
+            None,
+            format!(
+                "the last etcd snapshot (taken on {}) is at {} ({}, SHA-256 {}), the cluster token beside it at {}: keep both, a restore needs them",
+                s.host,
+                s.path.display(),
+                crate::report::text::bytes(s.bytes),
+                s.sha256,
+                s.token.display()
+            ),
+        ),
+        Some(snapshot::Outcome::Planned { note, .. }) => reporter.info(None, note.clone()),
+        _ => {}
     }
     if args.dry_run {
         reporter.info(None, "dry run: nothing was changed on any host");
@@ -371,6 +417,7 @@ mod tests {
             },
             force,
             purge_data: false,
+            no_snapshot: false,
             node: None,
             dry_run: false,
             accept_new_host_keys: false,

@@ -225,6 +225,26 @@ pub trait Remote: Send + Sync {
 
     /// Opens a TCP connection from the host to `host:port` (SSH direct-tcpip).
     async fn connect_tcp(&self, host: &str, port: u16) -> Result<Tunnel, HostError>;
+
+    /// Runs a command whose standard output is written to `sink` as it arrives (a file read
+    /// back from the host, streamed to the workstation): never kept in memory, never in
+    /// events or the log. The returned output's stdout is empty. Not retried after a dropped
+    /// connection (the sink already holds part of the output). This default, for hosts that
+    /// are not streams (the scripted fake), runs [`Remote::exec`] quietly and writes its
+    /// output at once.
+    async fn exec_to(
+        &self,
+        cmd: RemoteCommand,
+        sink: &mut (dyn std::io::Write + Send),
+    ) -> Result<CommandOutput, HostError> {
+        let mut out = self.exec(cmd.quiet_output()).await?;
+        sink.write_all(&out.stdout).map_err(|e| HostError::Other {
+            host: self.name().to_owned(),
+            message: format!("writing a command's output on the workstation failed: {e}"),
+        })?;
+        out.stdout.clear();
+        Ok(out)
+    }
 }
 
 /// Conveniences built on [`Remote`], available for every implementation.
@@ -290,6 +310,14 @@ impl<T: Remote + ?Sized> Remote for Arc<T> {
 
     async fn connect_tcp(&self, host: &str, port: u16) -> Result<Tunnel, HostError> {
         (**self).connect_tcp(host, port).await
+    }
+
+    async fn exec_to(
+        &self,
+        cmd: RemoteCommand,
+        sink: &mut (dyn std::io::Write + Send),
+    ) -> Result<CommandOutput, HostError> {
+        (**self).exec_to(cmd, sink).await
     }
 }
 

@@ -17,6 +17,7 @@ pub enum PhaseId {
     App,
     Verify,
     UninstallCheck,
+    UninstallSnapshot,
     UninstallStop,
     UninstallClean,
     UninstallForget,
@@ -42,6 +43,7 @@ impl PhaseId {
             PhaseId::App => "app",
             PhaseId::Verify => "verify",
             PhaseId::UninstallCheck => "uninstall-check",
+            PhaseId::UninstallSnapshot => "snapshot",
             PhaseId::UninstallStop => "stop",
             PhaseId::UninstallClean => "clean",
             PhaseId::UninstallForget => "forget",
@@ -67,6 +69,7 @@ impl PhaseId {
             PhaseId::App => "Deploy the application",
             PhaseId::Verify => "Check the application's endpoints",
             PhaseId::UninstallCheck => "Check identity, mounts and recorded changes",
+            PhaseId::UninstallSnapshot => "Copy a last etcd snapshot to the workstation",
             PhaseId::UninstallStop => "Stop k3s and its containers",
             PhaseId::UninstallClean => "Remove k3s and undo the installer's changes",
             PhaseId::UninstallForget => "Delete the node from the cluster",
@@ -102,6 +105,7 @@ pub const INSTALL: &[PhaseId] = &[
 pub const UNINSTALL: &[PhaseId] = &[
     PhaseId::Connect,
     PhaseId::UninstallCheck,
+    PhaseId::UninstallSnapshot,
     PhaseId::UninstallStop,
     PhaseId::UninstallClean,
 ];

@@ -23,6 +23,7 @@ pub mod runner;
 pub mod uninstall;
 pub mod uninstall_plan;
 pub mod uninstall_scripts;
+pub mod uninstall_snapshot;
 pub mod upgrade;
 pub mod upload;
 pub mod verify;

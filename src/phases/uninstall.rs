@@ -320,14 +320,24 @@ pub async fn clean(
         .await
 }
 
-/// Runs the uninstall phases after `connect` on the hosts it reached; returns every
-/// host's result in plan order (`connected` is `connect`'s output).
+/// What `uninstall` did: every host's result in plan order, and the snapshot's.
+#[derive(Debug)]
+pub struct Outcome {
+    pub hosts: Vec<(String, HostResult)>,
+    /// `None`: no snapshot was asked for (`--node`, `--no-snapshot`).
+    pub snapshot: Option<super::uninstall_snapshot::Outcome>,
+}
+
+/// Runs the uninstall phases after `connect` on the hosts it reached (`connected` is
+/// `connect`'s output). With `snapshot_to`, a last etcd snapshot is copied into that
+/// directory before any host is changed; if it cannot be, no host is changed.
 pub async fn run(
     runner: &mut Runner,
     ctx: &Context,
     connected: Vec<Result<Arc<ConnectedHost>, StepError>>,
     purge_data: bool,
-) -> Vec<(String, HostResult)> {
+    snapshot_to: Option<&std::path::Path>,
+) -> Outcome {
     let names: Vec<String> = ctx.hosts.iter().map(|h| h.name.clone()).collect();
     let mut results: Vec<Option<HostResult>> = vec![None; names.len()];
     let not_cleaned = |phase: PhaseId, error: StepError| HostResult::NotCleaned {
@@ -359,6 +369,25 @@ pub async fn run(
             Err(e) => results[i] = Some(not_cleaned(PhaseId::UninstallCheck, e)),
         }
     }
+    let mut snapshot = None;
+    if let Some(dir) = snapshot_to {
+        let o = super::uninstall_snapshot::run(runner, ctx, &targets, dir).await;
+        if let super::uninstall_snapshot::Outcome::Failed(e) = &o {
+            let mut why = StepError::new(format!(
+                "not changed: no snapshot was taken ({})",
+                e.message
+            ));
+            why.hint = e.hint.clone();
+            for &i in &target_index {
+                results[i] = Some(not_cleaned(PhaseId::UninstallSnapshot, why.clone()));
+            }
+            return Outcome {
+                hosts: collect(names, results),
+                snapshot: Some(o),
+            };
+        }
+        snapshot = Some(o);
+    }
     // Agents first, then the servers, the first server last (as k0sctl reset does).
     let mut order: Vec<usize> = (0..targets.len()).collect();
     order.sort_by_key(|&k| {
@@ -388,6 +417,13 @@ pub async fn run(
             Err(e) => not_cleaned(PhaseId::UninstallClean, e),
         });
     }
+    Outcome {
+        hosts: collect(names, results),
+        snapshot,
+    }
+}
+
+fn collect(names: Vec<String>, results: Vec<Option<HostResult>>) -> Vec<(String, HostResult)> {
     names
         .into_iter()
         .zip(results)
@@ -476,6 +512,11 @@ mod tests {
     }
 
     fn connected(remote: Arc<FakeRemote>) -> Arc<ConnectedHost> {
+        connected_with(remote, "")
+    }
+
+    /// node2, a server, with `extra` facts (`unit_k3s=active\n`).
+    fn connected_with(remote: Arc<FakeRemote>, extra: &str) -> Arc<ConnectedHost> {
         Arc::new(ConnectedHost {
             spec: HostSpec {
                 name: "node2".into(),
@@ -485,9 +526,9 @@ mod tests {
                 node_ip: None,
             },
             remote,
-            facts: crate::host::facts::parse(
-                "os_id=debian\nos_version=12\ncpus=2\nmem_kb=1\ndisk_free_kb=1\ndisk_total_kb=1\nhostname=node2\ngather=done\n",
-            )
+            facts: crate::host::facts::parse(&format!(
+                "os_id=debian\nos_version=12\ncpus=2\nmem_kb=1\ndisk_free_kb=1\ndisk_total_kb=1\nhostname=node2\n{extra}gather=done\n",
+            ))
             .unwrap(),
             node_name: "node2".into(),
             node_ip: "10.0.0.2".parse().unwrap(),
@@ -511,8 +552,8 @@ mod tests {
             Err(StepError::new("connection refused")),
             Ok(connected(remote)),
         ];
-        let r = run(&mut runner, &ctx(goal), hosts, false).await;
-        (r, events.events())
+        let r = run(&mut runner, &ctx(goal), hosts, false, None).await;
+        (r.hosts, events.events())
     }
 
     #[tokio::test]
@@ -564,6 +605,317 @@ mod tests {
             "remove /usr/local/bin/k3s (unchanged since the installer wrote it)",
         ] {
             assert!(planned.iter().any(|p| p == want), "{planned:#?}");
+        }
+    }
+
+    mod snapshot {
+        use super::*;
+        use crate::phases::uninstall_snapshot::{self as snap, Outcome as Snap};
+        use std::os::unix::fs::PermissionsExt;
+
+        const NAME: &str = "pre-uninstall-node2-1767225600";
+        const DATA: &str = "{\"the\":\"store\"}";
+        const TOKEN: &str = "K10abc::server:the-cluster-token-password";
+
+        fn remote_path() -> String {
+            format!("{}/{NAME}", snap::SNAPSHOT_DIR)
+        }
+
+        /// node2 as `installed()`, whose k3s answers `k3s etcd-snapshot save` as k3s does
+        /// and whose `sha256sum` reports `sum`.
+        fn snapshotting(sum: &str) -> Arc<FakeRemote> {
+            let p = remote_path();
+            Arc::new(
+                FakeRemote::new("node2")
+                    .on(
+                        snap::save_command().as_str(),
+                        Reply::exit(
+                            0,
+                            "",
+                            &format!("time=\"2026-01-01T00:00:00Z\" level=info msg=\"Snapshot {NAME} saved.\"\n"),
+                        ),
+                    )
+                    .on(
+                        format!("stat -c %s -- {p} && sha256sum -- {p}").as_str(),
+                        Reply::ok(&format!("{}\n{sum}  {p}\n", DATA.len())),
+                    )
+                    .on(format!("cat -- {p}").as_str(), Reply::ok(DATA))
+                    .on(
+                        read_file_script(crate::k3s::paths::SERVER_TOKEN_GENERATED).as_str(),
+                        Reply::ok(TOKEN),
+                    )
+                    .on(
+                        read_file_script(CHANGES_LOG).as_str(),
+                        Reply::ok(&format!("cluster test\nfile {H} /usr/local/bin/k3s\n")),
+                    )
+                    .on_contains(
+                        "p=/",
+                        Reply::ok(&format!("file\t/usr/local/bin/k3s\t{H}\n")),
+                    )
+                    .on(
+                        "cat /proc/self/mountinfo",
+                        Reply::ok("22 1 0:21 / / rw - ext4 /dev/sda1 rw\n"),
+                    )
+                    .on_contains("", Reply::ok("")),
+            )
+        }
+
+        async fn uninstall_to(
+            goal: super::super::super::Goal,
+            remote: Arc<FakeRemote>,
+            unit: &str,
+            dir: &std::path::Path,
+        ) -> (Outcome, Vec<Event>) {
+            let events = Arc::new(Collector::default());
+            let mut runner = Runner::new(
+                "uninstall",
+                Reporter::new(vec![events.clone()]),
+                None,
+                CancellationToken::new(),
+            );
+            let hosts = vec![
+                Err(StepError::new("connection refused")),
+                Ok(connected_with(remote, unit)),
+            ];
+            let r = run(&mut runner, &ctx(goal), hosts, false, Some(dir)).await;
+            (r, events.events())
+        }
+
+        fn files(dir: &std::path::Path) -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+
+        #[test]
+        fn the_first_active_server_in_plan_order_is_chosen() {
+            let h = |n: &str, server: bool, unit: Option<&str>| {
+                (n.to_owned(), server, unit.map(str::to_owned))
+            };
+            assert_eq!(
+                snap::choose(&[
+                    h("agent", false, Some("active")),
+                    h("node1", true, Some("inactive")),
+                    h("node2", true, Some("active")),
+                    h("node3", true, Some("active")),
+                ]),
+                snap::Choice::Server(2)
+            );
+            assert_eq!(
+                snap::choose(&[h("agent", false, Some("active"))]),
+                snap::Choice::NoServer
+            );
+            assert_eq!(
+                snap::choose(&[h("node1", true, Some("failed")), h("node2", true, None)]),
+                snap::Choice::NoneActive(vec![
+                    ("node1".into(), "failed".into()),
+                    ("node2".into(), "not installed".into())
+                ])
+            );
+        }
+
+        #[test]
+        fn the_file_name_is_read_from_what_k3s_logs() {
+            assert_eq!(
+                snap::parse_saved(&format!(
+                    "time=\"2026-01-01T00:00:00Z\" level=info msg=\"Snapshot {NAME} saved.\""
+                ))
+                .as_deref(),
+                Some(NAME)
+            );
+            assert_eq!(
+                snap::parse_saved("msg=\"Snapshot pre-uninstall-n1-1.zip saved.\"").as_deref(),
+                Some("pre-uninstall-n1-1.zip")
+            );
+            assert_eq!(
+                snap::parse_saved("msg=\"Snapshot ../../etc/x saved.\""),
+                None
+            );
+            assert_eq!(snap::parse_saved("level=fatal msg=\"Error: ...\""), None);
+        }
+
+        #[tokio::test]
+        async fn the_snapshot_is_copied_and_verified_before_k3s_is_stopped() {
+            let dir = tempfile::tempdir().unwrap();
+            let remote = snapshotting(&crate::phases::ops::sha256_hex(DATA.as_bytes()));
+            let (out, events) = uninstall_to(
+                super::super::super::Goal::Apply,
+                remote.clone(),
+                "unit_k3s=active\n",
+                dir.path(),
+            )
+            .await;
+            assert_eq!(out.hosts[1].1, HostResult::Cleaned { kept: vec![] });
+            let Some(Snap::Saved(s)) = &out.snapshot else {
+                panic!("{:?}", out.snapshot)
+            };
+            assert_eq!(s.path, dir.path().join(NAME));
+            assert_eq!(s.bytes, DATA.len() as u64);
+            assert_eq!(std::fs::read_to_string(&s.path).unwrap(), DATA);
+            assert_eq!(std::fs::read_to_string(&s.token).unwrap(), TOKEN);
+            for f in [&s.path, &s.token] {
+                let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", f.display());
+            }
+            assert_eq!(
+                files(dir.path()),
+                vec![NAME.to_string(), format!("{NAME}.token")]
+            );
+            let scripts = remote.scripts();
+            let at = |want: &str| scripts.iter().position(|s| s == want);
+            let saved = at(&snap::save_command()).expect("no snapshot taken");
+            let stopped = at(&super::super::us::stop_units_script()).expect("k3s not stopped");
+            assert!(saved < stopped, "{scripts:#?}");
+            assert!(
+                events
+                    .iter()
+                    .any(|e| matches!(e, Event::SnapshotSaved { path, bytes, .. }
+                    if path == &s.path.display().to_string() && *bytes == DATA.len() as u64)),
+                "{events:#?}"
+            );
+            let all = format!("{events:?}");
+            assert!(!all.contains("the-cluster-token-password"), "{all}");
+        }
+
+        #[tokio::test]
+        async fn a_dry_run_plans_the_snapshot_and_runs_nothing() {
+            let dir = tempfile::tempdir().unwrap();
+            let remote = snapshotting(&crate::phases::ops::sha256_hex(DATA.as_bytes()));
+            let (out, events) = uninstall_to(
+                super::super::super::Goal::DryRun,
+                remote.clone(),
+                "unit_k3s=active\n",
+                dir.path(),
+            )
+            .await;
+            assert!(
+                matches!(&out.snapshot, Some(Snap::Planned { host: Some(h), .. }) if h == "node2"),
+                "{:?}",
+                out.snapshot
+            );
+            let scripts = remote.scripts();
+            assert!(
+                !scripts.iter().any(|s| s.contains("etcd-snapshot")
+                    || s.starts_with("stat -c")
+                    || s.starts_with("cat --")
+                    || s.contains("server/token")),
+                "{scripts:#?}"
+            );
+            assert!(
+                events
+                    .iter()
+                    .any(|e| matches!(e, Event::PlannedChange { host, summary, .. }
+                    if host == "node2" && summary.starts_with("take an etcd snapshot"))),
+                "{events:#?}"
+            );
+            assert!(files(dir.path()).is_empty());
+        }
+
+        #[tokio::test]
+        async fn a_checksum_mismatch_names_host_and_file_and_changes_nothing() {
+            let dir = tempfile::tempdir().unwrap();
+            let remote = snapshotting(&"0".repeat(64));
+            let (out, _) = uninstall_to(
+                super::super::super::Goal::Apply,
+                remote.clone(),
+                "unit_k3s=active\n",
+                dir.path(),
+            )
+            .await;
+            let Some(Snap::Failed(e)) = &out.snapshot else {
+                panic!("{:?}", out.snapshot)
+            };
+            assert!(
+                e.message.starts_with("node2: ") && e.message.contains(&remote_path()),
+                "{e:?}"
+            );
+            assert!(e.message.contains("does not match"), "{e:?}");
+            assert!(
+                matches!(&out.hosts[1].1, HostResult::NotCleaned { phase, .. } if phase == "snapshot"),
+                "{:?}",
+                out.hosts
+            );
+            assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+            let scripts = remote.scripts();
+            assert!(
+                !scripts.contains(&super::super::us::stop_units_script()),
+                "{scripts:#?}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_dry_run_without_an_active_server_warns_and_plans_the_rest() {
+            let dir = tempfile::tempdir().unwrap();
+            let remote = snapshotting(&crate::phases::ops::sha256_hex(DATA.as_bytes()));
+            let (out, events) = uninstall_to(
+                super::super::super::Goal::DryRun,
+                remote.clone(),
+                "unit_k3s=failed\n",
+                dir.path(),
+            )
+            .await;
+            assert!(
+                matches!(&out.snapshot, Some(Snap::Planned { host: None, note }) if note.contains("node2: failed")),
+                "{:?}",
+                out.snapshot
+            );
+            assert!(
+                events.iter().any(
+                    |e| matches!(e, Event::Message { level: crate::report::Level::Warn, text, .. }
+                    if text.starts_with("a real run would stop before changing anything"))
+                ),
+                "{events:#?}"
+            );
+            assert_eq!(out.hosts[1].1, HostResult::Cleaned { kept: vec![] });
+            assert!(
+                remote
+                    .scripts()
+                    .iter()
+                    .all(|s| !s.contains("etcd-snapshot")),
+                "{:#?}",
+                remote.scripts()
+            );
+        }
+
+        #[tokio::test]
+        async fn without_an_active_server_nothing_changes_and_the_way_on_is_named() {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("pre-uninstall-node2-1.zip"), "old").unwrap();
+            let remote = snapshotting(&crate::phases::ops::sha256_hex(DATA.as_bytes()));
+            let (out, _) = uninstall_to(
+                super::super::super::Goal::Apply,
+                remote.clone(),
+                "unit_k3s=inactive\n",
+                dir.path(),
+            )
+            .await;
+            let Some(Snap::Failed(e)) = &out.snapshot else {
+                panic!("{:?}", out.snapshot)
+            };
+            assert!(e.message.contains("node2: inactive"), "{e:?}");
+            let hint = e.hint.clone().unwrap_or_default();
+            assert!(hint.contains("--no-snapshot"), "{hint}");
+            assert!(hint.contains("pre-uninstall-node2-1.zip"), "{hint}");
+            assert!(
+                matches!(&out.hosts[1].1, HostResult::NotCleaned { phase, .. } if phase == "snapshot"),
+                "{:?}",
+                out.hosts
+            );
+            let read_only = |s: &String| {
+                s == &read_file_script(CHANGES_LOG)
+                    || s.starts_with("p=/")
+                    || s == "cat /proc/self/mountinfo"
+            };
+            let scripts = remote.scripts();
+            assert!(scripts.iter().all(read_only), "{scripts:#?}");
+            assert_eq!(
+                files(dir.path()),
+                vec!["pre-uninstall-node2-1.zip".to_string()]
+            );
         }
     }
 }

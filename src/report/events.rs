@@ -154,6 +154,15 @@ pub enum Event {
     /// The result of `installer support-bundle`: where the archive is, what it holds, what
     /// the analysis found (paths, counts and findings: no secret).
     BundleReady { summary: crate::bundle::Summary },
+    /// `uninstall` copied a last etcd snapshot to the workstation (`path`, `bytes`, the
+    /// SHA-256 the host reported and the copy matched), with the cluster token at `token`.
+    SnapshotSaved {
+        host: String,
+        path: String,
+        bytes: u64,
+        sha256: String,
+        token: String,
+    },
     /// The command is over; `ok` says whether it succeeded.
     CommandFinished {
         command: String,

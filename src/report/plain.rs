@@ -245,6 +245,16 @@ fn raw_line(event: &Event, verbosity: i8) -> Option<String> {
             .trim_end()
             .to_owned(),
         Event::Handoff { handoff } => format!("\n{}", super::handoff::render(handoff, false)),
+        Event::SnapshotSaved {
+            host,
+            path,
+            bytes,
+            token,
+            ..
+        } => format!(
+            "snapshot {host}: etcd snapshot saved to {path} ({}), the cluster token beside it ({token})",
+            text::bytes(*bytes)
+        ),
     })
 }
 

@@ -350,6 +350,11 @@ impl EventSink for TerminalRenderer {
                 let t = super::handoff::render(handoff, true);
                 self.println(&format!("\n{}", style(t).for_stderr()));
             }
+            Event::SnapshotSaved { .. } => {
+                if let Some(l) = plain::line(event, self.verbosity) {
+                    self.println(&l);
+                }
+            }
             Event::BundleReady { summary } => {
                 let t = text::bundle(summary);
                 self.mp.suspend(|| print!("{t}"));

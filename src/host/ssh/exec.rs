@@ -332,6 +332,7 @@ pub(crate) async fn kill_session(
         StdinSource::None,
         &opts,
         false,
+        None,
     ))
     .await
     .map(|_| ())
@@ -344,7 +345,19 @@ pub(crate) async fn run(
     stdin: StdinSource,
     opts: &RunOpts,
 ) -> Result<CommandOutput, RunError> {
-    run_inner(conn, script, stdin, opts, true).await
+    run_inner(conn, script, stdin, opts, true, None).await
+}
+
+/// Runs `script` on `conn`, writing its standard output to `sink` as it arrives instead of
+/// keeping it (the returned output's stdout is empty; nothing of it reaches events or the
+/// log). A write error stops the command on the host.
+pub(crate) async fn run_to(
+    conn: &Arc<Conn>,
+    script: &str,
+    opts: &RunOpts,
+    sink: &mut (dyn std::io::Write + Send),
+) -> Result<CommandOutput, RunError> {
+    run_inner(conn, script, StdinSource::None, opts, true, Some(sink)).await
 }
 
 async fn run_inner(
@@ -353,6 +366,7 @@ async fn run_inner(
     stdin: StdinSource,
     opts: &RunOpts,
     killable: bool,
+    mut sink: Option<&mut (dyn std::io::Write + Send)>,
 ) -> Result<CommandOutput, RunError> {
     let host = opts.host.clone();
     let not_started = |e: russh::Error| {
@@ -443,6 +457,8 @@ async fn run_inner(
         Timeout,
         Cancelled,
         WrongPassword,
+        /// Writing the output to the sink failed.
+        Sink(std::io::Error),
     }
     let mut stop: Option<Stop> = None;
 
@@ -460,6 +476,16 @@ async fn run_inner(
         let Some(msg) = msg else { break };
         match msg {
             ChannelMsg::Data { data } => {
+                // Before the run mark, stdout is kept for the diagnosis of a refused login.
+                if phase == Phase::Running
+                    && let Some(s) = sink.as_mut()
+                {
+                    if let Err(e) = s.write_all(&data) {
+                        stop = Some(Stop::Sink(e));
+                        break;
+                    }
+                    continue;
+                }
                 out.stdout.extend_from_slice(&data);
                 out_lines.push(&data, |l| emit(StreamKind::Stdout, l));
                 if dialogue.is_some() {
@@ -516,6 +542,15 @@ async fn run_inner(
                     pre = pre[nl + 1..].to_owned();
                     if line.trim_end() == RUN_MARK {
                         phase = Phase::Running;
+                        // Output that overtook the mark (stdout and stderr are separate
+                        // channels) is the script's: it goes to the sink first.
+                        if let Some(s) = sink.as_mut()
+                            && !out.stdout.is_empty()
+                            && let Err(e) = s.write_all(&std::mem::take(&mut out.stdout))
+                        {
+                            stop = Some(Stop::Sink(e));
+                            break;
+                        }
                         if let Some(d) = pending.take() {
                             let _ = cmd_tx.send(WriterCmd::Data(d));
                         }
@@ -595,21 +630,34 @@ async fn run_inner(
         }
         if let Some(pid) = guard.pid.take() {
             writer_task.abort();
-            let _ = kill_session(
+            let kill = kill_session(
                 conn,
                 pid,
                 opts.host.clone(),
                 opts.user.clone(),
                 opts.sudo.clone(),
                 opts.reporter.clone(),
-            )
-            .await;
+            );
+            // Keep reading the abandoned channel while the kill runs: a command still
+            // writing (a sink that failed mid-file) would otherwise fill the channel's
+            // buffer and stall the whole connection, the kill's channel included.
+            let drain = tokio::time::timeout(Duration::from_secs(25), async {
+                while rx.wait().await.is_some() {}
+            });
+            let _ = tokio::join!(kill, drain);
         }
         return Err(RunError::Host(match stop {
             Stop::Timeout => HostError::Timeout {
                 host: opts.host.clone(),
                 command: opts.label.clone(),
                 after: opts.timeout.unwrap_or_default(),
+            },
+            Stop::Sink(e) => HostError::Other {
+                host: opts.host.clone(),
+                message: format!(
+                    "`{}`: writing its output on the workstation failed: {e}",
+                    opts.label
+                ),
             },
             _ => HostError::Cancelled {
                 host: opts.host.clone(),

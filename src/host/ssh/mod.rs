@@ -447,4 +447,35 @@ impl Remote for SshHost {
             }
         }
     }
+
+    async fn exec_to(
+        &self,
+        cmd: RemoteCommand,
+        sink: &mut (dyn std::io::Write + Send),
+    ) -> Result<CommandOutput, HostError> {
+        let sudo = self.sudo_use(cmd.sudo)?;
+        let opts = self.opts(sudo, Some(cmd.timeout), cmd.script.clone(), false)?;
+        self.inner.reporter.message(
+            Level::Debug,
+            Some(self.name()),
+            format!(
+                "{} {} (output streamed to the workstation)",
+                if cmd.sudo { "sudo$" } else { "$" },
+                cmd.script
+            ),
+        );
+        let mut attempt = 0u32;
+        let conn = self.conn_retrying(&mut attempt).await?;
+        match exec::run_to(&conn, &cmd.script, &opts, sink).await {
+            Ok(out) => Ok(out),
+            Err(RunError::Host(e)) => {
+                self.note_error(&e);
+                Err(e)
+            }
+            Err(RunError::Dropped { .. }) => Err(HostError::Disconnected {
+                host: self.name().to_owned(),
+                during: format!("`{}`", cmd.script),
+            }),
+        }
+    }
 }
