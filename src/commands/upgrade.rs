@@ -4,8 +4,11 @@
 //! Order: connect; `upgrade-check` reads every node through any server and refuses, before
 //! anything changes, what the version rules or the cluster's health forbid (and an
 //! unfinished install or uninstall in the journal); `upload` stages the new binary and
-//! images on every node (the install's phase: nothing running changes); `upgrade-servers`
-//! one at a time, then `upgrade-agents` one at a time, each node converged and gated; then
+//! images on every node at side paths (the install's phase with
+//! `Destination::Staged`: nothing running changes, and a k3s restarted early stays on the
+//! old release); `upgrade-servers` one at a time, then `upgrade-agents` one at a time, each
+//! node's staged files swapped into place right before its restart, then converged and
+//! gated; then
 //! the install's application phases (dns, enforcer, app, verify). The upgraded version is
 //! recorded in the journal. A refused upgrade is not journaled: it changed nothing.
 //!
@@ -130,7 +133,16 @@ async fn pipeline(
     if ctx.goal.applies() {
         runner.attach_journal(open_journal(plan, &reporter));
     }
-    let uploaded = phases::upload::run(runner, ctx, &hosts, artifacts).await?;
+    // Staged at side paths: a k3s restarted before its node's turn stays on the old release.
+    let staged = Arc::new(artifacts.clone());
+    let uploaded = phases::upload::run(
+        runner,
+        ctx,
+        &hosts,
+        artifacts,
+        phases::upload::Destination::Staged,
+    )
+    .await?;
     let restart = upgrade::needs_restart(&uploaded, &seen, target);
     let k3s = K3sPlan::new(ctx, &hosts, restart).ok_or(PipelineError::Setup {
         message: "the plan has no server".into(),
@@ -151,7 +163,14 @@ async fn pipeline(
             &reporter,
             ctx.goal,
         );
-        async move { upgrade::upgrade_node(&ops, k3s, &n, all_servers, target).await }
+        let staged = staged.clone();
+        async move {
+            let list = staged
+                .get(n.facts.arch.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            upgrade::upgrade_node(&ops, k3s, &n, all_servers, target, list).await
+        }
     })
     .await?;
     if !ctx.goal.applies() {

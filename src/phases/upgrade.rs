@@ -23,6 +23,8 @@ use super::journal::RunSummary;
 use super::k3s_node::{self, K3sPlan};
 use super::ops::Ops;
 use super::runner::{Runner, StepError, StepOk};
+use super::upload;
+use crate::assets::ResolvedArtifact;
 use crate::host::{Remote, RemoteCommand};
 use crate::k3s::paths;
 use crate::k3s::skew::{self, HopCheck, Version};
@@ -466,7 +468,8 @@ async fn cluster_for(
     })
 }
 
-/// Upgrades one node: checks the staged binary is the target, converges it (k3s restarts
+/// Upgrades one node: checks the staged binary is the target, swaps the staged artifacts
+/// into place ([`upload::swap_staged`]), converges it (k3s restarts
 /// when its binary changed or its kubelet is behind), then the gates: the node's
 /// kubeletVersion is the target, the unit is active, the node is Ready, and for a server
 /// its own `/readyz` is ok and it is a voting etcd member. A dry run only reports.
@@ -476,10 +479,12 @@ pub async fn upgrade_node(
     node: &ConnectedHost,
     servers: &[Arc<ConnectedHost>],
     target: &Version,
+    artifacts: &[ResolvedArtifact],
 ) -> Result<StepOk, StepError> {
     let ctx = plan.ctx;
     let role = plan.role_of(node);
     if !ctx.goal.applies() {
+        upload::swap_staged(ops, artifacts).await?;
         k3s_node::converge(ops, plan, node, &role, None, None).await?;
         return Ok(super::prepare::outcome(
             ops,
@@ -494,16 +499,14 @@ pub async fn upgrade_node(
         (paths::AGENT_UNIT, t.agent)
     };
     let host = node.spec.name.as_str();
-    // The binary on disk is what the restart will run: it must be the target, whatever the
-    // lock said about it.
+    // The binary the restart will run (the staged one while it is staged) must be the
+    // target, whatever the lock said about it: checked before it is swapped into place.
     let out = node
         .remote
         .exec(
-            RemoteCommand::new(format!(
-                "{} --version 2>/dev/null | head -n 1; date +%s",
-                paths::K3S_BINARY
-            ))
-            .timeout(Duration::from_secs(30)),
+            RemoteCommand::new(version_script())
+                .sudo()
+                .timeout(Duration::from_secs(30)),
         )
         .await?;
     let text = out.stdout_str();
@@ -517,12 +520,11 @@ pub async fn upgrade_node(
     let staged = parse_k3s_version_line(&first).and_then(|v| Version::from_str(v).ok());
     if staged != Some(*target) {
         return Err(StepError::new(format!(
-            "{host}: {} reports {:?}, not the target {target}; the node was not restarted",
-            paths::K3S_BINARY,
-            first
+            "{host}: the k3s binary to run reports {first:?}, not the target {target}; nothing was swapped and the node was not restarted"
         ))
         .with_hint("the k3s artifact does not match its lock's k3s_version: use the installer (and --assets) of one release"));
     }
+    upload::swap_staged(ops, artifacts).await?;
     let restart = plan.binary_changed.get(host).copied().unwrap_or(false);
     k3s_node::converge(ops, plan, node, &role, None, None).await?;
     let cluster = cluster_for(node, servers).await?;
@@ -543,6 +545,16 @@ pub async fn upgrade_node(
     } else {
         StepOk::unchanged(format!("already on {target}; gates passed: {gates}"))
     })
+}
+
+/// Prints the first line of `--version` of the binary the node's restart will run (the
+/// staged one if present, else the installed one), then the host's clock.
+fn version_script() -> String {
+    format!(
+        "b={staged}; [ -x \"$b\" ] || b={installed}; \"$b\" --version 2>/dev/null | head -n 1; date +%s",
+        staged = paths::K3S_BINARY_STAGED,
+        installed = paths::K3S_BINARY
+    )
 }
 
 /// Waits until the node's kubelet reports the target version (only a restarted k3s does).
