@@ -105,6 +105,18 @@ fn kubelet_version(lab: &Lab, via: &Node, node: &str) -> String {
         .to_owned()
 }
 
+/// Whether `node` is cordoned, or carries the upgrade's cordon mark, read through `via`.
+fn cordon_state(lab: &Lab, via: &Node, node: &str) -> (bool, bool) {
+    let out = lab
+        .exec_ok(via, &format!("k3s kubectl get node {node} -o json"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    (
+        v["spec"]["unschedulable"] == true,
+        !v["metadata"]["annotations"]["installer/cordoned-for-upgrade"].is_null(),
+    )
+}
+
 fn status(env: &Env, lab: &Lab) -> (Run, serde_json::Value) {
     let run = env.run(&lab.answer_file_path(), &["status"]).unwrap();
     let st = run
@@ -238,6 +250,24 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
     let order: Vec<&str> = windows.iter().map(|w| w.2).collect();
     let names: Vec<&str> = lab.nodes().iter().map(|n| n.name.as_str()).collect();
     assert_eq!(order, names);
+    // Each node was cordoned before its restart and uncordoned after its gates.
+    let steps: Vec<String> = up
+        .of("host_step")
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    for n in lab.nodes() {
+        for verb in ["cordoned", "uncordoned"] {
+            let want = format!("{verb} node {}", n.name);
+            assert!(steps.iter().any(|s| s == &want), "{want}: {steps:#?}");
+        }
+        assert_eq!(
+            cordon_state(&lab, &lab.nodes()[0], &n.name),
+            (false, false),
+            "{} is still cordoned after the upgrade",
+            n.name
+        );
+    }
     // Every staged file was swapped into place: nothing is left at the side paths.
     assert_nothing_staged(&lab, "after the upgrade");
     assert_no_skew(&lab, "after the upgrade A -> B");
@@ -404,6 +434,19 @@ fn a_server_that_cannot_start_on_the_new_release_stops_the_upgrade_at_its_gate_a
         up.all()
     );
 
+    // node2 was cordoned before its restart; the failed run uncordoned it (its clean-up).
+    assert!(
+        up.of("message").iter().any(|m| m["text"]
+            .as_str()
+            .is_some_and(|t| t == "undone: uncordon the nodes the upgrade cordoned")),
+        "{}",
+        up.all()
+    );
+    assert_eq!(
+        cordon_state(&lab, &lab.nodes()[0], "node2"),
+        (false, false),
+        "node2 is still cordoned after the failed upgrade"
+    );
     // The cause fixed, node2 comes back on B (systemd restarts it); the same command then
     // finishes what is left, re-derived from the cluster: node3 and the agent.
     lab.exec_ok(n2, &format!("rm -f {fault}")).unwrap();

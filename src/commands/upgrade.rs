@@ -7,8 +7,8 @@
 //! images on every node at side paths (the install's phase with
 //! `Destination::Staged`: nothing running changes, and a k3s restarted early stays on the
 //! old release); `upgrade-servers` one at a time, then `upgrade-agents` one at a time, each
-//! node's staged files swapped into place right before its restart, then converged and
-//! gated; then
+//! node's staged files swapped into place and the node cordoned right before its restart,
+//! then converged, gated and uncordoned (a failed roll uncordons what it cordoned); then
 //! the install's application phases (dns, enforcer, app, verify). The upgraded version is
 //! recorded in the journal. A refused upgrade is not journaled: it changed nothing.
 //!
@@ -152,7 +152,17 @@ async fn pipeline(
     let agents = phases::context::agents(&hosts);
     let k3s = &k3s;
     let all_servers = &servers;
-    upgrade::roll(runner, &servers, &agents, |n| {
+    // A failed or interrupted roll uncordons what it cordoned (read from the cluster).
+    let undo = ctx.goal.applies().then(|| {
+        (
+            "uncordon the nodes the upgrade cordoned".to_string(),
+            upgrade::uncordon_clean_up(
+                servers.iter().map(|n| n.remote.clone()).collect(),
+                hosts.iter().map(|n| n.node_name.clone()).collect(),
+            ),
+        )
+    });
+    upgrade::roll_with_clean_up(runner, undo, &servers, &agents, |n| {
         let ops = Ops::new(
             n.remote.clone(),
             if n.spec.is_server {
