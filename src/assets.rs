@@ -385,6 +385,18 @@ impl ResolvedArtifact {
         }
     }
 
+    /// Where `upgrade` stages it until the node's turn ([`paths::K3S_BINARY_STAGED`],
+    /// [`paths::IMAGES_STAGED_DIR`]): the same filesystem as [`Self::host_path`], never read
+    /// by k3s.
+    pub fn staged_path(&self) -> String {
+        match self.kind {
+            ArtifactKind::K3sBinary => paths::K3S_BINARY_STAGED.to_owned(),
+            ArtifactKind::K3sAirgapImages | ArtifactKind::AppImages => {
+                paths::staged_image_archive_path(&self.file)
+            }
+        }
+    }
+
     /// The file mode on the node.
     pub fn host_mode(&self) -> u32 {
         match self.kind {

@@ -51,6 +51,72 @@ fn unit(lab: &Lab, n: &Node) -> Unit {
     }
 }
 
+/// What the upgrade staged and left on a node: the side paths (`/usr/local/bin/k3s.staged`,
+/// the images' `images.staged` directory) and any partial upload beside them. Empty when
+/// nothing is staged.
+fn staged(lab: &Lab, n: &Node) -> String {
+    lab.exec_ok(
+        n,
+        "find /usr/local/bin /var/lib/rancher/k3s/agent -maxdepth 1 -name '*staged*' 2>/dev/null; true",
+    )
+    .unwrap()
+    .trim()
+    .to_owned()
+}
+
+fn assert_nothing_staged(lab: &Lab, when: &str) {
+    for n in lab.nodes() {
+        let left = staged(lab, n);
+        assert!(
+            left.is_empty(),
+            "{when}: {} has staged files: {left}",
+            n.name
+        );
+    }
+}
+
+/// The stand-in's version skew record on each server (the one running the controllers
+/// writes it): absent or empty, or the test fails printing it.
+fn assert_no_skew(lab: &Lab, when: &str) {
+    for n in lab.nodes().iter().take(3) {
+        let rec = lab
+            .exec_ok(
+                n,
+                "cat /var/lib/rancher/k3s/server/db/standin/skew.jsonl 2>/dev/null; true",
+            )
+            .unwrap();
+        assert!(
+            rec.trim().is_empty(),
+            "{when}: the stand-in on {} recorded version skew:\n{rec}",
+            n.name
+        );
+    }
+}
+
+/// `status.nodeInfo.kubeletVersion` of `node`, read through the API on `via`.
+fn kubelet_version(lab: &Lab, via: &Node, node: &str) -> String {
+    let out = lab
+        .exec_ok(via, &format!("k3s kubectl get node {node} -o json"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    v["status"]["nodeInfo"]["kubeletVersion"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no kubeletVersion for {node}: {out}"))
+        .to_owned()
+}
+
+/// Whether `node` is cordoned, or carries the upgrade's cordon mark, read through `via`.
+fn cordon_state(lab: &Lab, via: &Node, node: &str) -> (bool, bool) {
+    let out = lab
+        .exec_ok(via, &format!("k3s kubectl get node {node} -o json"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    (
+        v["spec"]["unschedulable"] == true,
+        !v["metadata"]["annotations"]["installer/cordoned-for-upgrade"].is_null(),
+    )
+}
+
 fn status(env: &Env, lab: &Lab) -> (Run, serde_json::Value) {
     let run = env.run(&lab.answer_file_path(), &["status"]).unwrap();
     let st = run
@@ -90,6 +156,7 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
         "{why}"
     );
     assert!(!sick.uploaded_anything(), "{}", sick.all());
+    assert_nothing_staged(&lab, "after the refused upgrade (a server down)");
     for (n, u) in lab.nodes().iter().zip(&stopped) {
         assert_eq!(&unit(&lab, n), u, "the refused upgrade changed {}", n.name);
     }
@@ -183,6 +250,27 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
     let order: Vec<&str> = windows.iter().map(|w| w.2).collect();
     let names: Vec<&str> = lab.nodes().iter().map(|n| n.name.as_str()).collect();
     assert_eq!(order, names);
+    // Each node was cordoned before its restart and uncordoned after its gates.
+    let steps: Vec<String> = up
+        .of("host_step")
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    for n in lab.nodes() {
+        for verb in ["cordoned", "uncordoned"] {
+            let want = format!("{verb} node {}", n.name);
+            assert!(steps.iter().any(|s| s == &want), "{want}: {steps:#?}");
+        }
+        assert_eq!(
+            cordon_state(&lab, &lab.nodes()[0], &n.name),
+            (false, false),
+            "{} is still cordoned after the upgrade",
+            n.name
+        );
+    }
+    // Every staged file was swapped into place: nothing is left at the side paths.
+    assert_nothing_staged(&lab, "after the upgrade");
+    assert_no_skew(&lab, "after the upgrade A -> B");
     // The gates ran on every node, and the application phases after them.
     let done = up.of("host_done");
     let changed = |phase: &str| {
@@ -235,6 +323,7 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
     assert!(why.contains("downgrade refused"), "{why}");
     assert!(why.contains("hint:"), "{why}");
     assert!(!down.uploaded_anything(), "{}", down.all());
+    assert_nothing_staged(&lab, "after the refused downgrade");
     assert!(
         !down
             .of("phase_started")
@@ -255,6 +344,7 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
     let (st_run, st) = status(&env, &lab);
     assert_eq!(st_run.code, 0, "status after the refusal: {}", st_run.all());
     assert_eq!(st["healthy"], true, "{st:#}");
+    assert_no_skew(&lab, "after the refused downgrade");
     eprintln!(
         "timing: install {:.1} s, upgrade of 3 servers and 1 agent {:.1} s, whole test {:.1} s",
         installed_in.as_secs_f64(),
@@ -277,7 +367,7 @@ fn journal_text(answers: &std::path::Path) -> String {
 }
 
 #[test]
-fn a_server_that_cannot_start_on_the_new_release_stops_the_upgrade_at_its_gate_and_a_rerun_finishes()
+fn a_server_that_cannot_start_on_the_new_release_stops_the_upgrade_at_its_gate_a_k3s_restarted_before_its_turn_stays_on_the_old_release_and_a_rerun_finishes()
  {
     let Some(lab) = lab_or_skip!(4) else { return };
     let mut env = Env::with_release(A).unwrap();
@@ -344,6 +434,19 @@ fn a_server_that_cannot_start_on_the_new_release_stops_the_upgrade_at_its_gate_a
         up.all()
     );
 
+    // node2 was cordoned before its restart; the failed run uncordoned it (its clean-up).
+    assert!(
+        up.of("message").iter().any(|m| m["text"]
+            .as_str()
+            .is_some_and(|t| t == "undone: uncordon the nodes the upgrade cordoned")),
+        "{}",
+        up.all()
+    );
+    assert_eq!(
+        cordon_state(&lab, &lab.nodes()[0], "node2"),
+        (false, false),
+        "node2 is still cordoned after the failed upgrade"
+    );
     // The cause fixed, node2 comes back on B (systemd restarts it); the same command then
     // finishes what is left, re-derived from the cluster: node3 and the agent.
     lab.exec_ok(n2, &format!("rm -f {fault}")).unwrap();
@@ -360,6 +463,49 @@ fn a_server_that_cannot_start_on_the_new_release_stops_the_upgrade_at_its_gate_a
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    // The pause point: B is staged on node3 and the agent, not yet their turn. A k3s that
+    // systemd restarts now (a crash, a reboot) must come back on A: the staged binary sits
+    // at a side path the unit never runs (it used to be written over /usr/local/bin/k3s).
+    let n3 = &lab.nodes()[2];
+    for i in [2, 3] {
+        let left = staged(&lab, &lab.nodes()[i]);
+        assert!(
+            left.contains("/usr/local/bin/k3s.staged"),
+            "{}: B is not staged: {left:?}",
+            lab.nodes()[i].name
+        );
+    }
+    lab.exec_ok(n3, "systemctl restart k3s").unwrap();
+    let early = unit(&lab, n3);
+    assert!(
+        early.enter > before[2].enter,
+        "node3 was not restarted: {early:?}"
+    );
+    assert_eq!(
+        early.version, A,
+        "node3, restarted before its turn, runs B early: {early:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let st = lab
+            .exec_ok(n3, "k3s kubectl get node node3 -o json")
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&st).unwrap_or_default();
+        let ready = v["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        if ready {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node3 did not become Ready after its early restart: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(kubelet_version(&lab, &lab.nodes()[0], "node3"), A);
     let rerun = env.run(&answers, &["upgrade"]).unwrap();
     assert!(rerun.ok(), "{}", rerun.all());
     assert!(
@@ -385,6 +531,7 @@ fn a_server_that_cannot_start_on_the_new_release_stops_the_upgrade_at_its_gate_a
     for n in lab.nodes() {
         assert_eq!(unit(&lab, n).version, B, "{}", n.name);
     }
+    assert_nothing_staged(&lab, "after the rerun finished the upgrade");
     let (st_run, st) = status(&env, &lab);
     assert_eq!(st_run.code, 0, "{}", st_run.all());
     for n in st["nodes"].as_array().cloned().unwrap_or_default() {

@@ -126,7 +126,14 @@ pub async fn cluster_phases(
     }
     let artifacts = artifacts.unwrap_or_default();
     phases::prepare::run(runner, ctx, &hosts).await?;
-    let binary_changed = phases::upload::run(runner, ctx, &hosts, artifacts).await?;
+    let binary_changed = phases::upload::run(
+        runner,
+        ctx,
+        &hosts,
+        artifacts,
+        phases::upload::Destination::Final,
+    )
+    .await?;
     let k3s = K3sPlan::new(ctx, &hosts, binary_changed).ok_or(PipelineError::Setup {
         message: "the plan has no server".into(),
         hint: Some("give at least one host `role: server` in the answer file".into()),

@@ -4,8 +4,11 @@
 //! Order: connect; `upgrade-check` reads every node through any server and refuses, before
 //! anything changes, what the version rules or the cluster's health forbid (and an
 //! unfinished install or uninstall in the journal); `upload` stages the new binary and
-//! images on every node (the install's phase: nothing running changes); `upgrade-servers`
-//! one at a time, then `upgrade-agents` one at a time, each node converged and gated; then
+//! images on every node at side paths (the install's phase with
+//! `Destination::Staged`: nothing running changes, and a k3s restarted early stays on the
+//! old release); `upgrade-servers` one at a time, then `upgrade-agents` one at a time, each
+//! node's staged files swapped into place and the node cordoned right before its restart,
+//! then converged, gated and uncordoned (a failed roll uncordons what it cordoned); then
 //! the install's application phases (dns, enforcer, app, verify). The upgraded version is
 //! recorded in the journal. A refused upgrade is not journaled: it changed nothing.
 //!
@@ -130,7 +133,16 @@ async fn pipeline(
     if ctx.goal.applies() {
         runner.attach_journal(open_journal(plan, &reporter));
     }
-    let uploaded = phases::upload::run(runner, ctx, &hosts, artifacts).await?;
+    // Staged at side paths: a k3s restarted before its node's turn stays on the old release.
+    let staged = Arc::new(artifacts.clone());
+    let uploaded = phases::upload::run(
+        runner,
+        ctx,
+        &hosts,
+        artifacts,
+        phases::upload::Destination::Staged,
+    )
+    .await?;
     let restart = upgrade::needs_restart(&uploaded, &seen, target);
     let k3s = K3sPlan::new(ctx, &hosts, restart).ok_or(PipelineError::Setup {
         message: "the plan has no server".into(),
@@ -140,7 +152,17 @@ async fn pipeline(
     let agents = phases::context::agents(&hosts);
     let k3s = &k3s;
     let all_servers = &servers;
-    upgrade::roll(runner, &servers, &agents, |n| {
+    // A failed or interrupted roll uncordons what it cordoned (read from the cluster).
+    let undo = ctx.goal.applies().then(|| {
+        (
+            "uncordon the nodes the upgrade cordoned".to_string(),
+            upgrade::uncordon_clean_up(
+                servers.iter().map(|n| n.remote.clone()).collect(),
+                hosts.iter().map(|n| n.node_name.clone()).collect(),
+            ),
+        )
+    });
+    upgrade::roll_with_clean_up(runner, undo, &servers, &agents, |n| {
         let ops = Ops::new(
             n.remote.clone(),
             if n.spec.is_server {
@@ -151,7 +173,14 @@ async fn pipeline(
             &reporter,
             ctx.goal,
         );
-        async move { upgrade::upgrade_node(&ops, k3s, &n, all_servers, target).await }
+        let staged = staged.clone();
+        async move {
+            let list = staged
+                .get(n.facts.arch.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            upgrade::upgrade_node(&ops, k3s, &n, all_servers, target, list).await
+        }
     })
     .await?;
     if !ctx.goal.applies() {

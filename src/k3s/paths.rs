@@ -95,6 +95,19 @@ pub fn image_archive_path(file: &str) -> String {
     format!("{IMAGES_DIR}/{file}")
 }
 
+/// Where `upgrade` stages the new k3s binary until the node's turn: beside
+/// [`K3S_BINARY`], so the swap is a rename within one filesystem. systemd's unit runs
+/// [`K3S_BINARY`] only, so a k3s restarted before its turn keeps the old release.
+pub const K3S_BINARY_STAGED: &str = "/usr/local/bin/k3s.staged";
+/// Where `upgrade` stages image archives until the node's turn: beside [`IMAGES_DIR`] (same
+/// filesystem) and outside it, so a k3s restarted before its turn does not import them.
+pub const IMAGES_STAGED_DIR: &str = "/var/lib/rancher/k3s/agent/images.staged";
+
+/// The staged path of an image archive.
+pub fn staged_image_archive_path(file: &str) -> String {
+    format!("{IMAGES_STAGED_DIR}/{file}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

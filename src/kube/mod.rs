@@ -113,6 +113,18 @@ impl Cluster {
         Ok(api.get_opt(name).await?)
     }
 
+    /// Applies a JSON merge patch to a node (cordon, uncordon).
+    pub async fn patch_node(&self, name: &str, patch: &serde_json::Value) -> Result<(), KubeError> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The embedded etcd's members, from k3s's `/db/info` (pkg/etcd/etcd.go `infoHandler`:
     /// allowed from loopback, which is where the tunnel's connections come from).
     pub async fn etcd_members(&self) -> Result<Vec<EtcdMember>, KubeError> {

@@ -386,3 +386,234 @@ async fn api_through_any_server_passes_over_a_broken_one_and_names_each_reason()
     );
     assert!(reasons[1].starts_with("node2: "), "{reasons:?}");
 }
+
+mod staging {
+    //! `upgrade` stages at side paths and swaps in each node's turn (issue 14): a k3s that
+    //! systemd restarts before its turn must come back on the old release.
+    use super::*;
+    use crate::assets::{ArtifactKind, ArtifactOrigin, ResolvedArtifact};
+    use crate::host::UploadSource;
+    use crate::phases::runner::StepOk;
+    use crate::phases::upload::{self, Destination};
+    use std::sync::Mutex;
+
+    const IMAGES: &str = "k3s-airgap-images-amd64.tar.zst";
+
+    fn artifact(kind: ArtifactKind, file: &str, bytes: &[u8]) -> ResolvedArtifact {
+        ResolvedArtifact {
+            name: file.into(),
+            kind,
+            version: "v1.36.5+k3s1".into(),
+            file: file.into(),
+            sha256: sha256_hex(bytes),
+            size: bytes.len() as u64,
+            source: UploadSource::Bytes(bytes.to_vec().into()),
+            origin: ArtifactOrigin::Embedded,
+        }
+    }
+
+    fn release_b() -> Vec<ResolvedArtifact> {
+        vec![
+            artifact(ArtifactKind::K3sBinary, "k3s", b"k3s B"),
+            artifact(ArtifactKind::K3sAirgapImages, IMAGES, b"images B"),
+        ]
+    }
+
+    fn staged_bin() -> String {
+        paths::K3S_BINARY_STAGED.to_owned()
+    }
+
+    fn staged_images() -> String {
+        paths::staged_image_archive_path(IMAGES)
+    }
+
+    fn final_images() -> String {
+        paths::image_archive_path(IMAGES)
+    }
+
+    /// A node on release A; its hashes as the host answers them, first at staging (finals
+    /// hold A), then in its turn (the side paths hold B).
+    fn node_on_a() -> Arc<FakeRemote> {
+        let (a_bin, a_img) = (sha256_hex(b"k3s A"), sha256_hex(b"images A"));
+        let (b_bin, b_img) = (sha256_hex(b"k3s B"), sha256_hex(b"images B"));
+        Arc::new(
+            FakeRemote::new("n")
+                .expect_contains(
+                    "for f in ",
+                    Reply::ok(&format!(
+                        "{a_bin} {}\n{a_img} {}\n",
+                        paths::K3S_BINARY,
+                        final_images()
+                    )),
+                )
+                .expect_contains(
+                    "for f in ",
+                    Reply::ok(&format!(
+                        "{a_bin} {}\n{b_bin} {}\n{a_img} {}\n{b_img} {}\n",
+                        paths::K3S_BINARY,
+                        staged_bin(),
+                        final_images(),
+                        staged_images()
+                    )),
+                )
+                .on_contains("/var/lib/installer/changes.log", Reply::ok("")),
+        )
+    }
+
+    fn swaps(remote: &FakeRemote) -> Vec<String> {
+        remote
+            .scripts()
+            .into_iter()
+            .filter(|s| s.contains("mv -f --"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_k3s_restarted_before_its_turn_finds_the_old_release_every_node_is_staged_before_any_swap_and_each_swap_follows_the_previous_nodes_gates()
+     {
+        let c = ctx(Goal::Apply, 3);
+        let remotes: Vec<Arc<FakeRemote>> = (0..3).map(|_| node_on_a()).collect();
+        let hosts: Vec<Arc<ConnectedHost>> = remotes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| host(i + 1, r.clone(), facts("arch=x86_64\n")))
+            .collect();
+        let events = Arc::new(Collector::default());
+        let mut r = runner(&events);
+        let artifacts = BTreeMap::from([("amd64".to_string(), release_b())]);
+        let changes = upload::run(&mut r, &c, &hosts, artifacts, Destination::Staged)
+            .await
+            .unwrap();
+        assert!(changes.values().all(|b| *b), "{changes:?}");
+        // Staged on every node, at side paths only: what systemd would start is still A.
+        for remote in &remotes {
+            let up: Vec<String> = remote
+                .uploads()
+                .iter()
+                .map(|u| u.target.path.clone())
+                .collect();
+            assert_eq!(up, [staged_bin(), staged_images()], "{:#?}", remote.calls());
+            assert_eq!(remote.file(paths::K3S_BINARY), None);
+            assert!(swaps(remote).is_empty(), "{:#?}", remote.calls());
+        }
+        let gated = Mutex::new(Vec::<String>::new());
+        let list = release_b();
+        let (remotes_ref, gated_ref, list_ref) = (&remotes, &gated, &list);
+        super::super::upgrade::roll(&mut r, &hosts, &[], |n| async move {
+            // Before this node's swap: exactly the nodes already gated were swapped.
+            let done = gated_ref.lock().unwrap().clone();
+            for (i, remote) in remotes_ref.iter().enumerate() {
+                let name = format!("node{}", i + 1);
+                assert_eq!(
+                    !swaps(remote).is_empty(),
+                    done.contains(&name),
+                    "{name} at {}'s turn (gated: {done:?})",
+                    n.spec.name
+                );
+            }
+            let ops = Ops::new(
+                n.remote.clone(),
+                "upgrade-servers",
+                &Reporter::silent(),
+                Goal::Apply,
+            );
+            let s = upload::swap_staged(&ops, list_ref).await?;
+            assert_eq!(s.swapped, [paths::K3S_BINARY.to_owned(), final_images()]);
+            // The gates of this node (the API's, in the real step) pass here.
+            gated_ref.lock().unwrap().push(n.spec.name.clone());
+            Ok(StepOk::changed("swapped, restarted, gated"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(*gated.lock().unwrap(), ["node1", "node2", "node3"]);
+        for remote in &remotes {
+            let s = swaps(remote);
+            assert_eq!(s.len(), 2, "{s:#?}");
+            assert!(
+                s[0].contains(&format!("mv -f -- {} {}", staged_bin(), paths::K3S_BINARY)),
+                "{s:#?}"
+            );
+            assert!(
+                s[1].contains(&format!("mv -f -- {} {}", staged_images(), final_images())),
+                "{s:#?}"
+            );
+            remote.assert_done();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rerun_swaps_what_the_host_shows_staged_and_removes_a_leftover_beside_what_is_in_place()
+     {
+        let (b_bin, b_img) = (sha256_hex(b"k3s B"), sha256_hex(b"images B"));
+        // The binary was swapped by an earlier run, a copy is left at its side path; the
+        // images are still staged.
+        let remote = Arc::new(
+            FakeRemote::new("n")
+                .expect_contains(
+                    "for f in ",
+                    Reply::ok(&format!(
+                        "{b_bin} {}\n{b_bin} {}\n{} {}\n{b_img} {}\n",
+                        paths::K3S_BINARY,
+                        staged_bin(),
+                        sha256_hex(b"images A"),
+                        final_images(),
+                        staged_images()
+                    )),
+                )
+                .on_contains("rm -f --", Reply::ok(""))
+                .on_contains("/var/lib/installer/changes.log", Reply::ok("")),
+        );
+        let ops = Ops::new(
+            remote.clone(),
+            "upgrade-servers",
+            &Reporter::silent(),
+            Goal::Apply,
+        );
+        let s = upload::swap_staged(&ops, &release_b()).await.unwrap();
+        assert_eq!(s.in_place, [paths::K3S_BINARY.to_owned()]);
+        assert_eq!(s.swapped, [final_images()]);
+        let scripts = remote.scripts();
+        assert!(
+            scripts
+                .iter()
+                .any(|s| s == &format!("rm -f -- {}", staged_bin())),
+            "{scripts:#?}"
+        );
+        // Nothing staged and nothing in place: an error naming the artifact, nothing moved.
+        let empty = Arc::new(FakeRemote::new("n").expect_contains("for f in ", Reply::ok("")));
+        let ops = Ops::new(
+            empty.clone(),
+            "upgrade-servers",
+            &Reporter::silent(),
+            Goal::Apply,
+        );
+        let e = upload::swap_staged(&ops, &release_b()).await.unwrap_err();
+        assert!(e.message.contains("k3s is not staged"), "{}", e.message);
+        assert!(swaps(&empty).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_plans_each_swap_and_sends_nothing() {
+        let remote = Arc::new(FakeRemote::new("n").expect_contains("for f in ", Reply::ok("")));
+        let events = Arc::new(Collector::default());
+        let rep = Reporter::new(vec![events.clone()]);
+        let ops = Ops::new(remote.clone(), "upgrade-servers", &rep, Goal::DryRun);
+        upload::swap_staged(&ops, &release_b()).await.unwrap();
+        let planned: Vec<String> = events
+            .events()
+            .iter()
+            .filter_map(|e| match e {
+                Event::PlannedChange { summary, .. } => Some(summary.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            planned,
+            [
+                format!("swap {} into place at {}", staged_bin(), paths::K3S_BINARY),
+                format!("swap {} into place at {}", staged_images(), final_images()),
+            ]
+        );
+        assert_eq!(remote.scripts().len(), 1, "only the hashes were read");
+    }
+}

@@ -23,11 +23,14 @@ use super::journal::RunSummary;
 use super::k3s_node::{self, K3sPlan};
 use super::ops::Ops;
 use super::runner::{Runner, StepError, StepOk};
+use super::upload;
+use crate::assets::ResolvedArtifact;
 use crate::host::{Remote, RemoteCommand};
 use crate::k3s::paths;
 use crate::k3s::skew::{self, HopCheck, Version};
 use crate::kube::Cluster;
 use crate::kube::wait::{self, Probe};
+use crate::report::ChangeAction;
 
 /// What the check saw of one node of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,6 +446,31 @@ where
     Ok(())
 }
 
+/// [`roll`] with a clean-up (`undo`, if any: the uncordon of a real run) registered with
+/// [`Runner::on_failure`] before it, run when the roll fails or is interrupted, dropped when
+/// it finishes.
+pub async fn roll_with_clean_up<F, Fut>(
+    runner: &mut Runner,
+    undo: Option<(String, super::runner::CleanUp)>,
+    servers: &[Arc<ConnectedHost>],
+    agents: &[Arc<ConnectedHost>],
+    step: F,
+) -> Result<(), PipelineError>
+where
+    F: Fn(Arc<ConnectedHost>) -> Fut,
+    Fut: Future<Output = Result<StepOk, StepError>>,
+{
+    if let Some((what, undo)) = undo {
+        runner.on_failure(what, undo);
+    }
+    let rolled = roll(runner, servers, agents, step).await;
+    if rolled.is_err() {
+        runner.clean_up().await;
+    }
+    runner.forget_clean_ups();
+    rolled
+}
+
 /// The API through the other servers first (the node being upgraded restarts its own),
 /// then through this one.
 async fn cluster_for(
@@ -466,7 +494,8 @@ async fn cluster_for(
     })
 }
 
-/// Upgrades one node: checks the staged binary is the target, converges it (k3s restarts
+/// Upgrades one node: checks the staged binary is the target, swaps the staged artifacts
+/// into place ([`upload::swap_staged`]), converges it (k3s restarts
 /// when its binary changed or its kubelet is behind), then the gates: the node's
 /// kubeletVersion is the target, the unit is active, the node is Ready, and for a server
 /// its own `/readyz` is ok and it is a voting etcd member. A dry run only reports.
@@ -476,11 +505,32 @@ pub async fn upgrade_node(
     node: &ConnectedHost,
     servers: &[Arc<ConnectedHost>],
     target: &Version,
+    artifacts: &[ResolvedArtifact],
 ) -> Result<StepOk, StepError> {
     let ctx = plan.ctx;
     let role = plan.role_of(node);
     if !ctx.goal.applies() {
+        upload::swap_staged(ops, artifacts).await?;
+        let cordons = plan
+            .binary_changed
+            .get(&node.spec.name)
+            .copied()
+            .unwrap_or(false);
+        if cordons {
+            ops.planned(
+                ChangeAction::Apply,
+                &format!("node/{}", node.node_name),
+                &format!("cordon node {}", node.node_name),
+            );
+        }
         k3s_node::converge(ops, plan, node, &role, None, None).await?;
+        if cordons {
+            ops.planned(
+                ChangeAction::Apply,
+                &format!("node/{}", node.node_name),
+                &format!("uncordon node {} after its gates", node.node_name),
+            );
+        }
         return Ok(super::prepare::outcome(
             ops,
             &format!("restarted on {target}"),
@@ -494,16 +544,14 @@ pub async fn upgrade_node(
         (paths::AGENT_UNIT, t.agent)
     };
     let host = node.spec.name.as_str();
-    // The binary on disk is what the restart will run: it must be the target, whatever the
-    // lock said about it.
+    // The binary the restart will run (the staged one while it is staged) must be the
+    // target, whatever the lock said about it: checked before it is swapped into place.
     let out = node
         .remote
         .exec(
-            RemoteCommand::new(format!(
-                "{} --version 2>/dev/null | head -n 1; date +%s",
-                paths::K3S_BINARY
-            ))
-            .timeout(Duration::from_secs(30)),
+            RemoteCommand::new(version_script())
+                .sudo()
+                .timeout(Duration::from_secs(30)),
         )
         .await?;
     let text = out.stdout_str();
@@ -517,13 +565,17 @@ pub async fn upgrade_node(
     let staged = parse_k3s_version_line(&first).and_then(|v| Version::from_str(v).ok());
     if staged != Some(*target) {
         return Err(StepError::new(format!(
-            "{host}: {} reports {:?}, not the target {target}; the node was not restarted",
-            paths::K3S_BINARY,
-            first
+            "{host}: the k3s binary to run reports {first:?}, not the target {target}; nothing was swapped and the node was not restarted"
         ))
         .with_hint("the k3s artifact does not match its lock's k3s_version: use the installer (and --assets) of one release"));
     }
+    upload::swap_staged(ops, artifacts).await?;
     let restart = plan.binary_changed.get(host).copied().unwrap_or(false);
+    if restart {
+        // Through the other servers (the restart takes this one's API away).
+        let cluster = cluster_for(node, servers).await?;
+        cordon(ops, &cluster, node).await?;
+    }
     k3s_node::converge(ops, plan, node, &role, None, None).await?;
     let cluster = cluster_for(node, servers).await?;
     version_gate(&cluster, node, unit, target, since, timeout, t.poll).await?;
@@ -533,6 +585,8 @@ pub async fn upgrade_node(
         own_readyz_gate(node, timeout).await?;
         k3s_node::etcd_member_gate(&cluster, node, timeout, t.poll).await?;
     }
+    // Also a node a failed earlier run cordoned and whose clean-up could not reach the API.
+    uncordon_if_ours(ops, &cluster, node).await?;
     let gates = if node.spec.is_server {
         "kubeletVersion, Ready, /readyz, etcd voter"
     } else {
@@ -543,6 +597,147 @@ pub async fn upgrade_node(
     } else {
         StepOk::unchanged(format!("already on {target}; gates passed: {gates}"))
     })
+}
+
+/// The annotation the upgrade puts on a node it cordons. What it cordoned is read back from
+/// the cluster (by the node's own step after its gates, by a rerun, by the clean-up of a
+/// failed run), never remembered; a node cordoned by someone else is left as it is.
+pub const CORDONED_BY_UPGRADE: &str = "installer/cordoned-for-upgrade";
+
+/// The merge patch that cordons a node and marks it as cordoned by the upgrade.
+pub fn cordon_patch() -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"annotations": {CORDONED_BY_UPGRADE: "true"}},
+        "spec": {"unschedulable": true}
+    })
+}
+
+/// The merge patch that undoes [`cordon_patch`] (as `kubectl uncordon`: the field removed).
+pub fn uncordon_patch() -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"annotations": {CORDONED_BY_UPGRADE: null}},
+        "spec": {"unschedulable": null}
+    })
+}
+
+/// Whether the node is cordoned (`spec.unschedulable`).
+pub fn is_cordoned(n: &k8s_openapi::api::core::v1::Node) -> bool {
+    n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+}
+
+/// Whether the upgrade cordoned this node (its annotation is there).
+pub fn cordoned_by_upgrade(n: &k8s_openapi::api::core::v1::Node) -> bool {
+    n.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(CORDONED_BY_UPGRADE))
+}
+
+fn api_error(node: &ConnectedHost, what: &str, e: impl std::fmt::Display) -> StepError {
+    StepError::new(format!("{}: {what} node {}: {e}", node.spec.name, node.node_name)).with_hint(
+        "the upgrade stopped here; run it again once the cluster's API answers (it uncordons what it cordoned)",
+    )
+}
+
+/// Cordons the node before its restart, unless it is already cordoned (by the upgrade: a
+/// rerun; by someone else: left to them, and not uncordoned after).
+async fn cordon(ops: &Ops, cluster: &Cluster, node: &ConnectedHost) -> Result<(), StepError> {
+    let name = node.node_name.as_str();
+    let n = cluster
+        .node(name)
+        .await
+        .map_err(|e| api_error(node, "reading", e))?;
+    match n {
+        Some(n) if is_cordoned(&n) => {
+            if !cordoned_by_upgrade(&n) {
+                ops.step(format!(
+                    "node {name} was already cordoned (not by the upgrade): left cordoned"
+                ));
+            }
+            Ok(())
+        }
+        _ => {
+            cluster
+                .patch_node(name, &cordon_patch())
+                .await
+                .map_err(|e| api_error(node, "cordoning", e))?;
+            ops.step(format!("cordoned node {name}"));
+            Ok(())
+        }
+    }
+}
+
+/// Uncordons the node if the upgrade cordoned it (after its gates).
+async fn uncordon_if_ours(
+    ops: &Ops,
+    cluster: &Cluster,
+    node: &ConnectedHost,
+) -> Result<(), StepError> {
+    let name = node.node_name.as_str();
+    let n = cluster
+        .node(name)
+        .await
+        .map_err(|e| api_error(node, "reading", e))?;
+    if n.as_ref().is_some_and(cordoned_by_upgrade) {
+        cluster
+            .patch_node(name, &uncordon_patch())
+            .await
+            .map_err(|e| api_error(node, "uncordoning", e))?;
+        ops.step(format!("uncordoned node {name}"));
+    }
+    Ok(())
+}
+
+/// The nodes among `nodes` (Kubernetes names) that the upgrade cordoned, as the cluster
+/// shows them.
+pub fn ours_among(seen: &[k8s_openapi::api::core::v1::Node], nodes: &[String]) -> Vec<String> {
+    seen.iter()
+        .filter(|n| cordoned_by_upgrade(n))
+        .filter_map(|n| n.metadata.name.clone())
+        .filter(|n| nodes.contains(n))
+        .collect()
+}
+
+/// The clean-up of a failed or interrupted upgrade (for `Runner::on_failure`): uncordons
+/// every node of the plan the upgrade cordoned, through any server.
+pub fn uncordon_clean_up(
+    servers: Vec<Arc<dyn Remote>>,
+    nodes: Vec<String>,
+) -> super::runner::CleanUp {
+    Box::new(move || {
+        Box::pin(async move {
+            let cluster = k3s_node::cluster_through_any(servers)
+                .await
+                .map_err(|r| {
+                    StepError::new(format!(
+                        "the cluster's API answers through no server: {}",
+                        r.join("; ")
+                    ))
+                    .with_hint("run the upgrade again: it uncordons the nodes it cordoned once their gates pass")
+                })?;
+            let seen = cluster
+                .nodes()
+                .await
+                .map_err(|e| StepError::new(format!("listing the nodes: {e}")))?;
+            for name in ours_among(&seen, &nodes) {
+                cluster
+                    .patch_node(&name, &uncordon_patch())
+                    .await
+                    .map_err(|e| StepError::new(format!("uncordoning node {name}: {e}")))?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Prints the first line of `--version` of the binary the node's restart will run (the
+/// staged one if present, else the installed one), then the host's clock.
+fn version_script() -> String {
+    format!(
+        "b={staged}; [ -x \"$b\" ] || b={installed}; \"$b\" --version 2>/dev/null | head -n 1; date +%s",
+        staged = paths::K3S_BINARY_STAGED,
+        installed = paths::K3S_BINARY
+    )
 }
 
 /// Waits until the node's kubelet reports the target version (only a restarted k3s does).
@@ -840,6 +1035,99 @@ mod tests {
             failed_checks("Unauthorized"),
             "/readyz answered: Unauthorized"
         );
+    }
+
+    fn k8s_node(name: &str, unschedulable: bool, ours: bool) -> k8s_openapi::api::core::v1::Node {
+        let mut v = serde_json::json!({"metadata": {"name": name}, "spec": {}});
+        if unschedulable {
+            v["spec"]["unschedulable"] = true.into();
+        }
+        if ours {
+            v["metadata"]["annotations"] = serde_json::json!({CORDONED_BY_UPGRADE: "true"});
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn only_the_nodes_the_upgrade_cordoned_are_uncordoned_never_one_the_admin_cordoned() {
+        let seen = vec![
+            k8s_node("node1", false, false),
+            k8s_node("node2", true, true),
+            k8s_node("node3", true, false),
+            k8s_node("other", true, true),
+        ];
+        let plan: Vec<String> = ["node1", "node2", "node3"].map(String::from).to_vec();
+        assert_eq!(ours_among(&seen, &plan), ["node2"]);
+        assert!(is_cordoned(&seen[2]) && !cordoned_by_upgrade(&seen[2]));
+        // The patches: cordon marks the node; uncordon removes both (merge-patch nulls).
+        let mut n = serde_json::json!({"metadata": {"name": "node1"}, "spec": {}});
+        json_patch_merge(&mut n, &cordon_patch());
+        let cordoned: k8s_openapi::api::core::v1::Node = serde_json::from_value(n.clone()).unwrap();
+        assert!(is_cordoned(&cordoned) && cordoned_by_upgrade(&cordoned));
+        json_patch_merge(&mut n, &uncordon_patch());
+        let back: k8s_openapi::api::core::v1::Node = serde_json::from_value(n).unwrap();
+        assert!(
+            !is_cordoned(&back) && !cordoned_by_upgrade(&back),
+            "{back:?}"
+        );
+    }
+
+    /// RFC 7386, as the API server applies a merge patch.
+    fn json_patch_merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+        if let serde_json::Value::Object(p) = patch {
+            if !target.is_object() {
+                *target = serde_json::json!({});
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    json_patch_merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        } else {
+            *target = patch.clone();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_roll_runs_the_uncordon_clean_up_and_a_finished_one_forgets_it() {
+        // The clean-up is registered before the roll, run when the roll fails, dropped when
+        // it succeeds.
+        for fail in [true, false] {
+            let hosts = mixed();
+            let servers = super::super::context::servers(&hosts);
+            let agents = super::super::context::agents(&hosts);
+            let events = Arc::new(Collector::default());
+            let mut r = runner(&events);
+            let ran = Arc::new(AtomicBool::new(false));
+            let flag = ran.clone();
+            let undo: super::super::runner::CleanUp = Box::new(move || {
+                Box::pin(async move {
+                    flag.store(true, Ordering::SeqCst);
+                    Ok(())
+                })
+            });
+            let rolled = roll_with_clean_up(
+                &mut r,
+                Some(("uncordon the nodes the upgrade cordoned".into(), undo)),
+                &servers,
+                &agents,
+                |n| async move {
+                    if fail && n.spec.name == "host3" {
+                        Err(StepError::new("gate failed"))
+                    } else {
+                        Ok(StepOk::changed("restarted"))
+                    }
+                },
+            )
+            .await;
+            assert_eq!(rolled.is_err(), fail);
+            // Nothing is left registered either way.
+            r.clean_up().await;
+            assert_eq!(ran.load(Ordering::SeqCst), fail, "fail={fail}");
+        }
     }
 
     fn host(i: usize, server: bool) -> Arc<ConnectedHost> {
