@@ -505,24 +505,8 @@ async fn a_real_kubectl_prints_its_usual_columns() {
         async move { nodes.get_opt("srv1").await.ok().flatten() }
     })
     .await;
-    let kubeconfig = n.path("/etc/rancher/k3s/k3s.yaml");
-    let home = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&kubectl)
-            .env("HOME", home.path())
-            .env_remove("KUBECONFIG")
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let kc = KubectlRun::new(kubectl, n.path("/etc/rancher/k3s/k3s.yaml"));
+    let run = |args: &[&str]| kc.run(args);
     let s = run(&["get", "nodes"]);
     let mut lines = s.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();

@@ -109,3 +109,41 @@ pub fn real_kubectl_or_skip() -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// A real kubectl against one kubeconfig, with a HOME of its own (no cache or config of the
+/// workstation's user).
+#[allow(dead_code)]
+pub struct KubectlRun {
+    bin: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+    home: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl KubectlRun {
+    pub fn new(bin: std::path::PathBuf, kubeconfig: std::path::PathBuf) -> KubectlRun {
+        KubectlRun {
+            bin,
+            kubeconfig,
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Runs `kubectl ARGS`; its stdout, or a panic with its stderr.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(&self.bin)
+            .env("HOME", self.home.path())
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

@@ -834,24 +834,8 @@ async fn a_real_kubectl_shows_a_pods_log_and_describes_the_pod_and_its_node() {
         }
     })
     .await;
-    let kubeconfig = n.path("/etc/rancher/k3s/k3s.yaml");
-    let home = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&kubectl)
-            .env("HOME", home.path())
-            .env_remove("KUBECONFIG")
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let kc = KubectlRun::new(kubectl, n.path("/etc/rancher/k3s/k3s.yaml"));
+    let run = |args: &[&str]| kc.run(args);
     let s = run(&["logs", "shown"]);
     assert!(s.contains("listening on 18270/TCP"), "{s}");
     let s = run(&["describe", "pod", "shown"]);

@@ -493,22 +493,24 @@ mod tests {
 
     /// A host the installer set up: its log records the k3s binary, still unchanged.
     fn installed() -> Arc<FakeRemote> {
-        Arc::new(
-            FakeRemote::new("node2")
-                .on(
-                    read_file_script(CHANGES_LOG).as_str(),
-                    Reply::ok(&format!("cluster test\nfile {H} /usr/local/bin/k3s\n")),
-                )
-                .on_contains(
-                    "p=/",
-                    Reply::ok(&format!("file\t/usr/local/bin/k3s\t{H}\n")),
-                )
-                .on(
-                    "cat /proc/self/mountinfo",
-                    Reply::ok("22 1 0:21 / / rw - ext4 /dev/sda1 rw\n"),
-                )
-                .on_contains("", Reply::ok("")),
+        Arc::new(as_installed(FakeRemote::new("node2")))
+    }
+
+    /// `host`'s replies, then those of a host the installer set up (last: its catch-all).
+    fn as_installed(host: FakeRemote) -> FakeRemote {
+        host.on(
+            read_file_script(CHANGES_LOG).as_str(),
+            Reply::ok(&format!("cluster test\nfile {H} /usr/local/bin/k3s\n")),
         )
+        .on_contains(
+            "p=/",
+            Reply::ok(&format!("file\t/usr/local/bin/k3s\t{H}\n")),
+        )
+        .on(
+            "cat /proc/self/mountinfo",
+            Reply::ok("22 1 0:21 / / rw - ext4 /dev/sda1 rw\n"),
+        )
+        .on_contains("", Reply::ok(""))
     }
 
     fn connected(remote: Arc<FakeRemote>) -> Arc<ConnectedHost> {
@@ -625,7 +627,7 @@ mod tests {
         /// and whose `sha256sum` reports `sum`.
         fn snapshotting(sum: &str) -> Arc<FakeRemote> {
             let p = remote_path();
-            Arc::new(
+            Arc::new(as_installed(
                 FakeRemote::new("node2")
                     .on(
                         snap::save_command().as_str(),
@@ -643,21 +645,8 @@ mod tests {
                     .on(
                         read_file_script(crate::k3s::paths::SERVER_TOKEN_GENERATED).as_str(),
                         Reply::ok(TOKEN),
-                    )
-                    .on(
-                        read_file_script(CHANGES_LOG).as_str(),
-                        Reply::ok(&format!("cluster test\nfile {H} /usr/local/bin/k3s\n")),
-                    )
-                    .on_contains(
-                        "p=/",
-                        Reply::ok(&format!("file\t/usr/local/bin/k3s\t{H}\n")),
-                    )
-                    .on(
-                        "cat /proc/self/mountinfo",
-                        Reply::ok("22 1 0:21 / / rw - ext4 /dev/sda1 rw\n"),
-                    )
-                    .on_contains("", Reply::ok("")),
-            )
+                    ),
+            ))
         }
 
         async fn uninstall_to(
