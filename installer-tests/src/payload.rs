@@ -171,9 +171,10 @@ fn pad_binary(path: &Path, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// The path of a binary of this workspace, built if it is not there yet: tests in
-/// `installer-tests` use the real `installer` binary, which cargo builds for the
-/// workspace's tests but not for this package's alone.
+
+/// The path of a binary of this workspace, built (or brought up to date) once per process:
+/// tests in `installer-tests` use the real `installer` binary, which `cargo test` of this
+/// package does not build.
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/debug/deps/<test> or target/debug/<bin>
@@ -182,7 +183,12 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
         dir.pop();
     }
     let path = dir.join(name);
-    if !path.exists() {
+    // Built (or found current) once per process: `cargo test -p installer-tests` does not
+    // build the installer's binary, and a binary left by an earlier build of other sources was
+    // used as it was (a local CI run on a reused target directory tested the previous upgrade).
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let pkg = if name == "installer" {
             "installer"
@@ -194,6 +200,7 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
             .status()
             .context("run cargo build")?;
         anyhow::ensure!(st.success(), "cargo build of {name} failed");
+        built.push(name.to_string());
     }
     anyhow::ensure!(path.exists(), "{} does not exist", path.display());
     Ok(path)
