@@ -171,7 +171,6 @@ fn pad_binary(path: &Path, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-
 /// The path of a binary of this workspace, built (or brought up to date) once per process:
 /// tests in `installer-tests` use the real `installer` binary, which `cargo test` of this
 /// package does not build.
