@@ -118,29 +118,13 @@ fn prepare(path: &Path) -> io::Result<PathBuf> {
 /// the same directory (created exclusively, never through a link), fsynced, renamed over
 /// `path`, and the directory fsynced. Creates missing parent directories (mode 0700).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = prepare(path)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(&dir)
-        .map_err(|e| with_path(&dir, e))?;
-    // Exactly `mode`, whatever the umask.
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(|e| with_path(tmp.path(), e))?;
-    tmp.write_all(bytes).map_err(|e| with_path(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| with_path(tmp.path(), e))?;
+    let mut f = AtomicFile::create(path, mode)?;
+    f.tmp
+        .write_all(bytes)
+        .map_err(|e| with_path(f.tmp.path(), e))?;
     // The target may have become a link since the check: rename replaces the link itself,
     // never what it points to.
-    tmp.persist(path).map_err(|e| with_path(path, e.error))?;
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    f.commit()
 }
 
 /// A whole file written as it streams in (a snapshot copied from a host): the same rules as

@@ -349,7 +349,7 @@ pub async fn run(plan: Plan, opts: InstallOptions, reporter: Reporter) -> Result
 }
 
 /// The answer file as the admin would type it in a command.
-fn answer_display(plan: &Plan) -> String {
+pub(crate) fn answer_display(plan: &Plan) -> String {
     plan.answer_file
         .as_ref()
         .map(|p| p.display().to_string())

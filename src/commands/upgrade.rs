@@ -19,7 +19,9 @@
 use std::sync::Arc;
 
 use crate::cli::UpgradeArgs;
-use crate::commands::install::{appliance_phases, asset_store, open_journal, pipeline_error};
+use crate::commands::install::{
+    answer_display, appliance_phases, asset_store, open_journal, pipeline_error,
+};
 use crate::commands::session::{self, SshConnector};
 use crate::config::Plan;
 use crate::error::Error;
@@ -95,13 +97,6 @@ pub async fn run(plan: Plan, args: UpgradeArgs, reporter: Reporter) -> Result<()
         );
     }
     Ok(())
-}
-
-fn answer_display(plan: &Plan) -> String {
-    plan.answer_file
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "answers.yaml".into())
 }
 
 async fn pipeline(
