@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod checkconfig;
 pub mod client;
 pub mod cluster;
