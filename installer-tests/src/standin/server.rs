@@ -87,6 +87,8 @@ pub struct Server {
     pub member_name: String,
     pub local_url: String,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Signs and verifies service-account tokens with `server/tls/service.key`.
+    pub signer: Arc<super::auth::jwt::Signer>,
 }
 
 /// A run error: logged as k3s's main does (`logrus.Fatalf("Error: %v", err)`).
@@ -208,8 +210,15 @@ impl Server {
             &remote.client
         };
         let mut rb = c.request(method.clone(), &url).body(body);
-        for h in ["content-type", "accept", "user-agent", "authorization"] {
-            if let Some(v) = headers.get(h) {
+        for h in [
+            "content-type",
+            "accept",
+            "user-agent",
+            "authorization",
+            "impersonate-user",
+            "impersonate-group",
+        ] {
+            for v in headers.get_all(h) {
                 rb = rb.header(h, v.clone());
             }
         }
@@ -318,10 +327,13 @@ impl Server {
                 .supervisor(parts.method, rest, &pq, &parts.headers, &conn, body)
                 .await;
         }
-        // The Kubernetes API: client certificates only (anonymous-auth=false).
-        if conn.client.is_none() {
+        // The Kubernetes API: client certificates or service-account tokens
+        // (anonymous-auth=false); see `auth`.
+        let Some(user) =
+            super::auth::authenticate(&parts.headers, &conn, &self.signer, self.store.as_deref())
+        else {
             return kube::error_response(&ApiError::unauthorized());
-        }
+        };
         if matches!(path.as_str(), "/readyz" | "/livez" | "/healthz") {
             let verbose = parts.uri.query().is_some_and(|q| {
                 q.split('&')
@@ -344,6 +356,8 @@ impl Server {
                 let req = KubeRequest::from_parts(parts.method, &parts.uri, &parts.headers, body);
                 let ctx = KubeCtx {
                     server_address: format!("{}:{}", self.cfg.advertise_ip(), self.cfg.https_port),
+                    user,
+                    signer: self.signer.clone(),
                 };
                 kube::handle(store, req, &ctx).await
             }
@@ -352,8 +366,8 @@ impl Server {
                     .uri
                     .query()
                     .is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
-                self.forward(parts.method, &pq, &parts.headers, body, stream)
-                    .await
+                let h = super::auth::forward_headers(&parts.headers, &conn);
+                self.forward(parts.method, &pq, &h, body, stream).await
             }
         }
     }
@@ -1050,6 +1064,13 @@ async fn run_inner(root: Root, flags: Flags) -> Result<i32, Fatal> {
             )
         }
     };
+    let signer = Arc::new(
+        super::auth::jwt::Signer::new(
+            &pki.service_key,
+            &super::auth::jwt::issuer(&cfg.cluster_domain),
+        )
+        .map_err(|e| Fatal(format!("{PREPARE}: {e}")))?,
+    );
     let srv = Arc::new(Server {
         root: root.clone(),
         cfg: cfg.clone(),
@@ -1068,6 +1089,7 @@ async fn run_inner(root: Root, flags: Flags) -> Result<i32, Fatal> {
         member_name: member_name.clone(),
         local_url: local_url.clone(),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        signer,
     });
 
     // The supervisor listener.

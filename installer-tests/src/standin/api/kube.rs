@@ -19,6 +19,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::table;
+use crate::standin::auth::{self, rbac};
 use crate::standin::store::resources::{self, ResourceType};
 use crate::standin::store::selectors::{FieldSelector, LabelSelector};
 use crate::standin::store::{
@@ -113,6 +114,10 @@ pub fn url_decode_pairs(q: &str) -> BTreeMap<String, String> {
 pub struct KubeCtx {
     /// `ip:port` for `/api` `serverAddressByClientCIDRs`.
     pub server_address: String,
+    /// The authenticated caller, authorized on every request (see [`crate::standin::auth`]).
+    pub user: auth::UserInfo,
+    /// Signs service-account tokens (the TokenRequest subresource).
+    pub signer: Arc<auth::jwt::Signer>,
 }
 
 fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response<Body> {
@@ -287,6 +292,58 @@ fn parse_res_path(group: &str, version: &str, rest: &[&str]) -> Option<ResPath> 
     }
 }
 
+/// The authorization attributes of a request (`k8s.io/apiserver/pkg/endpoints/request`
+/// `RequestInfoFactory`): the verb from the method (`list`/`watch` for collections), and for a
+/// `namespaces/<name>` path the namespace is the name.
+pub fn request_attrs(req: &KubeRequest) -> rbac::Attrs {
+    let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, rest): (&str, &[&str]) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => ("", rest),
+        ["apis", g, _, rest @ ..] if !rest.is_empty() => (g, rest),
+        _ => ("", &[]),
+    };
+    let watch = req.q("watch").is_some_and(|w| w == "true" || w == "1");
+    if rest.is_empty() {
+        return rbac::Attrs::non_resource(&req.method.as_str().to_lowercase(), &req.path);
+    }
+    let (namespace, tail): (String, &[&str]) = match rest {
+        ["namespaces", ns, tail @ ..]
+            if !tail.is_empty() && !matches!(tail, ["status" | "finalize"]) =>
+        {
+            (ns.to_string(), tail)
+        }
+        ["namespaces", ns, ..] => (ns.to_string(), rest),
+        _ => (String::new(), rest),
+    };
+    let (resource, name, sub) = match tail {
+        [r] => (*r, "", ""),
+        [r, n] => (*r, *n, ""),
+        [r, n, s, ..] => (*r, *n, *s),
+        [] => ("", "", ""),
+    };
+    let verb = match (&req.method, name.is_empty()) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET | &Method::HEAD, true) => "list",
+        (&Method::GET | &Method::HEAD, false) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "deletecollection",
+        (&Method::DELETE, false) => "delete",
+        _ => "",
+    };
+    rbac::Attrs {
+        verb: verb.to_string(),
+        resource_request: true,
+        group: group.to_string(),
+        resource: resource.to_string(),
+        subresource: sub.to_string(),
+        namespace,
+        name: name.to_string(),
+        path: req.path.clone(),
+    }
+}
+
 fn not_found_path(path: &str) -> Response<Body> {
     let e = ApiError {
         code: 404,
@@ -349,6 +406,47 @@ fn list_kind(rt: &ResourceType) -> String {
 
 /// Serve one Kubernetes API request from the store.
 pub async fn handle(store: &Arc<Store>, req: KubeRequest, ctx: &KubeCtx) -> Response<Body> {
+    let attrs = request_attrs(&req);
+    if let Err(reason) = rbac::authorize(store, &ctx.user, &attrs) {
+        return error_response(&rbac::forbidden(&ctx.user, &attrs, &reason));
+    }
+    let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    let post = req.method == Method::POST;
+    match segs.as_slice() {
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "serviceaccounts",
+            sa,
+            "token",
+        ] if post => {
+            let r = parse_body(&req).and_then(|b| {
+                auth::token_request(store, &ctx.signer, ns, sa, &b, auth::unix_now())
+            });
+            return match r {
+                Ok(v) => json_response(StatusCode::CREATED, &v, &[]),
+                Err(e) => error_response(&e),
+            };
+        }
+        [
+            "apis",
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+        ] if post => {
+            return match parse_body(&req) {
+                Ok(b) => json_response(
+                    StatusCode::CREATED,
+                    &rbac::self_subject_access_review(store, &ctx.user, &b),
+                    &[],
+                ),
+                Err(e) => error_response(&e),
+            };
+        }
+        _ => {}
+    }
     match handle_inner(store, &req, ctx).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
