@@ -237,7 +237,7 @@ fn append_bytes<W: Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) -> s
 }
 
 /// Docker's "familiar" form of a normalised reference, as `docker save` writes in `RepoTags`.
-fn familiar(normalized: &str) -> String {
+pub(crate) fn familiar(normalized: &str) -> String {
     normalized
         .strip_prefix("docker.io/library/")
         .or_else(|| normalized.strip_prefix("docker.io/"))

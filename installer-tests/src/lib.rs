@@ -5,6 +5,8 @@ pub mod demo;
 pub mod e2e;
 pub mod images;
 pub mod lab;
+pub mod lab_images;
 pub mod payload;
 pub mod pty;
+pub mod rootfs_images;
 pub mod standin;
