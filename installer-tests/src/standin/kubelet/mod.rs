@@ -19,8 +19,12 @@
 //!   2379/2380 and the controller-manager, cloud-controller and scheduler 10257-10259) are bound,
 //!   so an application that wants one of them fails to bind, as it would next to real k3s.
 
+pub mod cgroups;
+pub mod container;
 pub mod logs;
 pub mod pods;
+mod real;
+pub mod runc;
 pub mod runtime;
 pub mod shim;
 
@@ -312,6 +316,10 @@ struct PodLocal {
     pod_ip: String,
     start_time: String,
     once: BTreeSet<String>,
+    /// Real containers (runc), by name.
+    real: BTreeMap<String, real::RealState>,
+    /// Real containers' last termination, for the status.
+    last_terminated: BTreeMap<String, Value>,
 }
 
 struct EventRec {
@@ -718,14 +726,45 @@ impl Kubelet {
     }
 
     /// Stop every shim of a pod.
-    fn stop_pod(&mut self, uid: &str) {
+    /// Stop every container of a pod: simulated ones at once, real ones through their shim's
+    /// graceful stop (SIGTERM, the grace period, SIGKILL). Returns true once none runs any more
+    /// (the pod's directory and cgroups are then removed).
+    fn stop_pod(&mut self, uid: &str) -> bool {
         if let Some(local) = self.pods.get_mut(uid) {
             for (_, (pid, _)) in std::mem::take(&mut local.shims) {
                 shim::stop(pid);
             }
         }
         let dir = self.run_dir.join("pods").join(uid);
-        let _ = std::fs::remove_dir_all(dir);
+        let mut alive = false;
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for c in rd.flatten() {
+                if runc::is_real(&c.path()) {
+                    if let Some(st) = runc::status(&c.path())
+                        && real::real_alive(&c.path())
+                    {
+                        shim::stop(st.pid);
+                        alive = true;
+                    }
+                } else if let Some(st) = shim::status(&c.path())
+                    && shim::alive(st.pid, &c.path())
+                {
+                    shim::stop(st.pid);
+                }
+            }
+        }
+        if alive {
+            return false;
+        }
+        remove_pod_dir(&dir);
+        if !self.setup.root.is_prefixed() {
+            let paths: Vec<String> = ["Guaranteed", "Burstable", "BestEffort"]
+                .iter()
+                .map(|q| cgroups::pod_path(q, uid))
+                .collect();
+            cgroups::remove_pod(std::path::Path::new("/sys/fs/cgroup"), &paths);
+        }
+        true
     }
 
     async fn sync_pods(&mut self, cni: bool) {
@@ -767,16 +806,7 @@ impl Kubelet {
             for e in rd.flatten() {
                 let uid = e.file_name().to_string_lossy().to_string();
                 if !live.contains(&uid) {
-                    if let Ok(cs) = std::fs::read_dir(e.path()) {
-                        for c in cs.flatten() {
-                            if let Some(st) = shim::status(&c.path())
-                                && shim::alive(st.pid, &c.path())
-                            {
-                                shim::stop(st.pid);
-                            }
-                        }
-                    }
-                    let _ = std::fs::remove_dir_all(e.path());
+                    self.stop_pod(&uid);
                 }
             }
         }
@@ -838,7 +868,10 @@ impl Kubelet {
                     .once
                     .insert("killing".into());
             }
-            self.stop_pod(&uid);
+            if !self.stop_pod(&uid) {
+                // Real containers are still stopping (their grace period); delete once they are gone.
+                return;
+            }
             let body = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
             let _ = self
                 .kube
@@ -1012,6 +1045,23 @@ impl Kubelet {
                             runs.insert(cname.clone(), w);
                             continue;
                         }
+                        if host_network
+                            && let Some(img) = self.images.runnable(&normalize(image)).cloned()
+                        {
+                            let run = self
+                                .run_real(
+                                    pod,
+                                    &uid,
+                                    &mut local,
+                                    cname,
+                                    &cspec,
+                                    img,
+                                    &mut pending_events,
+                                )
+                                .await;
+                            runs.insert(cname.clone(), run);
+                            continue;
+                        }
                         let run = self
                             .run_container(
                                 pod,
@@ -1066,6 +1116,7 @@ impl Kubelet {
             pod_ip: &local.pod_ip,
             start_time: &local.start_time,
             now: &ts,
+            last_terminated: &local.last_terminated,
         });
         self.pods.insert(uid.clone(), local);
         let old = pod.get("status").cloned().unwrap_or(Value::Null);
@@ -1139,6 +1190,15 @@ impl Kubelet {
                     container: cname.to_string(),
                     bind_ip: self.bind_ip(),
                     ports: ports.clone(),
+                    cgroup: if self.setup.root.is_prefixed() {
+                        String::new()
+                    } else {
+                        cgroups::container_path(
+                            pods::qos_class(pod),
+                            uid,
+                            &hex::encode(sha_prefix(&format!("{uid}/{cname}"))),
+                        )
+                    },
                 };
                 let argv0 = shim::shim_argv0(&self.setup.node.data_dir);
                 // Containers modelling CoreDNS answer DNS on their `dns-tcp` port (standin::dns).
@@ -1325,6 +1385,30 @@ impl Kubelet {
             log::warn(format!("writing {}: {e}", path.display()));
         }
     }
+}
+
+/// Remove a pod's state directory; a real container's root filesystem mount is taken down first
+/// so that nothing is deleted through it.
+fn remove_pod_dir(dir: &std::path::Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for c in rd.flatten() {
+            let rootfs = c.path().join("bundle/rootfs");
+            if rootfs.exists() {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&rootfs)
+                    .output();
+                if std::fs::read_dir(&rootfs).is_ok_and(|mut r| r.next().is_some()) {
+                    // Still mounted: leave it (the next pass retries).
+                    return;
+                }
+            }
+            if let Ok(layer) = std::fs::read_to_string(c.path().join("layer")) {
+                let _ = std::fs::remove_dir_all(layer.trim());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn sha_prefix(s: &str) -> [u8; 8] {

@@ -215,7 +215,13 @@ fn condition(
     c
 }
 
-fn container_status(name: &str, image: &str, run: &Run, restarts: i64) -> Value {
+fn container_status(
+    name: &str,
+    image: &str,
+    run: &Run,
+    restarts: i64,
+    last: Option<&Value>,
+) -> Value {
     let n = normalize(image);
     let mut s = json!({
         "name": name,
@@ -267,6 +273,19 @@ fn container_status(name: &str, image: &str, run: &Run, restarts: i64) -> Value 
     } else {
         s["lastState"] = json!({});
     }
+    if let Some(last) = last {
+        match run {
+            Run::Terminated { .. } => {
+                if let Some(m) = last["message"].as_str().filter(|m| !m.is_empty()) {
+                    s["state"]["terminated"]["message"] = json!(m);
+                }
+            }
+            _ if restarts > 0 || matches!(run, Run::CrashLoop { .. }) => {
+                s["lastState"] = json!({"terminated": last});
+            }
+            _ => {}
+        }
+    }
     s
 }
 
@@ -286,6 +305,9 @@ pub struct StatusInput<'a> {
     pub pod_ip: &'a str,
     pub start_time: &'a str,
     pub now: &'a str,
+    /// Real containers' last termination (`lastState.terminated`; for a container that ended for
+    /// good, its `state.terminated` message), by container name.
+    pub last_terminated: &'a BTreeMap<String, Value>,
 }
 
 /// The pod status the kubelet would report.
@@ -307,7 +329,13 @@ pub fn build_status(inp: &StatusInput<'_>) -> Value {
                 reason: "PodInitializing".into(),
                 message: String::new(),
             });
-            container_status(n, img, &run, *inp.restarts.get(n).unwrap_or(&0))
+            container_status(
+                n,
+                img,
+                &run,
+                *inp.restarts.get(n).unwrap_or(&0),
+                inp.last_terminated.get(n),
+            )
         })
         .collect();
     let statuses: Vec<Value> = inp
@@ -332,7 +360,13 @@ pub fn build_status(inp: &StatusInput<'_>) -> Value {
                 }
             };
             let run = inp.runs.get(n).cloned().unwrap_or(default);
-            container_status(n, img, &run, *inp.restarts.get(n).unwrap_or(&0))
+            container_status(
+                n,
+                img,
+                &run,
+                *inp.restarts.get(n).unwrap_or(&0),
+                inp.last_terminated.get(n),
+            )
         })
         .collect();
     let not_ready: Vec<String> = inp
@@ -616,6 +650,7 @@ mod tests {
             },
         );
         let st = build_status(&StatusInput {
+            last_terminated: &BTreeMap::new(),
             pod: &p,
             plan: &pl,
             init_runs: &BTreeMap::new(),
@@ -655,6 +690,7 @@ mod tests {
             },
         );
         let st = build_status(&StatusInput {
+            last_terminated: &BTreeMap::new(),
             pod: &p,
             plan: &pl,
             init_runs: &BTreeMap::new(),

@@ -57,6 +57,9 @@ pub fn cni_ready(dir: &Path) -> bool {
 pub struct ImageStore {
     seen: BTreeMap<PathBuf, (SystemTime, u64, Vec<String>)>,
     warned: BTreeSet<PathBuf>,
+    /// Images that carry a root filesystem and name a program, with the archive holding them
+    /// (the kubelet runs their containers with runc, [`super::runc`]).
+    runnable: BTreeMap<String, (PathBuf, crate::rootfs_images::ImageInfo)>,
 }
 
 impl ImageStore {
@@ -95,6 +98,18 @@ impl ImageStore {
                         Ok(Some(_)) | Err(_) => match images::read_image_names(&p) {
                             Ok(n) => {
                                 log::info(format!("Imported images from {}", p.display()));
+                                self.runnable.retain(|_, (a, _)| *a != p);
+                                match crate::rootfs_images::read_images(&p) {
+                                    Ok(infos) => {
+                                        for i in infos.into_iter().filter(|i| i.runnable()) {
+                                            self.runnable.insert(i.name.clone(), (p.clone(), i));
+                                        }
+                                    }
+                                    Err(err) => log::error(format!(
+                                        "Error reading image configs from {}: {err}",
+                                        p.display()
+                                    )),
+                                }
                                 n
                             }
                             Err(err) => {
@@ -121,7 +136,13 @@ impl ImageStore {
             }
         }
         self.seen.retain(|p, _| live.contains(p));
+        self.runnable.retain(|_, (a, _)| live.contains(a));
         present
+    }
+
+    /// The archive and config of an image that carries a program, if `name` is one.
+    pub fn runnable(&self, name: &str) -> Option<&(PathBuf, crate::rootfs_images::ImageInfo)> {
+        self.runnable.get(name)
     }
 }
 

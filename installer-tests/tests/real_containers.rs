@@ -1,0 +1,297 @@
+//! Real containers in the lab (issue 11): an image archive that carries a root filesystem is run
+//! by the stand-in's kubelet with runc, as containerd would: the image's program with the pod's
+//! command, env (values, fieldRef, configMapKeyRef, secretKeyRef) and volumes (configMap with
+//! items, secret, hostPath, the service-account volume), on the node's network, in the pod's
+//! cgroup; its output in `kubectl logs`; its exit code, `OOMKilled` and the termination message
+//! from its logs in `lastState`; a failing liveness probe restarts it; deleting the pod stops it
+//! gracefully (SIGTERM first).
+//!
+//! One 1-node lab installed by the installer (the appliance itself stays simulated here); the
+//! test's own pods use a busybox image built from Debian's busybox-static
+//! (`installer_tests::lab_images`). Needs root; skips with the reason otherwise (fails instead
+//! under LAB_REQUIRED=1).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use installer_tests::e2e::Env;
+use installer_tests::lab_or_skip;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use serde_json::json;
+
+const IMAGE: &str = "lab.example/busybox:real";
+const NS: &str = "realtest";
+
+async fn cluster_client(answers: &Path) -> kube::Client {
+    let dir = answers.parent().unwrap();
+    let path = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-kubeconfig.yaml"))
+        .unwrap_or_else(|| panic!("no kubeconfig in {}", dir.display()));
+    let text = std::fs::read_to_string(path).unwrap();
+    let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+/// Polls `f` every 250 ms until it gives `Some`, or fails naming `what` and the last state.
+async fn wait<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let t = Instant::now();
+    let mut last = String::new();
+    while t.elapsed() < timeout {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
+}
+
+fn host_pod(name: &str, spec: serde_json::Value) -> Pod {
+    let mut spec = spec;
+    spec["hostNetwork"] = json!(true);
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn status_of(p: &Pod) -> serde_json::Value {
+    serde_json::to_value(p.status.clone().unwrap_or_default()).unwrap()
+}
+
+#[test]
+fn images_with_a_root_filesystem_run_as_real_containers() {
+    let Some(lab) = lab_or_skip!(1) else { return };
+    let env = Env::new().unwrap();
+    let answers = lab.answer_file_path();
+    let run = env.run(&answers, &["install"]).unwrap();
+    assert!(run.ok(), "{}", run.all());
+    let node = &lab.nodes()[0];
+
+    // The image, imported as k3s imports airgap archives.
+    let archive = env.work.path().join("lab-busybox.tar");
+    installer_tests::rootfs_images::write_archive(
+        &archive,
+        &[installer_tests::lab_images::busybox(IMAGE).unwrap()],
+    )
+    .unwrap();
+    lab.cp(
+        &archive,
+        node,
+        "/var/lib/rancher/k3s/agent/images/lab-busybox.tar",
+    )
+    .unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+        let c = cluster_client(&answers).await;
+        let ns: Api<Namespace> = Api::all(c.clone());
+        ns.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
+        )
+        .await
+        .unwrap();
+        let cms: Api<ConfigMap> = Api::namespaced(c.clone(), NS);
+        cms.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"greeting": "hello-from-configmap", "file.txt": "file-content"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+        let secrets: Api<Secret> = Api::namespaced(c.clone(), NS);
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "sec"}, "stringData": {"password": "s3cret-value"}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let pods: Api<Pod> = Api::namespaced(c.clone(), NS);
+
+        // 1. A long-running program: env, volumes, its port on the node, its cgroup, its logs.
+        let script = "echo \"start $POD_NAME on $NODE greeting=$GREETING pw=${#PASSWORD}\"; \
+            cat /cfg/renamed.txt; echo; echo \"ns=$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace)\"; \
+            echo \"api=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT\"; \
+            echo \"uid=$(id -u)\"; \
+            trap 'echo got-TERM > /host/term.txt; exit 0' TERM; \
+            mkdir -p /tmp/www; echo ok > /tmp/www/healthz; httpd -f -p 18181 -h /tmp/www & \
+            while true; do sleep 1; done";
+        pods.create(&PostParams::default(), &host_pod("long", json!({
+            "terminationGracePeriodSeconds": 20,
+            "containers": [{
+                "name": "main", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+                "command": ["/bin/sh", "-c", script],
+                "env": [
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                    {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},
+                ],
+                "ports": [{"containerPort": 18181, "hostPort": 18181}],
+                "readinessProbe": {"httpGet": {"path": "/healthz", "port": 18181}, "periodSeconds": 1},
+                "volumeMounts": [
+                    {"name": "cfg", "mountPath": "/cfg"},
+                    {"name": "host", "mountPath": "/host"},
+                ],
+            }],
+            "volumes": [
+                {"name": "cfg", "configMap": {"name": "cfg", "items": [{"key": "file.txt", "path": "renamed.txt"}]}},
+                {"name": "host", "hostPath": {"path": "/var/tmp/realtest", "type": "DirectoryOrCreate"}},
+            ],
+        }))).await.unwrap();
+        let p = wait("pod long Ready", Duration::from_secs(60), || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get("long").await.map_err(|e| e.to_string())?;
+                let st = status_of(&p);
+                let ready = st["containerStatuses"][0]["ready"] == json!(true);
+                if ready { Ok(p) } else { Err(st.to_string()) }
+            }
+        })
+        .await;
+        let uid = p.metadata.uid.clone().unwrap();
+        // The program's own socket answers on the node's address.
+        let body = reqwest::get(format!("http://{}:18181/healthz", node.addr)).await.unwrap().text().await.unwrap();
+        assert_eq!(body.trim(), "ok");
+        // Its output reaches `kubectl logs`.
+        let logs = wait("the program's log lines", Duration::from_secs(20), || {
+            let pods = pods.clone();
+            async move {
+                let l = pods.logs("long", &LogParams::default()).await.map_err(|e| e.to_string())?;
+                if l.contains("api=") { Ok(l) } else { Err(l) }
+            }
+        })
+        .await;
+        assert!(logs.contains(&format!("start long on {} greeting=hello-from-configmap pw=12", node.name)), "{logs}");
+        assert!(logs.contains("file-content"), "{logs}");
+        assert!(logs.contains(&format!("ns={NS}")), "{logs}");
+        assert!(logs.contains("api=10.43.0.1:443"), "{logs}");
+        assert!(logs.contains("uid=0"), "{logs}");
+        assert!(!logs.contains("simulated"), "{logs}");
+        // Its process is in the pod's cgroup, as the systemd cgroup driver lays it out.
+        let u = uid.replace('-', "_");
+        let procs = lab
+            .exec_ok(node, &format!("cat /sys/fs/cgroup/unified/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-*.scope/cgroup.procs | head -1"))
+            .unwrap();
+        let pid = procs.trim();
+        assert!(!pid.is_empty(), "no process in the pod's cgroup");
+        let comm = lab.exec_ok(node, &format!("cat /proc/{pid}/cmdline | tr '\\0' ' '")).unwrap();
+        assert!(comm.contains("/bin/sh -c"), "{comm}");
+
+        // 2. A program that fails: exit code, the termination message from its last log lines
+        //    (FallbackToLogsOnError), CrashLoopBackOff.
+        pods.create(&PostParams::default(), &host_pod("crash", json!({
+            "containers": [{
+                "name": "main", "image": IMAGE,
+                "command": ["/bin/sh", "-c", "echo 'fatal: unknown flag --bogus' >&2; exit 3"],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }],
+        }))).await.unwrap();
+        let st = wait("pod crash in CrashLoopBackOff", Duration::from_secs(60), || {
+            let pods = pods.clone();
+            async move {
+                let st = status_of(&pods.get("crash").await.map_err(|e| e.to_string())?);
+                let cs = &st["containerStatuses"][0];
+                if cs["state"]["waiting"]["reason"] == json!("CrashLoopBackOff") { Ok(st) } else { Err(st.to_string()) }
+            }
+        })
+        .await;
+        let last = &st["containerStatuses"][0]["lastState"]["terminated"];
+        assert_eq!(last["exitCode"], json!(3), "{st}");
+        assert_eq!(last["reason"], json!("Error"), "{st}");
+        assert!(last["message"].as_str().unwrap_or_default().contains("fatal: unknown flag --bogus"), "{st}");
+
+        // 3. Over its memory limit: OOMKilled.
+        pods.create(&PostParams::default(), &host_pod("oom", json!({
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main", "image": IMAGE,
+                "command": ["/bin/sh", "-c", "a=$(head -c 200000000 /dev/zero | tr '\\0' x); echo survived ${#a}"],
+                "resources": {"limits": {"memory": "32Mi"}},
+            }],
+        }))).await.unwrap();
+        let st = wait("pod oom terminated", Duration::from_secs(60), || {
+            let pods = pods.clone();
+            async move {
+                let st = status_of(&pods.get("oom").await.map_err(|e| e.to_string())?);
+                let t = &st["containerStatuses"][0]["state"]["terminated"];
+                if t.is_object() { Ok(st) } else { Err(st.to_string()) }
+            }
+        })
+        .await;
+        let t = &st["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!(t["reason"], json!("OOMKilled"), "{st}");
+        assert_eq!(t["exitCode"], json!(137), "{st}");
+        assert_eq!(st["phase"], json!("Failed"), "{st}");
+
+        // 4. A failing liveness probe (exec, inside the container) restarts it.
+        pods.create(&PostParams::default(), &host_pod("live", json!({
+            "containers": [{
+                "name": "main", "image": IMAGE,
+                "command": ["/bin/sh", "-c", "echo run; while true; do sleep 1; done"],
+                "livenessProbe": {"exec": {"command": ["/bin/sh", "-c", "test -e /tmp/healthy"]}, "periodSeconds": 1, "failureThreshold": 2},
+            }],
+        }))).await.unwrap();
+        let st = wait("pod live restarted by its liveness probe", Duration::from_secs(60), || {
+            let pods = pods.clone();
+            async move {
+                let st = status_of(&pods.get("live").await.map_err(|e| e.to_string())?);
+                let cs = &st["containerStatuses"][0];
+                if cs["restartCount"].as_i64().unwrap_or(0) >= 1 { Ok(st) } else { Err(st.to_string()) }
+            }
+        })
+        .await;
+        assert!(st["containerStatuses"][0]["lastState"]["terminated"].is_object(), "{st}");
+
+        // 5. Deleting a pod stops its program gracefully: SIGTERM reaches it.
+        lab.exec_ok(node, "rm -f /var/tmp/realtest/term.txt").unwrap();
+        pods.delete("long", &DeleteParams::default()).await.unwrap();
+        wait("pod long gone", Duration::from_secs(40), || {
+            let pods = pods.clone();
+            async move {
+                match pods.get_opt("long").await.map_err(|e| e.to_string())? {
+                    None => Ok(()),
+                    Some(p) => Err(status_of(&p).to_string()),
+                }
+            }
+        })
+        .await;
+        let term = lab.exec_ok(node, "cat /var/tmp/realtest/term.txt").unwrap();
+        assert_eq!(term.trim(), "got-TERM");
+        // Its cgroup is gone with it.
+        let left = lab
+            .exec_ok(node, &format!("ls -d /sys/fs/cgroup/unified/kubepods.slice/*/*pod{u}.slice 2>/dev/null | wc -l"))
+            .unwrap();
+        assert_eq!(left.trim(), "0", "the pod's cgroup is left behind");
+    })
+    }));
+    if let Err(panic) = outcome {
+        // What the kubelet said, so a failure here can be read without the lab.
+        let journal = lab
+            .exec(
+                node,
+                "journalctl -q --no-pager -u k3s | grep -Ev 'GET /|watch' | tail -30; for f in $(find /var/log/pods -name '*.log' | grep realtest); do echo == $f; tail -n 15 $f; done",
+            )
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        eprintln!("--- k3s journal on {} ---\n{journal}", node.name);
+        std::panic::resume_unwind(panic);
+    }
+}
