@@ -32,6 +32,7 @@ pub enum Source {
 }
 
 pub struct KubeStores {
+    client: Client,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
     policies: Store<NetworkPolicy>,
@@ -77,13 +78,41 @@ impl KubeStores {
             pods: spawn_reflector(Api::<Pod>::all(client.clone()), changed.clone()),
             namespaces: spawn_reflector(Api::<Namespace>::all(client.clone()), changed.clone()),
             policies: spawn_reflector(Api::<NetworkPolicy>::all(client.clone()), changed.clone()),
-            nodes: spawn_reflector(Api::<Node>::all(client), changed),
+            nodes: spawn_reflector(Api::<Node>::all(client.clone()), changed),
+            client,
         };
         s.pods.wait_until_ready().await?;
         s.namespaces.wait_until_ready().await?;
         s.policies.wait_until_ready().await?;
         s.nodes.wait_until_ready().await?;
         Ok(s)
+    }
+
+    /// Removes `key` from this node's taints when it carries it (see [`crate::taint`]).
+    /// `Ok(true)`: the node is now seen without it.
+    async fn lift_taint(&self, node: &str, key: &str) -> anyhow::Result<bool> {
+        let Some(n) = self.nodes.get(&reflector::ObjectRef::new(node)) else {
+            return Err(anyhow::anyhow!(
+                "the node {node} is not in the watched nodes"
+            ));
+        };
+        let Some(patch) = crate::taint::removal_patch(&n, key) else {
+            return Ok(true);
+        };
+        let api = Api::<Node>::all(self.client.clone());
+        api.patch(
+            node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("removing the taint {key} from the node {node}: {e}"))?;
+        tracing::info!(
+            node,
+            taint = key,
+            "rules applied: taint removed from the node"
+        );
+        Ok(true)
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -189,9 +218,34 @@ pub async fn run(
     let mut last: Option<Applied> = None;
     loop {
         tick(&cfg, &fs, &nft, &state, &source, &mut last);
+        lift_taint(&cfg, &state, &source).await;
         tokio::select! {
             _ = changed.notified() => {},
             _ = tokio::time::sleep(interval) => {},
+        }
+    }
+}
+
+/// After a successful apply, the installer's taint is removed from this node (and again
+/// whenever the node shows it, e.g. after it registered anew). Never before: until the rules are
+/// in the kernel, no application pod may be scheduled here.
+async fn lift_taint(cfg: &Config, state: &Shared, source: &Source) {
+    let (Some(key), Source::Kube(k)) = (cfg.remove_taint.as_deref(), source) else {
+        return;
+    };
+    if !lock(state).ready {
+        return;
+    }
+    let r = k.lift_taint(&cfg.node_name, key).await;
+    let mut s = lock(state);
+    match r {
+        Ok(seen_without) => {
+            s.taint_removed = seen_without;
+            s.taint_error = None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot remove the taint yet; retrying");
+            s.taint_error = Some(format!("{e:#}"));
         }
     }
 }

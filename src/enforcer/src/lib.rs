@@ -6,7 +6,8 @@
 //! - [`compile`]: snapshot to one nftables table (pure, golden-tested);
 //! - [`nft`]: the applier (one `nft -f` transaction), drift check, counters;
 //! - [`state`]: the state endpoint (readiness, counters as JSON);
-//! - [`controller`]: the kube-rs watchers and the reconcile loop.
+//! - [`controller`]: the kube-rs watchers and the reconcile loop;
+//! - [`taint`]: the installer's "not protected yet" taint, removed after the first apply.
 //!
 //! See docs/enforcer.md.
 
@@ -17,3 +18,4 @@ pub mod model;
 pub mod nft;
 pub mod select;
 pub mod state;
+pub mod taint;

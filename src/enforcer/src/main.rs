@@ -65,6 +65,10 @@ enum Cmd {
         /// Run nft in this network namespace (`nsenter --net=PATH`; tests).
         #[arg(long, hide = true)]
         netns: Option<String>,
+        /// Remove this taint (key) from the node once the first apply succeeded (the
+        /// installer's `installer/enforcer-not-ready`); empty: none.
+        #[arg(long, env = "ENFORCER_REMOVE_TAINT", default_value = "")]
+        remove_taint: String,
         /// Reconcile at least this often, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         interval_ms: u64,
@@ -130,14 +134,17 @@ async fn real_main() -> anyhow::Result<()> {
             common,
             state_addr,
             netns,
+            remove_taint,
             interval_ms,
         } => {
-            let cfg = config(&common, &[state_addr.port()]);
+            let mut cfg = config(&common, &[state_addr.port()]);
+            cfg.remove_taint = Some(remove_taint).filter(|k| !k.is_empty());
             let fs = CgroupFs::detect(&common.cgroup_root, &common.cgroup_base)?;
             let nft = Nft::new(&common.table, netns.as_deref());
             let shared = Arc::new(Mutex::new(State {
                 node: cfg.node_name.clone(),
                 mode: cfg.mode.as_str().into(),
+                taint: cfg.remove_taint.clone(),
                 ..State::default()
             }));
             let server = tokio::spawn(state::serve(state_addr, shared.clone()));

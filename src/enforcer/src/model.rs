@@ -48,6 +48,9 @@ pub struct Config {
     pub failsafe_tcp: Vec<(u16, u16)>,
     /// UDP ports always open (DNS, ...).
     pub failsafe_udp: Vec<(u16, u16)>,
+    /// The taint removed from this node once its rules are applied (see [`crate::taint`]).
+    #[serde(default)]
+    pub remove_taint: Option<String>,
 }
 
 /// The ports no policy can close (see docs/enforcer.md, "Never locks anyone out").
@@ -80,6 +83,7 @@ impl Config {
             table: table.to_string(),
             failsafe_tcp: merge_ranges(tcp),
             failsafe_udp: merge_ranges(udp),
+            remove_taint: None,
         }
     }
 }

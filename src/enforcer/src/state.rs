@@ -37,6 +37,14 @@ pub struct State {
     /// Packets that would have been dropped (audit) since start.
     pub would_drop_packets: u64,
     pub warnings: Vec<String>,
+    /// The taint this enforcer removes from its node after its first apply (`--remove-taint`),
+    /// if any.
+    pub taint: Option<String>,
+    /// The node was seen without that taint after a successful apply (removed by this
+    /// enforcer, or not there).
+    pub taint_removed: bool,
+    /// Why the last attempt to remove it failed.
+    pub taint_error: Option<String>,
     /// Counters at the last apply's start (the table's counters restart at each apply).
     #[serde(skip)]
     pub counter_base: Counters,

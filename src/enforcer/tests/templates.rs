@@ -38,7 +38,8 @@ fn enforcer_daemonset_is_least_privilege() {
         "templates/enforcer/enforcer.yaml.tera",
         json!({"enforcer": {
         "namespace": "kube-system", "image": "localhost/installer-enforcer:0.1.0", "mode": "enforce",
-        "sshPort": 2222, "extraTcpPorts": [1053, 1054, 1055], "extraUdpPorts": [1053]}}),
+        "sshPort": 2222, "extraTcpPorts": [1053, 1054, 1055], "extraUdpPorts": [1053],
+        "taint": "installer/enforcer-not-ready"}}),
     );
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(
@@ -89,10 +90,23 @@ fn enforcer_daemonset_is_least_privilege() {
         env.contains(&("ENFORCER_EXTRA_TCP_PORTS".into(), "1053,1054,1055".into())),
         "{env:?}"
     );
+    assert!(
+        env.contains(&(
+            "ENFORCER_REMOVE_TAINT".into(),
+            "installer/enforcer-not-ready".into()
+        )),
+        "{env:?}"
+    );
     let role: k8s_openapi::api::rbac::v1::ClusterRole =
         serde_json::from_value(docs[1].clone()).unwrap();
+    // Read-only, except patching nodes (its own node's taint; RBAC cannot say "own").
     for r in role.rules.unwrap() {
-        assert_eq!(r.verbs, ["get", "list", "watch"], "read-only RBAC");
+        let res = r.resources.clone().unwrap_or_default();
+        if r.verbs == ["patch"] {
+            assert_eq!(res, ["nodes"], "patch on nodes only");
+        } else {
+            assert_eq!(r.verbs, ["get", "list", "watch"], "read-only RBAC: {res:?}");
+        }
     }
 }
 
