@@ -149,7 +149,10 @@ pub struct ImageRef {
     /// For example `docker.io/library/nginx:1.27.3`.
     #[serde(rename = "ref")]
     pub reference: String,
-    /// `sha256:<64 hex>`.
+    /// `sha256:<64 hex>`. Empty (left out) only for an image this project builds itself (an
+    /// entry with a `build` recipe and no checksum yet, such as the policy enforcer's): its
+    /// digest exists only once it is built.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest: String,
 }
 
@@ -291,7 +294,10 @@ impl AssetLock {
                         ));
                     }
                     for i in &e.images {
-                        let ok = i.digest.strip_prefix("sha256:").is_some_and(is_sha256_hex);
+                        let built_here =
+                            i.digest.is_empty() && e.build.is_some() && e.sha256.is_none();
+                        let ok = built_here
+                            || i.digest.strip_prefix("sha256:").is_some_and(is_sha256_hex);
                         if !ok {
                             p.push(format!(
                                 "artifact {n}: image {} needs a digest `sha256:<64 hex>`",

@@ -50,6 +50,8 @@ mod bundled {
 pub const APP_ROOT: &str = "templates/app";
 /// Where the cluster services' files are shown to come from in messages.
 pub const CLUSTER_ROOT: &str = "templates/cluster";
+/// The policy enforcer's manifests (`phases::enforcer`).
+pub const ENFORCER_ROOT: &str = "templates/enforcer";
 /// The application's metadata template inside its bundle.
 pub const APP_SPEC_FILE: &str = "app.yaml.tera";
 
@@ -129,6 +131,11 @@ impl Bundle {
     /// The installer's own cluster services (`templates/cluster/`).
     pub fn cluster_services() -> Bundle {
         Bundle::from_files(CLUSTER_ROOT, bundled::CLUSTER_FILES.iter().copied())
+    }
+
+    /// The policy enforcer's manifests (`templates/enforcer/`).
+    pub fn enforcer() -> Bundle {
+        Bundle::from_files(ENFORCER_ROOT, bundled::ENFORCER_FILES.iter().copied())
     }
 
     /// A bundle from files in memory (tests, or another application).

@@ -30,6 +30,14 @@ pub const DISABLED_COMPONENTS: [&str; 5] = [
     "metrics-server",
 ];
 
+/// The installer's "not protected yet" taint key: every node registers with it (`node-taint`,
+/// [`ENFORCER_TAINT_SPEC`]); the policy enforcer removes it from its node once its rules are
+/// applied; the application does not tolerate it (docs/enforcer.md, "The taint handshake").
+pub const ENFORCER_TAINT: &str = "installer/enforcer-not-ready";
+
+/// [`ENFORCER_TAINT`] as k3s's `node-taint` (the kubelet's `--register-with-taints`) takes it.
+pub const ENFORCER_TAINT_SPEC: &str = "installer/enforcer-not-ready=true:NoSchedule";
+
 /// The kubelet argument that lets Kubernetes 1.35+ run on a cgroup v1 host (KEP-5573;
 /// k3s-host-network.md §4). Only with the answer file's explicit consent.
 pub const KUBELET_ALLOW_CGROUP_V1: &str = "fail-cgroupv1=false";
