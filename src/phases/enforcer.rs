@@ -610,5 +610,7 @@ pub async fn skipped(
         .await
 }
 
+pub mod matrix;
+
 #[cfg(test)]
 mod tests;
