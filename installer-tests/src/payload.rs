@@ -95,9 +95,10 @@ pub fn build(dir: &Path, standin: &Path, sizes: Sizes, leave_out: &[&str]) -> Re
             }
         }
     }
-    let test_lock = lock
+    let mut test_lock = lock
         .with_checksums_of(dir)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    pin_built_here_images(&mut test_lock, dir)?;
     let lock_path = dir.join("assets.lock");
     std::fs::write(&lock_path, test_lock.to_json())
         .with_context(|| format!("write {}", lock_path.display()))?;
@@ -134,6 +135,30 @@ pub fn build_release(dir: &Path, standin: &Path, k3s_version: &str) -> Result<Pa
     std::fs::write(&payload.lock, lock.to_json())
         .with_context(|| format!("write {}", payload.lock.display()))?;
     Ok(payload)
+}
+
+/// An image this project builds itself (the policy enforcer's) has no digest in the built-in
+/// lock until it is built; once its archive's checksum is recorded the lock wants it pinned.
+/// The lab built that archive just now, so each such image takes the ID (config digest) it
+/// has in the archive, as `docker save` of a locally built image reports it.
+fn pin_built_here_images(lock: &mut installer::assets::AssetLock, dir: &Path) -> Result<()> {
+    for e in &mut lock.artifacts {
+        if !e.images.iter().any(|i| i.digest.is_empty()) {
+            continue;
+        }
+        let path = dir.join(&e.file);
+        let found = crate::rootfs_images::read_images(&path)
+            .with_context(|| format!("read the images of {}", path.display()))?;
+        for i in e.images.iter_mut().filter(|i| i.digest.is_empty()) {
+            let want = crate::images::normalize(&i.reference);
+            let image = found
+                .iter()
+                .find(|f| f.name == want)
+                .with_context(|| format!("{} does not contain {}", path.display(), i.reference))?;
+            i.digest = image.id.clone();
+        }
+    }
+    Ok(())
 }
 
 fn fs_create(dir: &Path) -> Result<()> {
@@ -203,4 +228,36 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     }
     anyhow::ensure!(path.exists(), "{} does not exist", path.display());
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the enforcer's lock entries (an image built here, no digest until built)
+    /// made every lab payload's lock invalid once its archive had a recorded checksum, so every
+    /// lab install stopped at `--assets-lock ... is not valid` before connecting.
+    #[test]
+    fn the_lab_payload_lock_is_valid_with_an_image_this_project_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let standin = dir.path().join("k3s-standin");
+        std::fs::write(&standin, b"#!/bin/sh\n").unwrap();
+        let payload = build(&dir.path().join("payload"), &standin, Sizes::default(), &[]).unwrap();
+        let text = std::fs::read_to_string(&payload.lock).unwrap();
+        let lock = installer::assets::AssetLock::parse(&text, "the lab payload lock")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let enforcer = lock
+            .entry("enforcer-amd64")
+            .expect("the payload carries the enforcer's archive");
+        assert!(
+            enforcer
+                .images
+                .iter()
+                .all(|i| i.digest.starts_with("sha256:")),
+            "{:?}",
+            enforcer.images
+        );
+        installer::assets::AssetStore::new(Some(&payload.dir), Some(&payload.lock))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
 }
