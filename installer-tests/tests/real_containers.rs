@@ -4,7 +4,8 @@
 //! items, secret, hostPath, the service-account volume), on the node's network, in the pod's
 //! cgroup; its output in `kubectl logs`; its exit code, `OOMKilled` and the termination message
 //! from its logs in `lastState`; a failing liveness probe restarts it; deleting the pod stops it
-//! gracefully (SIGTERM first).
+//! gracefully (SIGTERM first); kube-proxy's rules take a ClusterIP to the pod behind it and the
+//! `kubernetes` Service to the API, which takes the pod's own token and applies RBAC.
 //!
 //! One 1-node lab installed by the installer (the appliance itself stays simulated here); the
 //! test's own pods use a busybox image built from Debian's busybox-static
@@ -260,7 +261,70 @@ fn images_with_a_root_filesystem_run_as_real_containers() {
         .await;
         assert!(st["containerStatuses"][0]["lastState"]["terminated"].is_object(), "{st}");
 
-        // 5. Deleting a pod stops its program gracefully: SIGTERM reaches it.
+        // 5. Services through kube-proxy's rules: a ClusterIP reaches the ready pod behind it,
+        //    one without endpoints refuses, and the `kubernetes` Service reaches the API, which
+        //    authenticates the pod's own service-account token and authorizes it with RBAC.
+        let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(c.clone(), NS);
+        for (name, selector) in [("web", "long"), ("nobody", "no-such-pod")] {
+            services.create(&PostParams::default(), &serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"selector": {"app": selector}, "ports": [{"name": "http", "port": 80, "targetPort": 18181}]},
+            })).unwrap()).await.unwrap();
+        }
+        let web_ip = services.get("web").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+        // nc, not wget: Debian's busybox-static is linked against glibc, whose service lookup
+        // (wget asks for "http") needs NSS modules the image does not have, and crashes.
+        let client_script = "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $WEB_SERVICE_HOST 80; echo \"web-rc=$?\"; \
+            nc -w 5 $NOBODY_SERVICE_HOST 80 </dev/null 2>&1; echo \"nobody-rc=$?\"";
+        // The slice must list the ready pod before the client runs (kube-proxy syncs every second).
+        wait("kube-proxy's rule for web", Duration::from_secs(30), || {
+            let out = lab.exec_ok(node, &format!("iptables-save -t nat | grep -c 'realtest/web:http -> {}:18181' || true", node.addr)).unwrap_or_default();
+            async move { if out.trim() == "1" { Ok(()) } else { Err(format!("rules for web: {out}")) } }
+        })
+        .await;
+        pods.create(&PostParams::default(), &host_pod("client", json!({
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": IMAGE, "command": ["/bin/sh", "-c", client_script]}],
+        }))).await.unwrap();
+        wait("pod client done", Duration::from_secs(60), || {
+            let pods = pods.clone();
+            async move {
+                let st = status_of(&pods.get("client").await.map_err(|e| e.to_string())?);
+                if st["phase"] == json!("Succeeded") { Ok(()) } else { Err(st.to_string()) }
+            }
+        })
+        .await;
+        let out = pods.logs("client", &LogParams::default()).await.unwrap();
+        assert!(out.contains(" 200 OK") && out.contains("ok\nweb-rc=0"), "through {web_ip}:\n{out}");
+        assert!(out.contains("Connection refused") && out.contains("nobody-rc=1"), "{out}");
+        let chain = lab.exec_ok(node, "iptables-save -t nat | grep -c 'KUBE-SVC-NPX46M4PTMTKRN6Y' || true").unwrap();
+        assert_ne!(chain.trim(), "0", "the kubernetes Service's chain");
+        // The `long` pod's projected token, read through its process's root.
+        let api = |what: &str| {
+            let cmd = format!(
+                "t=$(cat /proc/{pid}/root/var/run/secrets/kubernetes.io/serviceaccount/token) && umask 077 && \
+                 printf 'Authorization: Bearer %s' \"$t\" > /run/realtest-auth && \
+                 curl -sk -o /dev/null -w '%{{http_code}}' -H @/run/realtest-auth https://10.43.0.1/api/v1/namespaces/{NS}/{what}; rm -f /run/realtest-auth"
+            );
+            lab.exec_ok(node, &cmd).unwrap()
+        };
+        assert_eq!(api("pods"), "403", "the default ServiceAccount may not list pods");
+        let rbac = c.clone();
+        let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(rbac.clone(), NS);
+        roles.create(&PostParams::default(), &serde_json::from_value(json!({
+            "metadata": {"name": "pod-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+        })).unwrap()).await.unwrap();
+        let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(rbac, NS);
+        bindings.create(&PostParams::default(), &serde_json::from_value(json!({
+            "metadata": {"name": "pod-reader"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": NS}],
+        })).unwrap()).await.unwrap();
+        assert_eq!(api("pods"), "200", "after the RoleBinding");
+        assert_eq!(api("secrets"), "403", "the Role grants pods only");
+
+        // 6. Deleting a pod stops its program gracefully: SIGTERM reaches it.
         lab.exec_ok(node, "rm -f /var/tmp/realtest/term.txt").unwrap();
         pods.delete("long", &DeleteParams::default()).await.unwrap();
         wait("pod long gone", Duration::from_secs(40), || {

@@ -96,18 +96,31 @@ pub fn network_script() -> String {
         ));
     }
     s.push_str("}\n");
-    for (save, restore) in [
-        ("iptables-save", "iptables-restore"),
-        ("ip6tables-save", "ip6tables-restore"),
+    for (save, restore, family) in [
+        ("iptables-save", "iptables-restore", "ip"),
+        ("ip6tables-save", "ip6tables-restore", "ip6"),
     ] {
+        let tables = empty_tables_script(save, family);
         s.push_str(&format!(
-            "if command -v {save} >/dev/null 2>&1 && {save} 2>/dev/null | grep -qE 'KUBE-|CNI-|flannel'; then {save} | grep -v KUBE- | grep -v CNI- | grep -iv flannel | {restore} && echo \"{save} k3s rules\"; fi\n"
+            "if command -v {save} >/dev/null 2>&1 && {save} 2>/dev/null | grep -qE 'KUBE-|CNI-|flannel'; then {save} | grep -v KUBE- | grep -v CNI- | grep -iv flannel | {restore} && echo \"{save} k3s rules\"\n{tables}fi\n"
         ));
     }
     s.push_str(
         "if command -v nft >/dev/null 2>&1; then for fam in ip ip6 inet; do if nft list table $fam kube-proxy >/dev/null 2>&1; then nft delete table $fam kube-proxy && echo \"nft table $fam kube-proxy\"; fi; done; fi\n",
     );
     s
+}
+
+/// After k3s's iptables rules are filtered out: with the nf_tables backend, a table left with
+/// nothing but built-in chains whose policy is ACCEPT (the tables kube-proxy's rules created)
+/// is deleted, so the host's ruleset is what it was; a table with any rule, any other chain
+/// or another policy is kept. (The legacy backend's tables cannot be deleted; they stay empty.)
+fn empty_tables_script(save: &str, family: &str) -> String {
+    let iptables = save.trim_end_matches("-save");
+    format!(
+        "if {iptables} -V 2>/dev/null | grep -q nf_tables; then for t in $({save} 2>/dev/null | sed -n 's/^\\*//p'); do \
+         if ! {save} -t \"$t\" 2>/dev/null | grep -qvE '^(#|\\*|COMMIT$|:[A-Z]+ ACCEPT )'; then nft delete table {family} \"$t\" 2>/dev/null && echo \"nft table {family} $t (left empty)\"; fi; done; fi\n"
+    )
 }
 
 /// Unmounts k3s's own volatile mounts (the list, deepest first), falling back to a lazy

@@ -26,6 +26,7 @@ pub mod manifests;
 pub mod notify;
 pub mod paths;
 pub mod pki;
+pub mod proxy;
 pub mod secret_volumes;
 pub mod server;
 pub mod snapshot;

@@ -402,8 +402,24 @@ impl Server {
                     return deny(401, "not authorized");
                 }
                 json_ok(
-                    &json!({"CriticalControlArgs": self.cfg.critical(), "ClusterInit": self.cfg.cluster_init}),
+                    &json!({"CriticalControlArgs": self.cfg.critical(), "ClusterInit": self.cfg.cluster_init, "DisableKubeProxy": self.cfg.disable_kube_proxy}),
                 )
+            }
+            "client-kube-proxy.crt" => {
+                // k3s's agent fetches kube-proxy's client certificate (CN system:kube-proxy,
+                // bound to system:node-proxier) with the node password.
+                if !self.is_node_auth(headers, conn) {
+                    return deny(401, "not authorized");
+                }
+                if !self.api_ready() {
+                    return deny(503, "runtime core not ready");
+                }
+                match pki::issue_client(&self.pki.client_ca, "system:kube-proxy", &[]) {
+                    Ok(ck) => json_ok(
+                        &json!({"cert": ck.cert_pem, "key": ck.key_pem, "ca": self.pki.server_ca.cert_pem}),
+                    ),
+                    Err(e) => deny(500, &e.to_string()),
+                }
             }
             "apiservers" => {
                 if !self.is_node_auth(headers, conn) {

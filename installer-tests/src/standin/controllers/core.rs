@@ -66,8 +66,10 @@ pub fn bootstrap(
     let _ = ca_pem;
 }
 
-/// The `kubernetes` Endpoints: the servers' addresses.
+/// The `kubernetes` Endpoints and EndpointSlice: the servers' addresses (the apiserver's
+/// endpoint reconciler writes both; kube-proxy reads the slice).
 pub fn endpoints(store: &Store, server_ips: &[String], https_port: u16) {
+    kubernetes_slice(store, server_ips, https_port);
     let rt = resources::core("endpoints");
     let addrs: Vec<Value> = server_ips.iter().map(|ip| json!({"ip": ip})).collect();
     let subsets = json!([{"addresses": addrs, "ports": [{"name": "https", "port": https_port, "protocol": "TCP"}]}]);
@@ -87,6 +89,43 @@ pub fn endpoints(store: &Store, server_ips: &[String], https_port: u16) {
             json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}, "subsets": subsets}),
             &opts("kube-apiserver"),
         );
+    }
+}
+
+fn kubernetes_slice(store: &Store, server_ips: &[String], https_port: u16) {
+    let Some(rt) = resources::find("discovery.k8s.io", "v1", "endpointslices") else {
+        return;
+    };
+    let endpoints: Vec<Value> = server_ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+        .collect();
+    let endpoints = Value::Array(endpoints);
+    let ports = json!([{"name": "https", "port": https_port, "protocol": "TCP"}]);
+    match store.get(rt, "default", "kubernetes") {
+        Some(s) if s["endpoints"] == endpoints && s["ports"] == ports => {}
+        Some(_) => {
+            let _ = store.update_with(
+                rt,
+                "default",
+                "kubernetes",
+                Sub::Main,
+                "kube-apiserver",
+                |x| {
+                    x["endpoints"] = endpoints.clone();
+                    x["ports"] = ports.clone();
+                },
+            );
+        }
+        None => {
+            let _ = store.create(
+                rt,
+                "default",
+                json!({"metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                       "addressType": "IPv4", "endpoints": endpoints, "ports": ports}),
+                &opts("kube-apiserver"),
+            );
+        }
     }
 }
 

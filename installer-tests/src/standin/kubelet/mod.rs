@@ -1534,6 +1534,72 @@ fn strip_times(v: &Value) -> Value {
     v
 }
 
+/// Starts kube-proxy ([`super::proxy`]) unless the cluster disables it: its settings from the
+/// supervisor's `/v1-k3s/config` (`DisableKubeProxy`, the cluster CIDR), its identity from
+/// `/v1-k3s/client-kube-proxy.crt`. Only on a real node: under a test root the "nodes" share the
+/// workstation's network namespace, whose rules are not the stand-in's to change.
+async fn start_kube_proxy(setup: &AgentSetup, urls: &[String]) {
+    if setup.root.is_prefixed() {
+        return;
+    }
+    let Some(base) = urls.first() else { return };
+    let http = match client::with_ca(&setup.ca_pem, None) {
+        Ok(h) => h,
+        Err(e) => {
+            log::error(format!("kube-proxy: {e}"));
+            return;
+        }
+    };
+    let get = |path: &str| {
+        http.get(format!("{base}/v1-k3s/{path}"))
+            .basic_auth("node", Some(&setup.node_pw))
+            .send()
+    };
+    let config: Value = match get("config").await {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+        Ok(r) => {
+            log::error(format!("kube-proxy: /v1-k3s/config: {}", r.status()));
+            return;
+        }
+        Err(e) => {
+            log::error(format!("kube-proxy: /v1-k3s/config: {e}"));
+            return;
+        }
+    };
+    if config["DisableKubeProxy"].as_bool() == Some(true) {
+        return;
+    }
+    let cidr = config
+        .pointer("/CriticalControlArgs/ClusterIPRange")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let cert: Value = match get("client-kube-proxy.crt").await {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+        Ok(r) => {
+            log::error(format!(
+                "kube-proxy: /v1-k3s/client-kube-proxy.crt: {}",
+                r.status()
+            ));
+            return;
+        }
+        Err(e) => {
+            log::error(format!("kube-proxy: /v1-k3s/client-kube-proxy.crt: {e}"));
+            return;
+        }
+    };
+    let id = CertKey {
+        cert_pem: cert["cert"].as_str().unwrap_or_default().to_string(),
+        key_pem: cert["key"].as_str().unwrap_or_default().to_string(),
+    };
+    match Kube::new(urls.to_vec(), &setup.ca_pem, &id) {
+        Ok(k) => {
+            tokio::spawn(super::proxy::run(k, cidr, setup.shutdown.clone()));
+        }
+        Err(e) => log::error(format!("kube-proxy client: {e}")),
+    }
+}
+
 /// Run the agent for this node until shutdown. With `notify`, send `READY=1` once the API is
 /// reachable (agent-only nodes; on servers the server notifies).
 pub async fn run_agent(setup: AgentSetup) {
@@ -1616,6 +1682,7 @@ async fn run_agent_inner(setup: AgentSetup, notify: bool) {
             .as_bytes(),
         0o600,
     );
+    start_kube_proxy(&setup, &urls).await;
     let kube = match Kube::new(urls, &setup.ca_pem, &certs) {
         Ok(k) => k,
         Err(e) => {
