@@ -232,3 +232,31 @@ pub fn kubeconfig(lab: &Lab) -> PathBuf {
     let name = format!("lab{}-kubeconfig.yaml", lab.id());
     dir.join(name)
 }
+
+/// A kube-rs client from the kubeconfig the install wrote beside the lab's answer file.
+pub async fn kube_client(lab: &Lab) -> Result<kube::Client> {
+    let path = kubeconfig(lab);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let kc = kube::config::Kubeconfig::from_yaml(&text)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+/// Polls `f` every 250 ms until it gives `Ok`, or panics naming `what` and the last state.
+pub async fn poll<T, F, Fut>(what: &str, timeout: std::time::Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, String>>,
+{
+    let t = std::time::Instant::now();
+    let mut last = String::new();
+    while t.elapsed() < timeout {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
+}

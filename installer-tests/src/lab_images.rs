@@ -8,6 +8,8 @@
 //! - busybox (`docker.io/library/busybox:1.37.0`, k3s's `rancher/mirrored-library-busybox`):
 //!   Debian's `busybox-static` at `/bin/busybox` with a link per applet in `/bin`, `/etc/passwd`
 //!   and `/etc/group` as the official image has them (root, daemon, nobody…), `Cmd ["sh"]`.
+//! - the policy enforcer (`localhost/installer-enforcer`, assets/enforcer/Dockerfile): this
+//!   workspace's `enforcer` and Debian's `nft`, each with its shared libraries.
 
 use std::path::Path;
 
@@ -61,6 +63,52 @@ pub fn busybox_layer() -> Result<Layer> {
     }
     Ok(l)
 }
+
+/// The policy enforcer's image (assets/enforcer/Dockerfile) as the lab builds it: `enforcer`,
+/// this workspace's binary (`binary`, debug info stripped when `strip` is there), at
+/// `/usr/local/bin/enforcer`, and this machine's `nft` (Debian's `nftables`) at `/usr/sbin/nft`,
+/// each with the shared libraries it loads; `Entrypoint ["/usr/local/bin/enforcer"]`. The real
+/// image has Debian 12's whole slim root filesystem around them.
+pub fn enforcer(reference: &str, binary: &Path) -> Result<LayeredImage> {
+    let nft = Path::new(NFT);
+    if !nft.exists() {
+        bail!(
+            "{NFT} is missing\nhint: install the Debian package nftables (the lab's enforcer image carries it)"
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let stripped = dir.path().join("enforcer");
+    std::fs::copy(binary, &stripped)
+        .with_context(|| format!("copy {} to {}", binary.display(), stripped.display()))?;
+    // Debug info is most of a debug build; without `strip` the image is only larger.
+    let _ = std::process::Command::new("strip")
+        .arg("--strip-debug")
+        .arg(&stripped)
+        .status();
+    let mut l = Layer::new();
+    l.host_program("usr/local/bin/enforcer", &stripped)?;
+    l.host_program("usr/sbin/nft", nft)?;
+    l.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", 0o644)?;
+    l.file("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
+    l.dir("tmp", 0o1777)?;
+    for d in ["dev", "proc", "sys", "run", "var", "root"] {
+        l.dir(d, 0o755)?;
+    }
+    Ok(LayeredImage {
+        name: reference.to_string(),
+        layers: vec![l.finish()?],
+        config: ImageConfig {
+            entrypoint: Some(vec!["/usr/local/bin/enforcer".into()]),
+            env: Some(vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ]),
+            ..Default::default()
+        },
+    })
+}
+
+/// Where Debian's nftables installs nft.
+pub const NFT: &str = "/usr/sbin/nft";
 
 /// The busybox image under `reference`.
 pub fn busybox(reference: &str) -> Result<LayeredImage> {

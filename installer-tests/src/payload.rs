@@ -83,6 +83,18 @@ pub fn build(dir: &Path, standin: &Path, sizes: Sizes, leave_out: &[&str]) -> Re
                 write_archive(&path, K3S_AIRGAP_IMAGES, &opts)
                     .with_context(|| format!("write {}", path.display()))?;
             }
+            installer::assets::ArtifactKind::AppImages
+                if e.images
+                    .iter()
+                    .any(|i| i.reference == installer::phases::enforcer::IMAGE) =>
+            {
+                // The enforcer runs for real in the lab: its image, built from this workspace.
+                let binary = workspace_binary("enforcer")?;
+                let image =
+                    crate::lab_images::enforcer(installer::phases::enforcer::IMAGE, &binary)?;
+                crate::rootfs_images::write_archive(&path, &[image])
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
             installer::assets::ArtifactKind::AppImages => {
                 let names: Vec<String> = e.images.iter().map(|i| i.reference.clone()).collect();
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -214,10 +226,10 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let pkg = if name == "installer" {
-            "installer"
-        } else {
-            "installer-tests"
+        let pkg = match name {
+            "installer" => "installer",
+            "enforcer" => "installer-enforcer",
+            _ => "installer-tests",
         };
         let st = std::process::Command::new(cargo)
             .args(["build", "-p", pkg, "--bin", name])

@@ -14,10 +14,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use installer_tests::e2e::Env;
+use installer_tests::e2e::{Env, poll};
 use installer_tests::lab_or_skip;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
@@ -25,40 +24,6 @@ use serde_json::json;
 
 const IMAGE: &str = "lab.example/busybox:real";
 const NS: &str = "realtest";
-
-async fn cluster_client(answers: &Path) -> kube::Client {
-    let dir = answers.parent().unwrap();
-    let path = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("-kubeconfig.yaml"))
-        .unwrap_or_else(|| panic!("no kubeconfig in {}", dir.display()));
-    let text = std::fs::read_to_string(path).unwrap();
-    let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(cfg).unwrap()
-}
-
-/// Polls `f` every 250 ms until it gives `Some`, or fails naming `what` and the last state.
-async fn wait<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let t = Instant::now();
-    let mut last = String::new();
-    while t.elapsed() < timeout {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
-}
 
 fn host_pod(name: &str, spec: serde_json::Value) -> Pod {
     let mut spec = spec;
@@ -101,7 +66,7 @@ fn images_with_a_root_filesystem_run_as_real_containers() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async {
-        let c = cluster_client(&answers).await;
+        let c = installer_tests::e2e::kube_client(&lab).await.unwrap();
         let ns: Api<Namespace> = Api::all(c.clone());
         ns.create(
             &PostParams::default(),
@@ -157,7 +122,7 @@ fn images_with_a_root_filesystem_run_as_real_containers() {
                 {"name": "host", "hostPath": {"path": "/var/tmp/realtest", "type": "DirectoryOrCreate"}},
             ],
         }))).await.unwrap();
-        let p = wait("pod long Ready", Duration::from_secs(60), || {
+        let p = poll("pod long Ready", Duration::from_secs(60), || {
             let pods = pods.clone();
             async move {
                 let p = pods.get("long").await.map_err(|e| e.to_string())?;
@@ -172,7 +137,7 @@ fn images_with_a_root_filesystem_run_as_real_containers() {
         let body = reqwest::get(format!("http://{}:18181/healthz", node.addr)).await.unwrap().text().await.unwrap();
         assert_eq!(body.trim(), "ok");
         // Its output reaches `kubectl logs`.
-        let logs = wait("the program's log lines", Duration::from_secs(20), || {
+        let logs = poll("the program's log lines", Duration::from_secs(20), || {
             let pods = pods.clone();
             async move {
                 let l = pods.logs("long", &LogParams::default()).await.map_err(|e| e.to_string())?;
@@ -205,7 +170,7 @@ fn images_with_a_root_filesystem_run_as_real_containers() {
                 "terminationMessagePolicy": "FallbackToLogsOnError",
             }],
         }))).await.unwrap();
-        let st = wait("pod crash in CrashLoopBackOff", Duration::from_secs(60), || {
+        let st = poll("pod crash in CrashLoopBackOff", Duration::from_secs(60), || {
             let pods = pods.clone();
             async move {
                 let st = status_of(&pods.get("crash").await.map_err(|e| e.to_string())?);
@@ -228,7 +193,7 @@ fn images_with_a_root_filesystem_run_as_real_containers() {
                 "resources": {"limits": {"memory": "32Mi"}},
             }],
         }))).await.unwrap();
-        let st = wait("pod oom terminated", Duration::from_secs(60), || {
+        let st = poll("pod oom terminated", Duration::from_secs(60), || {
             let pods = pods.clone();
             async move {
                 let st = status_of(&pods.get("oom").await.map_err(|e| e.to_string())?);
@@ -250,7 +215,7 @@ fn images_with_a_root_filesystem_run_as_real_containers() {
                 "livenessProbe": {"exec": {"command": ["/bin/sh", "-c", "test -e /tmp/healthy"]}, "periodSeconds": 1, "failureThreshold": 2},
             }],
         }))).await.unwrap();
-        let st = wait("pod live restarted by its liveness probe", Duration::from_secs(60), || {
+        let st = poll("pod live restarted by its liveness probe", Duration::from_secs(60), || {
             let pods = pods.clone();
             async move {
                 let st = status_of(&pods.get("live").await.map_err(|e| e.to_string())?);
@@ -277,7 +242,7 @@ fn images_with_a_root_filesystem_run_as_real_containers() {
         let client_script = "printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $WEB_SERVICE_HOST 80; echo \"web-rc=$?\"; \
             nc -w 5 $NOBODY_SERVICE_HOST 80 </dev/null 2>&1; echo \"nobody-rc=$?\"";
         // The slice must list the ready pod before the client runs (kube-proxy syncs every second).
-        wait("kube-proxy's rule for web", Duration::from_secs(30), || {
+        poll("kube-proxy's rule for web", Duration::from_secs(30), || {
             let out = lab.exec_ok(node, &format!("iptables-save -t nat | grep -c 'realtest/web:http -> {}:18181' || true", node.addr)).unwrap_or_default();
             async move { if out.trim() == "1" { Ok(()) } else { Err(format!("rules for web: {out}")) } }
         })
@@ -286,7 +251,7 @@ fn images_with_a_root_filesystem_run_as_real_containers() {
             "restartPolicy": "Never",
             "containers": [{"name": "main", "image": IMAGE, "command": ["/bin/sh", "-c", client_script]}],
         }))).await.unwrap();
-        wait("pod client done", Duration::from_secs(60), || {
+        poll("pod client done", Duration::from_secs(60), || {
             let pods = pods.clone();
             async move {
                 let st = status_of(&pods.get("client").await.map_err(|e| e.to_string())?);
@@ -327,7 +292,7 @@ fn images_with_a_root_filesystem_run_as_real_containers() {
         // 6. Deleting a pod stops its program gracefully: SIGTERM reaches it.
         lab.exec_ok(node, "rm -f /var/tmp/realtest/term.txt").unwrap();
         pods.delete("long", &DeleteParams::default()).await.unwrap();
-        wait("pod long gone", Duration::from_secs(40), || {
+        poll("pod long gone", Duration::from_secs(40), || {
             let pods = pods.clone();
             async move {
                 match pods.get_opt("long").await.map_err(|e| e.to_string())? {

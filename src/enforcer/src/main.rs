@@ -33,12 +33,13 @@ struct Common {
     /// The SSH port the installer uses (always open, as is 22).
     #[arg(long, env = "ENFORCER_SSH_PORT", default_value_t = 22)]
     ssh_port: u16,
-    /// More TCP ports always open (the installer's cluster services), comma-separated.
-    #[arg(long, env = "ENFORCER_EXTRA_TCP_PORTS", value_delimiter = ',')]
-    extra_tcp_ports: Vec<u16>,
-    /// More UDP ports always open, comma-separated.
-    #[arg(long, env = "ENFORCER_EXTRA_UDP_PORTS", value_delimiter = ',')]
-    extra_udp_ports: Vec<u16>,
+    /// More TCP ports always open (the installer's cluster services), comma-separated; empty
+    /// means none (the DaemonSet always sets the variable).
+    #[arg(long, env = "ENFORCER_EXTRA_TCP_PORTS", value_parser = port_list, default_value = "")]
+    extra_tcp_ports: PortList,
+    /// More UDP ports always open, comma-separated; empty means none.
+    #[arg(long, env = "ENFORCER_EXTRA_UDP_PORTS", value_parser = port_list, default_value = "")]
+    extra_udp_ports: PortList,
     /// The nftables table (family inet) the enforcer owns.
     #[arg(long, default_value = "installer_enforcer")]
     table: String,
@@ -51,6 +52,24 @@ struct Common {
     /// Read snapshots from this JSON file instead of the API (tests, benchmarks, debugging).
     #[arg(long)]
     snapshot: Option<PathBuf>,
+}
+
+/// A comma-separated port list, as the DaemonSet passes it in one variable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PortList(Vec<u16>);
+
+/// `""` is no ports (an empty list renders as an empty variable), `"53, 9153"` two; anything
+/// else names the bad item.
+fn port_list(s: &str) -> Result<PortList, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|e| format!("{p:?} is not a port number: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(PortList)
 }
 
 #[derive(Subcommand)]
@@ -81,10 +100,10 @@ enum Cmd {
 }
 
 fn config(c: &Common, extra: &[u16]) -> Config {
-    let mut tcp = c.extra_tcp_ports.clone();
+    let mut tcp = c.extra_tcp_ports.0.clone();
     tcp.push(c.ssh_port);
     tcp.extend(extra);
-    Config::new(&c.node_name, c.mode, &c.table, &tcp, &c.extra_udp_ports)
+    Config::new(&c.node_name, c.mode, &c.table, &tcp, &c.extra_udp_ports.0)
 }
 
 #[tokio::main]
@@ -158,5 +177,35 @@ async fn real_main() -> anyhow::Result<()> {
                 r = server => r.map_err(|e| anyhow::anyhow!("state endpoint: {e}"))?,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the DaemonSet renders an empty list as `ENFORCER_EXTRA_TCP_PORTS: ""`, which
+    /// the enforcer refused at start (`cannot parse integer from empty string`) and crash-looped
+    /// (found by the lab's real containers, tests/enforcer_lab.rs).
+    #[test]
+    fn an_empty_port_list_variable_means_no_ports() {
+        let cli = Cli::try_parse_from([
+            "enforcer",
+            "run",
+            "--node-name",
+            "n1",
+            "--extra-tcp-ports",
+            "",
+            "--extra-udp-ports",
+            "53, 9153",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Cmd::Run { common, .. } = cli.cmd else {
+            panic!("not run")
+        };
+        assert_eq!(common.extra_tcp_ports, PortList(vec![]));
+        assert_eq!(common.extra_udp_ports, PortList(vec![53, 9153]));
+        let err = port_list("53,x").unwrap_err();
+        assert!(err.contains("\"x\" is not a port number"), "{err}");
     }
 }
