@@ -1,22 +1,20 @@
-//! The policy enforcer in the lab (issue 12): its image (this workspace's `enforcer` and
-//! Debian's `nft`, built by `installer_tests::lab_images::enforcer` into the lab's payload, so
-//! the install uploads and imports it as it would the real one) runs from the manifests the
-//! installer's `enforcer` phase renders, as a real container in its pod's cgroup: an in-cluster
-//! client through the `kubernetes` Service (kube-proxy's rules) with its ServiceAccount's token
-//! and RBAC, programming the node's nftables. Then a NetworkPolicy really stops traffic to a
-//! host-network pod from the workstation (the only other host), SSH stays open, and a policy
+//! The policy enforcer in the lab (issue 12): the install deploys it before the application
+//! (the `enforcer` phase), from its image in the payload (this workspace's `enforcer` and
+//! Debian's `nft`, built by `installer_tests::lab_images::enforcer`), as a real container in its
+//! pod's cgroup: an in-cluster client through the `kubernetes` Service (kube-proxy's rules) with
+//! its ServiceAccount's token and RBAC, programming the node's nftables and lifting the
+//! installer's taint. Then a NetworkPolicy really stops traffic to a host-network pod from the
+//! workstation (the only other host), SSH and the kubelet's probes are unaffected, and a policy
 //! admitting the workstation's address lets it through again.
 //!
-//! One 1-node lab installed by the installer (the enforcer is not wired into install yet, so the
-//! test applies the phase's manifests itself). Needs root; skips with the reason otherwise
+//! One 1-node lab installed by the installer. Needs root; skips with the reason otherwise
 //! (fails instead under LAB_REQUIRED=1).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use installer::config::plan::EnforcerMode;
-use installer::phases::enforcer::{self, Settings};
+use installer::phases::enforcer;
 use installer_tests::e2e::{Env, kube_client, poll};
 use installer_tests::lab_or_skip;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -84,16 +82,17 @@ fn the_enforcer_runs_for_real_and_a_networkpolicy_stops_traffic_to_a_host_networ
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async {
             let c = kube_client(&lab).await.unwrap();
-            // The enforcer, as the phase renders it (SSH on 22 always open).
-            let settings = Settings {
-                mode: EnforcerMode::Enforce,
-                ssh_ports: vec![22],
-                tcp_ports: vec![],
-                udp_ports: vec![],
-            };
-            for m in &enforcer::render(&settings).unwrap().items {
-                apply(&c, &m.object).await;
-            }
+            // The install ran the phase and the enforcer lifted the taint.
+            let phase = run
+                .of("phase_finished")
+                .into_iter()
+                .find(|p| p["phase"] == "enforcer")
+                .cloned()
+                .unwrap_or_else(|| panic!("no enforcer phase in\n{}", run.all()));
+            assert_eq!(phase["ok"], json!(true), "{phase}");
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
+            let n = nodes.get(&node.name).await.unwrap();
+            assert!(!enforcer::node_tainted(&n), "the installer's taint is still on {}", node.name);
             let system: Api<Pod> = Api::namespaced(c.clone(), enforcer::NAMESPACE);
             poll("the enforcer's pod Ready", Duration::from_secs(90), || {
                 let system = system.clone();

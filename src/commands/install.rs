@@ -183,7 +183,20 @@ pub async fn appliance_phases(
         prepare
     );
     dns?;
-    phases::enforcer::skipped(runner, plan.enforcer, plan.enforcer_chosen).await?;
+    let mut ssh_ports: Vec<u16> = plan.hosts.iter().map(|h| h.ssh.port).collect();
+    ssh_ports.sort_unstable();
+    ssh_ports.dedup();
+    phases::enforcer::run(
+        runner,
+        cluster,
+        hosts,
+        ssh_ports,
+        plan.enforcer,
+        prepared.as_ref().ok(),
+        service_cidr,
+        plan.rollout_timeout,
+    )
+    .await?;
     let timeouts = app::DeployTimeouts {
         per_workload: plan.rollout_timeout,
         ..Default::default()

@@ -167,6 +167,8 @@ pub fn context(plan: &Plan, goal: Goal) -> Context {
     let cluster = ClusterSettings {
         cluster_cidr: plan.network.cluster_cidr,
         service_cidr: plan.network.service_cidr,
+        // Not schedulable for the application until the policy enforcer protects the node.
+        node_taints: vec![crate::k3s::config::ENFORCER_TAINT_SPEC.to_owned()],
         ..ClusterSettings::default()
     };
     Context {

@@ -63,6 +63,9 @@ pub struct ClusterSettings {
     pub selinux: bool,
     /// `prefer-bundled-bin: true` (hosts with a buggy iptables 1.8.0–1.8.4).
     pub prefer_bundled_bin: bool,
+    /// `node-taint`: taints every node registers with (install sets [`ENFORCER_TAINT_SPEC`]);
+    /// the kubelet applies them when it registers the node, not to a node already registered.
+    pub node_taints: Vec<String>,
 }
 
 impl Default for ClusterSettings {
@@ -75,6 +78,7 @@ impl Default for ClusterSettings {
             kubelet_args: Vec::new(),
             selinux: false,
             prefer_bundled_bin: false,
+            node_taints: Vec::new(),
         }
     }
 }
@@ -195,6 +199,7 @@ struct ConfigContext<'a> {
     kubelet_args: &'a [String],
     selinux: bool,
     prefer_bundled_bin: bool,
+    node_taints: &'a [String],
 }
 
 fn invalid(field: &str, problem: impl Into<String>) -> K3sError {
@@ -248,6 +253,21 @@ fn check_inputs(
             return Err(invalid(
                 "tls-san",
                 format!("{san:?} is not a host name or address"),
+            ));
+        }
+    }
+    for t in &cluster.node_taints {
+        let ok = t.rsplit_once(':').is_some_and(|(kv, effect)| {
+            !kv.is_empty()
+                && matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute")
+                && !t.contains(char::is_whitespace)
+        });
+        if !ok {
+            return Err(invalid(
+                "node-taint",
+                format!(
+                    "{t:?} must look like key=value:Effect (NoSchedule, PreferNoSchedule or NoExecute)"
+                ),
             ));
         }
     }
@@ -316,6 +336,7 @@ pub fn render_config(
         kubelet_args: &cluster.kubelet_args,
         selinux: cluster.selinux,
         prefer_bundled_bin: cluster.prefer_bundled_bin,
+        node_taints: &cluster.node_taints,
     };
     let content = super::render("config.yaml", &ctx)?;
     flags::validate_config_yaml(command, &content).map_err(|problems| K3sError::InvalidConfig {

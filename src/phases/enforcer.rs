@@ -585,31 +585,6 @@ pub async fn run(
         .await
 }
 
-/// The slot as it was before the enforcer was wired into `install`: reported skipped, with a
-/// warning when the answer file asks for `enforce`. Kept until the lab runs real containers
-/// (the commit that wires [`run`] into `install` removes it).
-pub async fn skipped(
-    runner: &mut Runner,
-    mode: EnforcerMode,
-    chosen: bool,
-) -> Result<(), PhaseFailure> {
-    let reporter = runner.reporter().clone();
-    let id = PhaseId::Enforcer;
-    runner
-        .cluster_step(id.id(), id.title(), async {
-            if mode == EnforcerMode::Enforce {
-                let why = "NetworkPolicies are not enforced on host-network pods";
-                if chosen {
-                    reporter.warn(None, format!("the answer file asks for the policy enforcer in `enforce` mode, but this version does not carry it: {why}"));
-                } else {
-                    reporter.detail(None, format!("the policy enforcer (default mode `enforce`) is not part of this version: {why}"));
-                }
-            }
-            Ok((super::runner::StepOk::skipped("not part of this version"), ()))
-        })
-        .await
-}
-
 pub mod matrix;
 
 #[cfg(test)]

@@ -80,8 +80,12 @@ pub fn killed_something(stdout: &str) -> bool {
     stdout.lines().any(|l| l.trim() == "killed")
 }
 
+/// The nftables table (family inet) the policy enforcer owns (its `--table` default).
+pub const ENFORCER_TABLE: &str = "installer_enforcer";
+
 /// Removes the network state k3s leaves (k3s-killall.sh): `cni-*` namespaces, `cni0`'s
-/// veths and the CNI/flannel links, kube-proxy's iptables rules and nftables tables.
+/// veths and the CNI/flannel links, kube-proxy's iptables rules and nftables tables, and the
+/// policy enforcer's table.
 /// Prints what it removed, one per line (nothing: nothing was there). Exact deletions only;
 /// the iptables filter keeps every rule that is not k3s's.
 pub fn network_script() -> String {
@@ -108,6 +112,10 @@ pub fn network_script() -> String {
     s.push_str(
         "if command -v nft >/dev/null 2>&1; then for fam in ip ip6 inet; do if nft list table $fam kube-proxy >/dev/null 2>&1; then nft delete table $fam kube-proxy && echo \"nft table $fam kube-proxy\"; fi; done; fi\n",
     );
+    // The policy enforcer's table: it never removes it itself (fail-closed when it stops).
+    s.push_str(&format!(
+        "if command -v nft >/dev/null 2>&1 && nft list table inet {ENFORCER_TABLE} >/dev/null 2>&1; then nft delete table inet {ENFORCER_TABLE} && echo \"nft table inet {ENFORCER_TABLE}\"; fi\n"
+    ));
     s
 }
 

@@ -240,3 +240,35 @@ fn yaml_special_values_are_quoted_not_interpreted() {
     .unwrap();
     assert_eq!(parse(&f.content)["node-name"], "1e3");
 }
+
+#[test]
+fn every_role_registers_with_the_enforcer_taint_and_a_bad_taint_is_refused() {
+    let cl = ClusterSettings {
+        node_taints: vec![ENFORCER_TAINT_SPEC.to_owned()],
+        ..cluster()
+    };
+    let url = server_url("10.0.0.11");
+    for role in [
+        NodeRole::FirstServer,
+        NodeRole::JoiningServer {
+            server_url: url.clone(),
+        },
+        NodeRole::Agent { server_url: url },
+    ] {
+        // render_config checks the result against the k3s flag table for the role's command.
+        let f = render_config(&role, &cl, &node("n1", "10.0.0.11")).unwrap();
+        let c = parse(&f.content);
+        assert_eq!(
+            c["node-taint"],
+            serde_json::json!(["installer/enforcer-not-ready=true:NoSchedule"]),
+            "{}",
+            f.content
+        );
+    }
+    let bad = ClusterSettings {
+        node_taints: vec!["installer/x=true:Sometimes".into()],
+        ..cluster()
+    };
+    let err = render_config(&NodeRole::FirstServer, &bad, &node("n1", "10.0.0.11")).unwrap_err();
+    assert!(err.to_string().contains("node-taint"), "{err}");
+}

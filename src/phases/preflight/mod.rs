@@ -101,6 +101,37 @@ pub async fn findings(
     findings
 }
 
+/// Which of a node's cross-node ports the reachability check probes: `(ports, busy,
+/// protected)`. `in_use(p)` is `Some(loopback_only)` when a listener holds `p`.
+/// - A port held by a listener bound to loopback only (a rerun: some k3s components) cannot be
+///   tested from other nodes and is left out.
+/// - An application port already held (a rerun) is the running appliance's: the policy
+///   enforcer admits only the flows its NetworkPolicies allow, so another node's probe is
+///   refused by design; it is left out and returned as `protected`.
+/// - Other held ports (k3s's own, not policed) are probed against whatever listens on them
+///   (`busy`); free ports get a temporary listener.
+pub(crate) fn probe_ports(
+    ports: Vec<u16>,
+    app_ports: &[(String, u16)],
+    in_use: impl Fn(u16) -> Option<bool>,
+) -> (Vec<u16>, Vec<u16>, Vec<u16>) {
+    let mut probe = Vec::new();
+    let mut busy = Vec::new();
+    let mut protected = Vec::new();
+    for p in ports {
+        match in_use(p) {
+            Some(true) => {}
+            Some(false) if app_ports.iter().any(|(_, a)| *a == p) => protected.push(p),
+            Some(false) => {
+                busy.push(p);
+                probe.push(p);
+            }
+            None => probe.push(p),
+        }
+    }
+    (probe, busy, protected)
+}
+
 /// Cross-node reachability (needs two hosts or more).
 async fn reachability_findings(
     ctx: &Context,
@@ -110,18 +141,21 @@ async fn reachability_findings(
     let rnodes: Vec<reachability::Node> = hosts
         .iter()
         .map(|n| {
-            // A port already held by a listener bound to loopback only (a rerun: some k3s
-            // components) cannot be tested from other nodes and is left out; other held
-            // ports are tested against whatever listens on them.
-            let ports: Vec<u16> = ports::cross_node_numbers(n.spec.is_server, &ctx.app_ports)
-                .into_iter()
-                .filter(|p| !n.facts.tcp_port_in_use(*p).is_some_and(|l| l.loopback_only))
-                .collect();
-            let busy = ports
-                .iter()
-                .copied()
-                .filter(|p| n.facts.tcp_port_in_use(*p).is_some())
-                .collect();
+            let (ports, busy, protected) = probe_ports(
+                ports::cross_node_numbers(n.spec.is_server, &ctx.app_ports),
+                &ctx.app_ports,
+                |p| n.facts.tcp_port_in_use(p).map(|l| l.loopback_only),
+            );
+            if !protected.is_empty() {
+                let list: Vec<String> = protected.iter().map(u16::to_string).collect();
+                reporter.detail(
+                    Some(&n.spec.name),
+                    format!(
+                        "reachability: TCP {} not probed: the running appliance holds them and the policy enforcer admits only the flows its NetworkPolicies allow (the app phase's gates prove those)",
+                        list.join(", ")
+                    ),
+                );
+            }
             reachability::Node {
                 remote: n.remote.clone(),
                 ip: n.node_ip,
@@ -368,5 +402,28 @@ mod tests {
             "ports-free: found x; needed y; cgroup-v2: found x; needed y"
         );
         assert_eq!(e.hint.as_deref(), Some("z; z"));
+    }
+}
+
+#[cfg(test)]
+mod probe_ports_tests {
+    use super::probe_ports;
+
+    /// Regression: with the policy enforcer protecting the appliance, a rerun's reachability
+    /// check probed the application's ports on the running pods from the other nodes, was
+    /// refused by the enforcer (by design), and stopped the rerun at preflight.
+    #[test]
+    fn a_rerun_does_not_probe_the_running_appliances_ports() {
+        let app = vec![("store".to_string(), 7379), ("api".to_string(), 8081)];
+        // 6443 held by k3s, 7379 held by the store, 8081 free, 10248 held on loopback.
+        let held = |p: u16| match p {
+            6443 | 7379 => Some(false),
+            10248 => Some(true),
+            _ => None,
+        };
+        let (probe, busy, protected) = probe_ports(vec![6443, 7379, 8081, 10248], &app, held);
+        assert_eq!(probe, [6443, 8081]);
+        assert_eq!(busy, [6443]);
+        assert_eq!(protected, [7379]);
     }
 }
