@@ -197,6 +197,11 @@ pub async fn stop(
                     RemoteCommand::new(us::network_script()).sudo(),
                 )
                 .await?;
+                ops.run(
+                    "remove the runtime state of k3s's killed containers",
+                    RemoteCommand::new(us::runc_state_script()).sudo(),
+                )
+                .await?;
                 if ops.goal().applies() {
                     let left: Vec<String> = up::guarded_mounts(&read_mounts(n).await?, &guarded)
                         .into_iter()

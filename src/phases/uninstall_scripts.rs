@@ -75,6 +75,25 @@ pub fn kill_shims_script() -> String {
     )
 }
 
+/// runc's state directory for containerd's `k8s.io` namespace (containerd's runc shim default
+/// root), where k3s's containers leave their state when their shims are killed.
+pub const RUNC_K8S_ROOT: &str = "/run/containerd/runc/k8s.io";
+
+/// Removes the runc state of k3s's containers after their shims were killed: only the entries
+/// whose state names a path under k3s's directories (another containerd on the host keeps
+/// its own), then the parent directories if that left them empty. Prints one line per entry.
+pub fn runc_state_script() -> String {
+    format!(
+        "[ -d {root} ] || exit 0\n\
+         for d in {root}/*/; do [ -f \"$d/state.json\" ] || continue; \
+         if grep -qE '\"({data}|{run})/' \"$d/state.json\"; then rm -rf -- \"$d\" && echo \"runc state $(basename \"$d\")\"; fi; done\n\
+         rmdir {root} /run/containerd/runc /run/containerd 2>/dev/null || true\n",
+        root = RUNC_K8S_ROOT,
+        data = paths::DATA_DIR,
+        run = "/run/k3s",
+    )
+}
+
 /// Whether the shim script found anything to kill.
 pub fn killed_something(stdout: &str) -> bool {
     stdout.lines().any(|l| l.trim() == "killed")
@@ -167,6 +186,7 @@ mod tests {
         sh_ok(&stop_units_script());
         sh_ok(&kill_shims_script());
         sh_ok(&network_script());
+        sh_ok(&runc_state_script());
         sh_ok(&release_script(&[
             "/run/k3s/a".into(),
             "/run/k3s/a/b c".into(),
