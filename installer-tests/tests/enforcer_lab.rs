@@ -3,7 +3,8 @@
 //! Debian's `nft`, built by `installer_tests::lab_images::enforcer`), as a real container in its
 //! pod's cgroup: an in-cluster client through the `kubernetes` Service (kube-proxy's rules) with
 //! its ServiceAccount's token and RBAC, programming the node's nftables and lifting the
-//! installer's taint. Then a NetworkPolicy really stops traffic to a host-network pod from the
+//! installer's taint. The appliance's own policies hold: from the workstation the gateway
+//! answers, the API and the store do not. Then a NetworkPolicy really stops traffic to a host-network pod from the
 //! workstation (the only other host), SSH and the kubelet's probes are unaffected, and a policy
 //! admitting the workstation's address lets it through again.
 //!
@@ -93,6 +94,21 @@ fn the_enforcer_runs_for_real_and_a_networkpolicy_stops_traffic_to_a_host_networ
             let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
             let n = nodes.get(&node.name).await.unwrap();
             assert!(!enforcer::node_tainted(&n), "the installer's taint is still on {}", node.name);
+            // The appliance's own policies, enforced on its running pods: from the workstation
+            // the gateway answers, the API and the store do not.
+            let plan = run.of("plan_ready").first().map(|e| e["plan"]["app"].clone()).unwrap();
+            let value = |k: &str| -> u16 {
+                plan.as_array().unwrap().iter()
+                    .find(|kv| kv[0] == json!(k))
+                    .and_then(|kv| kv[1].as_str()?.parse().ok())
+                    .unwrap_or_else(|| panic!("no {k} in {plan}"))
+            };
+            let gateway = format!("{}:{}", node.addr, value("gatewayPort"));
+            assert!(connects(&gateway).await, "the gateway must answer anyone: {gateway}");
+            for k in ["apiPort", "storePort"] {
+                let addr = format!("{}:{}", node.addr, value(k));
+                assert!(!connects(&addr).await, "{k} must be refused from outside: {addr}");
+            }
             let system: Api<Pod> = Api::namespaced(c.clone(), enforcer::NAMESPACE);
             poll("the enforcer's pod Ready", Duration::from_secs(90), || {
                 let system = system.clone();
