@@ -222,21 +222,22 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     // Built (or found current) once per process: `cargo test -p installer-tests` does not
     // build the installer's binary, and a binary left by an earlier build of other sources was
     // used as it was (a local CI run on a reused target directory tested the previous upgrade).
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    // Every binary of the workspace in one build: each `cargo build -p <one package>` resolves
+    // its dependencies' features on its own, so building them one by one compiled the shared
+    // dependencies once per package.
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == name) {
+    if !*built {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let pkg = match name {
-            "installer" => "installer",
-            "enforcer" => "installer-enforcer",
-            _ => "installer-tests",
-        };
         let st = std::process::Command::new(cargo)
-            .args(["build", "-p", pkg, "--bin", name])
+            .args(["build", "--workspace", "--bins"])
             .status()
             .context("run cargo build")?;
-        anyhow::ensure!(st.success(), "cargo build of {name} failed");
-        built.push(name.to_string());
+        anyhow::ensure!(
+            st.success(),
+            "cargo build --workspace --bins failed (wanted {name})"
+        );
+        *built = true;
     }
     anyhow::ensure!(path.exists(), "{} does not exist", path.display());
     Ok(path)

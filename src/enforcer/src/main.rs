@@ -186,7 +186,7 @@ mod tests {
 
     /// Regression: the DaemonSet renders an empty list as `ENFORCER_EXTRA_TCP_PORTS: ""`, which
     /// the enforcer refused at start (`cannot parse integer from empty string`) and crash-looped
-    /// (found by the lab's real containers, tests/enforcer_lab.rs).
+    /// (found by the lab's real containers, tests/real_containers.rs).
     #[test]
     fn an_empty_port_list_variable_means_no_ports() {
         let cli = Cli::try_parse_from([
