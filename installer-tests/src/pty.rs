@@ -1,10 +1,13 @@
 //! Driving an interactive program through a pseudo-terminal with real keystrokes
 //! (expectrl), for the wizard's tests.
 
-use expectrl::{Eof, Expect, Session};
+use expectrl::process::Termios;
+use expectrl::{Eof, Expect, Needle, Session};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use std::fs::File;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const DOWN: &str = "\x1b[B";
 pub const ENTER: &str = "\r";
@@ -13,6 +16,10 @@ pub struct Pty {
     pub s: expectrl::session::OsSession,
     /// Everything the wizard printed so far.
     pub seen: String,
+    /// How long [`Pty::expect`] waits.
+    timeout: Duration,
+    /// The pty's master side (a duplicate), to sleep in poll(2) until it has output.
+    master: File,
 }
 
 impl Pty {
@@ -40,32 +47,79 @@ impl Pty {
         }
         let mut s = Session::spawn(cmd).expect("spawn the installer in a pty");
         let _ = s.get_process_mut().set_window_size(120, 40);
-        s.set_expect_timeout(Some(Duration::from_secs(30)));
+        // ptyprocess starts the child's terminal with echo off; a terminal a person types on
+        // has it on. `send_secret` relies on it: a password prompt is recognised by echo going
+        // off. The spawn returns once the program has exec'd, after the child's own setting.
+        s.set_echo(true).expect("turn the pty's echo on");
+        let master = s
+            .get_process()
+            .get_raw_handle()
+            .expect("the pty's master descriptor");
         Pty {
             s,
             seen: String::new(),
+            timeout: Duration::from_secs(30),
+            master,
         }
     }
 
-    /// Waits for `text`, keeping what came before it.
+    /// Waits for `text`, keeping what came before it. Sleeps in poll(2) while the program
+    /// prints nothing (expectrl's own expect spins a core, which the lab's nodes need).
     pub fn expect(&mut self, text: &str) {
-        match self.s.expect(text) {
-            Ok(c) => {
-                self.seen.push_str(&String::from_utf8_lossy(c.before()));
-                self.seen.push_str(text);
+        let before = self.wait(|| text, text);
+        self.seen.push_str(&before);
+        self.seen.push_str(text);
+    }
+
+    /// Waits until `needle` matches; returns what came before it.
+    fn wait<N: Needle>(&mut self, needle: impl Fn() -> N, text: &str) -> String {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match self.s.check(needle()) {
+                Ok(c) if !c.is_empty() => return String::from_utf8_lossy(c.before()).into_owned(),
+                Ok(_) => {}
+                Err(e) => self.fail(text, &e.to_string()),
             }
-            Err(e) => panic!(
-                "waiting for {text:?}: {e}\n--- output so far ---\n{}",
-                self.seen
-            ),
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let waited = format!("nothing matched in {} s", self.timeout.as_secs());
+                self.fail(text, &waited);
+            }
+            let mut fds = [PollFd::new(&self.master, PollFlags::IN)];
+            let wait = Timespec::try_from(left.min(Duration::from_secs(1))).ok();
+            match poll(&mut fds, wait.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => self.fail(text, &format!("poll: {e}")),
+            }
         }
+    }
+
+    fn fail(&mut self, text: &str, why: &str) -> ! {
+        let pending = self.pending();
+        panic!(
+            "waiting for {text:?}: {why}\n--- output so far ---\n{}\n--- printed since the last match ---\n{pending}",
+            self.seen
+        )
+    }
+
+    /// What the program printed that no `expect` has taken yet (for a failure's message).
+    fn pending(&mut self) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.s.try_read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// [`Pty::expect`] with a longer wait (an install).
     pub fn expect_within(&mut self, text: &str, secs: u64) {
-        self.s.set_expect_timeout(Some(Duration::from_secs(secs)));
+        let usual = std::mem::replace(&mut self.timeout, Duration::from_secs(secs));
         self.expect(text);
-        self.s.set_expect_timeout(Some(Duration::from_secs(30)));
+        self.timeout = usual;
     }
 
     pub fn send(&mut self, keys: &str) {
@@ -87,9 +141,8 @@ impl Pty {
     }
 
     pub fn finish(&mut self) -> i32 {
-        if let Ok(c) = self.s.expect(Eof) {
-            self.seen.push_str(&String::from_utf8_lossy(c.before()));
-        }
+        let rest = self.wait(|| Eof, "the end of the output");
+        self.seen.push_str(&rest);
         match self.s.get_process().wait() {
             Ok(expectrl::process::unix::WaitStatus::Exited(_, code)) => code,
             other => panic!("the installer did not exit normally: {other:?}"),
