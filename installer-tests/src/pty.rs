@@ -149,3 +149,30 @@ impl Pty {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stop 23's CI failure: the password was typed while the pty still had ptyprocess's
+    /// initial echo-off, so the prompt's TCSAFLUSH threw it away and the prompt waited forever.
+    /// Python's getpass flushes as dialoguer's does; the pause before it is the window.
+    #[test]
+    fn a_secret_typed_at_a_prompt_that_flushes_input_is_not_lost() {
+        let home = tempfile::tempdir().unwrap();
+        let mut p = Pty::spawn_args(
+            Path::new("/usr/bin/python3"),
+            home.path(),
+            &[],
+            &[
+                "-c",
+                "import getpass, time\nprint('ready', flush=True)\ntime.sleep(0.5)\nprint('got:' + getpass.getpass('pw? '))",
+            ],
+        );
+        p.expect("ready");
+        p.send_secret("s3cret");
+        p.expect("got:s3cret");
+        assert_eq!(p.finish(), 0, "{}", p.seen);
+        assert!(!p.seen.contains("s3cret\r\n"), "echoed: {}", p.seen);
+    }
+}
