@@ -38,7 +38,26 @@ fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_onl
         .find(|e| e["phase"] == "verify")
         .cloned()
         .unwrap_or_default();
-    assert_eq!(verify["detail"], "3 endpoints answering", "{}", run.all());
+    // The endpoints, then the probe matrix across the 3 nodes, with denies seen denied.
+    let detail = verify["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        detail.starts_with("3 endpoints answering; probe matrix: "),
+        "{}",
+        run.all()
+    );
+    let denied: u64 = detail
+        .rsplit('(')
+        .next()
+        .and_then(|d| d.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(denied > 0, "{detail}");
+    let matrix = messages(&run)
+        .into_iter()
+        .find(|t| t.starts_with("probe matrix:"))
+        .unwrap_or_default();
+    assert!(matrix.contains("host (other node)"), "{matrix}");
+    assert!(!matrix.contains("DIFFERS"), "{matrix}");
     // The hand-off: where the appliance is and how to log in; the generated password is
     // never in the JSON output (nor the log, which writes the same events).
     let handoff = run
@@ -87,6 +106,20 @@ fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_onl
         "{st:#}"
     );
     assert_eq!(st["nodes"].as_array().unwrap().len(), 3);
+    // Every node's enforcer, and the matrix verify checked.
+    let enforcers = st["enforcers"].as_array().unwrap();
+    assert_eq!(enforcers.len(), 3, "{st:#}");
+    for e in enforcers {
+        assert_eq!(e["mode"], "enforce", "{e}");
+        assert_eq!(e["ready"], true, "{e}");
+        assert!(e["rules"].as_u64() > Some(0), "{e}");
+    }
+    assert_eq!(st["matrix"]["ok"], true, "{st:#}");
+    assert_eq!(
+        st["matrix"]["table"].as_str(),
+        Some(matrix.trim_start_matches("probe matrix:\n")),
+        "{st:#}"
+    );
 
     // A changed value in the answer file rolls out only the workload that uses it.
     let more = env

@@ -81,6 +81,32 @@ async fn the_enforcer_enforces(lab: &Lab, node: &Node, run: &Run, c: &kube::Clie
         .cloned()
         .unwrap_or_else(|| panic!("no enforcer phase in\n{}", run.all()));
     assert_eq!(phase["ok"], json!(true), "{phase}");
+    // verify's probe matrix: every flow tried for real, as the policies say, denies included.
+    let verify = run
+        .of("phase_finished")
+        .into_iter()
+        .find(|p| p["phase"] == "verify")
+        .cloned()
+        .unwrap_or_else(|| panic!("no verify phase in\n{}", run.all()));
+    assert_eq!(verify["ok"], json!(true), "{verify}");
+    let matrix = run
+        .of("message")
+        .into_iter()
+        .filter_map(|m| m["text"].as_str())
+        .find(|t| t.starts_with("probe matrix:"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no probe matrix in\n{}", run.all()));
+    for want in [
+        "outside",
+        "host (same node)",
+        "store:",
+        "gateway:",
+        "allow",
+        "deny",
+    ] {
+        assert!(matrix.contains(want), "{want:?} not in\n{matrix}");
+    }
+    assert!(!matrix.contains("DIFFERS"), "{matrix}");
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
     let n = nodes.get(&node.name).await.unwrap();
     assert!(
@@ -260,6 +286,51 @@ async fn the_enforcer_enforces(lab: &Lab, node: &Node, run: &Run, c: &kube::Clie
     let p = pods.get("web").await.unwrap();
     let st = serde_json::to_value(p.status.unwrap_or_default()).unwrap();
     assert_eq!(st["containerStatuses"][0]["ready"], json!(true), "{st}");
+
+    // Fail-closed: the enforcer killed, its rules stay while nothing runs it (the kubelet's
+    // first restart waits 10 s): the store is still refused, the table still in the kernel.
+    let store = format!("{}:{}", node.addr, value("storePort"));
+    lab.exec_ok(node, "pkill -KILL -x enforcer").unwrap();
+    let state_gone = lab
+        .exec(
+            node,
+            &format!(
+                "curl -s --max-time 2 http://127.0.0.1:{}/state",
+                enforcer::STATE_PORT
+            ),
+        )
+        .map(|o| !o.status.success())
+        .unwrap();
+    assert!(state_gone, "the enforcer still answers after its kill");
+    assert!(
+        !connects(&store).await,
+        "the store must stay refused while the enforcer is dead: {store}"
+    );
+    lab.exec_ok(node, "nft list table inet installer_enforcer")
+        .expect("the enforcer's table must outlive its process");
+    poll(
+        "the enforcer restarted and applied its rules again",
+        Duration::from_secs(90),
+        || {
+            let out = lab
+                .exec_ok(
+                    node,
+                    &format!("curl -s http://127.0.0.1:{}/state", enforcer::STATE_PORT),
+                )
+                .unwrap_or_default();
+            async move {
+                let v: serde_json::Value =
+                    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+                if v["ready"] == json!(true) && v["last_error"] == json!(null) {
+                    Ok(())
+                } else {
+                    Err(out)
+                }
+            }
+        },
+    )
+    .await;
+    assert!(!connects(&store).await, "{store}");
 
     // Admit the workstation's address on the lab bridge: open again.
     apply(&c, &json!({

@@ -134,7 +134,10 @@ pub fn node_collectors(ctx: &Context) -> Vec<Collector> {
         Collector::new("k3s/containerd", "f=/var/lib/rancher/k3s/agent/containerd/containerd.log; if [ -f $f ]; then tail -c 20971520 $f; else echo \"$f: absent\"; fi", 15, 20 * M).at("k3s/containerd.log"),
         Collector::new("etcd/health", "c=/var/lib/rancher/k3s/server/tls/etcd; for p in health v3/cluster/member/list v3/maintenance/status; do echo \"--- $p\"; curl -sS -m 5 --cacert $c/server-ca.crt --cert $c/server-client.crt --key $c/server-client.key -X POST https://127.0.0.1:2379/$p 2>&1; echo; done; echo '--- /db/info'; curl -sSk -m 5 https://127.0.0.1:6443/db/info", 30, M).only(Applies::Servers),
         Collector::new("journal/k3s", format!("journalctl -u k3s.service -u k3s-agent.service {since}"), 120, 50 * M).at("journal/k3s.log"),
-        Collector::new("journal/enforcer", format!("journalctl -u 'installer-enforcer*' {since}; [ $? -le 1 ] # 1: no such unit yet"), 60, 20 * M).at("journal/enforcer.log"),
+        // The policy enforcer runs as a DaemonSet pod: its `/state` on the node's loopback and
+        // its container logs as the kubelet writes them.
+        Collector::new("enforcer/state", crate::phases::enforcer::state_script(crate::phases::enforcer::STATE_PORT), 20, M).at("enforcer/state.json"),
+        Collector::new("enforcer/log", "found=0; for f in /var/log/pods/kube-system_installer-enforcer-*/*/*.log; do [ -f \"$f\" ] || continue; found=1; echo \"--- $f\"; tail -c 10485760 \"$f\"; done; [ $found = 1 ] || echo 'no enforcer pod log on this node'", 30, 20 * M).at("enforcer/log.txt"),
         Collector::new("journal/system", format!("journalctl {since}"), 120, 20 * M).at("journal/system.log"),
         Collector::new("network/addresses", "ip -d addr; ip -d link", 15, M),
         Collector::new("network/routes", "ip route show table all; ip -6 route show table all; ip rule", 15, M),

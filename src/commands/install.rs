@@ -211,7 +211,9 @@ pub async fn appliance_phases(
         }),
         None => None,
     };
-    let endpoints = phases::verify::run(runner, &app, &generated).await?;
+    let verified =
+        phases::verify::run(runner, &app, &generated, cluster, hosts, plan.enforcer).await?;
+    let endpoints = verified.endpoints;
     Ok(Deployed {
         app: app.spec().clone(),
         endpoints,

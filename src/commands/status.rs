@@ -14,9 +14,10 @@ use crate::kube::Cluster;
 use crate::kube::wait::node_readiness;
 use crate::phases::Journal;
 use crate::phases::connect::connect_host;
+use crate::phases::enforcer;
 use crate::phases::k3s_node::cluster_through_any;
 use crate::phases::{ConnectedHost, StepError};
-use crate::report::status::{HostStatus, NodeStatus, StatusSummary};
+use crate::report::status::{EnforcerStatus, HostStatus, MatrixStatus, NodeStatus, StatusSummary};
 use crate::report::{Event, Reporter};
 
 /// How to run status, from the command line.
@@ -35,6 +36,7 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
     // Every server whose k3s runs, in the plan's order: the API is read through the first that
     // answers, so one server down does not hide the cluster (issue 13).
     let mut api_hosts: Vec<Arc<dyn Remote>> = Vec::new();
+    let mut reachable: Vec<(String, Arc<dyn Remote>)> = Vec::new();
     for (h, r) in plan.hosts.iter().zip(results) {
         let mut hs = HostStatus {
             host: h.name.clone(),
@@ -60,6 +62,9 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
                         h.name,
                         hs.unit.as_deref().unwrap_or("not installed")
                     ));
+                }
+                if f.k3s_running() {
+                    reachable.push((h.name.clone(), host.remote.clone()));
                 }
                 if h.role == Role::Server && f.kubeconfig && f.k3s_running() {
                     api_hosts.push(host.remote.clone());
@@ -88,7 +93,25 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
                 .push(format!("the Kubernetes API: {}", reasons.join("; "))),
         }
     }
+    // Once the appliance runs, every node must be protected; before, an enforcer that is not
+    // there yet is no problem of its own (the last run says where it stopped).
+    let appliance_deployed = !s.workloads.is_empty();
+    enforcers(&reachable, appliance_deployed, &mut s).await;
     let journal = session::state_dir(plan).join("journal.jsonl");
+    match Journal::last_matrix(&journal) {
+        Ok(Some((time, table, ok))) => {
+            if !ok {
+                s.problems.push(format!(
+                    "the probe matrix checked {time} differed from the NetworkPolicies"
+                ));
+            }
+            s.matrix = Some(MatrixStatus { time, ok, table });
+        }
+        Ok(None) => {}
+        Err(e) => s
+            .problems
+            .push(format!("cannot read {}: {e}", journal.display())),
+    }
     match Journal::last_run(&journal) {
         Ok(Some(last)) => {
             if let Some(stopped) = last.stopped_at() {
@@ -103,6 +126,58 @@ pub async fn collect(plan: &Plan, opts: &StatusOptions, reporter: &Reporter) -> 
     }
     s.healthy = s.problems.is_empty();
     s
+}
+
+/// Each host's policy enforcer, read over SSH from its `/state` (hosts whose k3s runs).
+async fn enforcers(hosts: &[(String, Arc<dyn Remote>)], expected: bool, s: &mut StatusSummary) {
+    let reads = futures::future::join_all(
+        hosts
+            .iter()
+            .map(|(_, r)| enforcer::read_state(r.as_ref(), enforcer::STATE_PORT)),
+    )
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if !expected && reads.iter().all(Result::is_err) {
+        return;
+    }
+    for ((host, _), r) in hosts.iter().zip(reads) {
+        let e = match r {
+            Ok(st) => {
+                if !st.ready {
+                    s.problems.push(format!(
+                        "{host}: the policy enforcer is not ready{}",
+                        st.last_error
+                            .as_deref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    ));
+                }
+                EnforcerStatus {
+                    host: host.clone(),
+                    mode: Some(st.mode.clone()),
+                    ready: st.ready,
+                    rules: st.stats.rules,
+                    last_apply_unix: st.last_apply_unix,
+                    dropped_packets: st.dropped_packets,
+                    would_drop_packets: st.would_drop_packets,
+                    detail: st.summary(now),
+                }
+            }
+            Err(why) => {
+                s.problems
+                    .push(format!("{host}: the policy enforcer's state: {why}"));
+                EnforcerStatus {
+                    host: host.clone(),
+                    detail: why,
+                    ..Default::default()
+                }
+            }
+        };
+        s.enforcers.push(e);
+    }
 }
 
 /// Connects to every host of the plan and gathers its facts, in parallel, going on past

@@ -586,6 +586,7 @@ pub async fn run(
 }
 
 pub mod matrix;
+pub mod probe;
 
 #[cfg(test)]
 mod tests;

@@ -48,6 +48,13 @@ pub enum Entry {
         /// Each node's version before the upgrade (`node=version`).
         from: Vec<String>,
     },
+    /// The probe matrix a `verify` checked: its table as printed, and whether it passed.
+    Matrix {
+        run: String,
+        time: String,
+        table: String,
+        ok: bool,
+    },
 }
 
 /// What the journal says about the most recent run.
@@ -183,6 +190,34 @@ impl Journal {
         });
     }
 
+    /// Records the probe matrix `verify` checked.
+    pub fn matrix(&self, table: &str, ok: bool) {
+        self.append(&Entry::Matrix {
+            run: self.run.clone(),
+            time: now(),
+            table: table.to_owned(),
+            ok,
+        });
+    }
+
+    /// The most recent probe matrix recorded at `path`: (time, table, passed), if any.
+    pub fn last_matrix(path: &Path) -> std::io::Result<Option<(String, String, bool)>> {
+        let text = match fs_err::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(text
+            .lines()
+            .rev()
+            .find_map(|l| match serde_json::from_str::<Entry>(l) {
+                Ok(Entry::Matrix {
+                    time, table, ok, ..
+                }) => Some((time, table, ok)),
+                _ => None,
+            }))
+    }
+
     /// The most recent upgrade recorded at `path`: (time, k3s version), if any.
     pub fn last_upgrade(path: &Path) -> std::io::Result<Option<(String, String)>> {
         let text = match fs_err::read_to_string(path) {
@@ -257,7 +292,7 @@ impl Journal {
                         s.finished = Some(ok);
                     }
                 }
-                Entry::Upgraded { .. } => {}
+                Entry::Upgraded { .. } | Entry::Matrix { .. } => {}
             }
         }
         Ok(summary)

@@ -13,10 +13,38 @@ pub struct StatusSummary {
     pub nodes: Vec<NodeStatus>,
     pub workloads: Vec<WorkloadStatus>,
     pub endpoints: Vec<EndpointStatus>,
+    /// Each reachable host's policy enforcer, as its `/state` says.
+    pub enforcers: Vec<EnforcerStatus>,
+    /// The probe matrix the last `verify` checked (from the journal).
+    pub matrix: Option<MatrixStatus>,
     /// Where the last install stopped, if it did not finish.
     pub last_run: Option<String>,
     /// Every reason the cluster is not healthy, one line each.
     pub problems: Vec<String>,
+}
+
+/// One node's policy enforcer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EnforcerStatus {
+    pub host: String,
+    /// `enforce` or `audit` (None when its state cannot be read).
+    pub mode: Option<String>,
+    pub ready: bool,
+    pub rules: u64,
+    pub last_apply_unix: Option<u64>,
+    pub dropped_packets: u64,
+    pub would_drop_packets: u64,
+    /// The one-line summary, or why its state cannot be read.
+    pub detail: String,
+}
+
+/// The last probe matrix.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MatrixStatus {
+    /// When `verify` checked it.
+    pub time: String,
+    pub ok: bool,
+    pub table: String,
 }
 
 /// One host of the answer file, as seen over SSH.

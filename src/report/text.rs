@@ -283,6 +283,40 @@ pub fn status(s: &crate::report::status::StatusSummary) -> String {
             .collect();
         out.push_str(&table(&["ENDPOINT", "URL", "ANSWER"], &rows));
     }
+    if !s.enforcers.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .enforcers
+            .iter()
+            .map(|e| {
+                vec![
+                    e.host.clone(),
+                    match (&e.mode, e.ready) {
+                        (Some(_), true) => "ready".into(),
+                        (Some(_), false) => "NOT ready".into(),
+                        (None, _) => "NO STATE".into(),
+                    },
+                    e.detail.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["ENFORCER", "STATE", "DETAIL"], &rows));
+    }
+    if let Some(m) = &s.matrix {
+        let _ = writeln!(
+            out,
+            "\nprobe matrix ({}, checked {}):",
+            if m.ok {
+                "as the policies say"
+            } else {
+                "DIFFERS from the policies"
+            },
+            m.time
+        );
+        for l in m.table.lines() {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
     if let Some(l) = &s.last_run {
         let _ = writeln!(out, "\nlast run: {l}");
     }
