@@ -229,10 +229,18 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !*built {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = std::process::Command::new(cargo)
-            .args(["build", "--workspace", "--bins"])
-            .status()
-            .context("run cargo build")?;
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--workspace", "--bins"]);
+        // Without the variables cargo sets for the test it runs: build scripts that track one
+        // of them (ring's tracks CARGO_MANIFEST_DIR) were dirty each time the outer cargo and
+        // this one alternated, so every such build recompiled ring, rustls, russh, kube and
+        // the workspace (about 25 s here, once per test binary and again for the demo).
+        for (k, _) in std::env::vars_os() {
+            if k.to_str().is_some_and(set_by_cargo_for_a_test) {
+                build.env_remove(&k);
+            }
+        }
+        let st = build.status().context("run cargo build")?;
         anyhow::ensure!(
             st.success(),
             "cargo build --workspace --bins failed (wanted {name})"
@@ -243,9 +251,49 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Whether `name` is one of the variables cargo sets for a test or a binary it runs (cargo's
+/// "Environment variables Cargo sets for crates"), as opposed to one a user set to configure
+/// cargo (`CARGO_HOME`, `CARGO_TARGET_DIR`, `CARGO_PROFILE_*`, ...), which must stay.
+fn set_by_cargo_for_a_test(name: &str) -> bool {
+    matches!(
+        name,
+        "CARGO_MANIFEST_DIR"
+            | "CARGO_MANIFEST_PATH"
+            | "CARGO_MANIFEST_LINKS"
+            | "CARGO_CRATE_NAME"
+            | "CARGO_BIN_NAME"
+            | "CARGO_PRIMARY_PACKAGE"
+            | "CARGO_TARGET_TMPDIR"
+            | "CARGO_RUSTC_CURRENT_DIR"
+            | "OUT_DIR"
+    ) || name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_variables_cargo_sets_for_a_test_are_left_out_of_the_inner_build() {
+        for k in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_BIN_EXE_lab",
+            "OUT_DIR",
+        ] {
+            assert!(set_by_cargo_for_a_test(k), "{k}");
+        }
+        for k in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_PROFILE_DEV_OPT_LEVEL",
+            "PATH",
+        ] {
+            assert!(!set_by_cargo_for_a_test(k), "{k}");
+        }
+    }
 
     /// Regression: the enforcer's lock entries (an image built here, no digest until built)
     /// made every lab payload's lock invalid once its archive had a recorded checksum, so every
