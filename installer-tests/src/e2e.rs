@@ -205,6 +205,45 @@ pub fn standin_knobs(lab: &Lab, yaml: &str) -> Result<()> {
     Ok(())
 }
 
+/// The nftables table of [`block_pods_from_api`].
+pub const API_BLOCK_TABLE: &str = "lab_block_api";
+
+/// A host firewall on `node` that drops what the node's pods send to the Kubernetes API (6443,
+/// and 6444, the agent's load balancer), as a customer's firewall may: a table of its own
+/// whose output chain matches the pods' cgroup (`kubepods.slice` in the cgroup v2 hierarchy,
+/// created first when no pod ran there yet), so the node's k3s itself keeps its API. A drop in
+/// any base chain is final, whatever the enforcer's table accepts. It is seen after
+/// kube-proxy's DNAT, so a pod's connection to the `kubernetes` Service is dropped too.
+pub fn block_pods_from_api(lab: &Lab, node: &Node) -> Result<()> {
+    lab.exec_ok(
+        node,
+        &format!(
+            r#"set -e
+p=kubepods.slice
+[ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ] || p=unified/kubepods.slice
+mkdir -p /sys/fs/cgroup/$p
+nft -f - <<RULES
+table inet {API_BLOCK_TABLE} {{
+  chain out {{
+    type filter hook output priority filter - 10; policy accept;
+    tcp dport {{ 6443, 6444 }} socket cgroupv2 level 1 "$p" counter drop
+  }}
+}}
+RULES
+"#
+        ),
+    )
+    .with_context(|| format!("block {}'s pods from the API", node.name))?;
+    Ok(())
+}
+
+/// Removes [`block_pods_from_api`]'s table.
+pub fn unblock_pods_from_api(lab: &Lab, node: &Node) -> Result<()> {
+    lab.exec_ok(node, &format!("nft delete table inet {API_BLOCK_TABLE}"))
+        .with_context(|| format!("unblock {}'s pods from the API", node.name))?;
+    Ok(())
+}
+
 /// Whether the installer left any trace of itself on the node (for "changes nothing").
 pub fn untouched(lab: &Lab, node: &Node) -> Result<bool> {
     let out = lab.exec_ok(

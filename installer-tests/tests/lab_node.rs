@@ -237,6 +237,17 @@ fn nodes_run_notify_services_and_have_what_k3s_needs() {
         "{rules}"
     );
 
+    // Regression: `Lab::exec` (nsenter) ran scripts in the host's cgroup namespace, unlike an SSH
+    // login, so a fault helper's nftables rule on a cgroup path of the node never matched.
+    let ns = "readlink /proc/self/ns/cgroup";
+    let over_ssh = text(&lab.ssh(n1, ns).unwrap().stdout);
+    let by_exec = text(&lab.exec(n1, ns).unwrap().stdout);
+    assert!(over_ssh.starts_with("cgroup:["), "{over_ssh}");
+    assert_eq!(
+        by_exec, over_ssh,
+        "Lab::exec and SSH see different cgroup namespaces"
+    );
+
     // A Type=notify service (the k3s stand-in runs as k3s.service): active only after READY=1.
     let unit = r#"cat > /etc/systemd/system/notify-probe.service <<'EOF'
 [Service]

@@ -14,7 +14,10 @@
 //! lifting the installer's taint. The appliance's own policies hold from the workstation (the
 //! gateway answers, the API and the store do not); a default-deny NetworkPolicy stops the
 //! workstation's traffic to a host-network pod (SSH and the kubelet's probes unaffected, drops
-//! counted) and an ipBlock rule admitting the workstation lets it through again.
+//! counted) and an ipBlock rule admitting the workstation lets it through again. Killed, it comes
+//! back and applies again; with the API out of its reach (a host firewall on the node) it comes
+//! back, adopts the rules in the kernel and changes nothing until the API is back. Audit mode,
+//! chosen on a rerun of the install, drops nothing and counts what it would have dropped.
 //!
 //! One 1-node lab installed by the installer (the appliance itself stays simulated here); the
 //! test's own pods use a busybox image built from Debian's busybox-static
@@ -26,7 +29,7 @@
 use std::time::Duration;
 
 use installer::phases::enforcer;
-use installer_tests::e2e::{Env, Run, poll};
+use installer_tests::e2e::{self, Env, Run, poll};
 use installer_tests::lab::{Lab, Node};
 use installer_tests::lab_or_skip;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
@@ -352,6 +355,194 @@ async fn the_enforcer_enforces(lab: &Lab, node: &Node, run: &Run, c: &kube::Clie
     .await;
 }
 
+/// A port of the application as the plan printed it (`gatewayPort`, `storePort`, ...).
+fn app_port(run: &Run, key: &str) -> u16 {
+    let plan = run
+        .of("plan_ready")
+        .first()
+        .map(|e| e["plan"]["app"].clone())
+        .unwrap_or_else(|| panic!("no plan in\n{}", run.all()));
+    plan.as_array()
+        .unwrap()
+        .iter()
+        .find(|kv| kv[0] == json!(key))
+        .and_then(|kv| kv[1].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {plan}"))
+}
+
+/// The enforcer's `/state` on `node`, or why there is none.
+fn enforcer_state(lab: &Lab, node: &Node) -> Result<serde_json::Value, String> {
+    let out = lab
+        .exec_ok(
+            node,
+            &format!(
+                "curl -s --max-time 2 http://127.0.0.1:{}/state",
+                enforcer::STATE_PORT
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
+}
+
+/// Step 8, the API out of the node's pods' reach (a host firewall, `e2e::block_pods_from_api`) and the
+/// enforcer killed again: it comes back without its API, says it adopted the rules in the kernel,
+/// leaves them exactly as they were (the store still refused, the workstation still admitted to
+/// web) and applies again once the API is back.
+async fn the_enforcer_keeps_its_rules_without_the_api(lab: &Lab, node: &Node, run: &Run) {
+    let store = format!("{}:{}", node.addr, app_port(run, "storePort"));
+    let web = format!("{}:{PORT}", node.addr);
+    let rules = || {
+        lab.exec_ok(node, "nft -s list table inet installer_enforcer")
+            .expect("the enforcer's table")
+    };
+    let before = rules();
+    e2e::block_pods_from_api(lab, node).unwrap();
+    lab.exec_ok(node, "pkill -KILL -x enforcer").unwrap();
+    let state = poll(
+        "the enforcer restarted, waiting for its API",
+        Duration::from_secs(120),
+        || {
+            let s = enforcer_state(lab, node);
+            let fw = lab
+                .exec_ok(
+                    node,
+                    &format!(
+                        "nft list table inet {}; ss -tnp | grep enforcer",
+                        e2e::API_BLOCK_TABLE
+                    ),
+                )
+                .unwrap_or_default();
+            async move {
+                let v = s?;
+                if v["synced"] == json!(false) && v["adopted"] == json!(true) {
+                    Ok(v)
+                } else {
+                    Err(format!("{v}\n{fw}"))
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(state["ready"], json!(false), "{state}");
+    // It did try: the firewall dropped its connections to the API.
+    poll(
+        "the restarted enforcer's API connections dropped",
+        Duration::from_secs(30),
+        || {
+            let out = lab
+                .exec_ok(
+                    node,
+                    &format!("nft list table inet {}", e2e::API_BLOCK_TABLE),
+                )
+                .unwrap_or_default();
+            async move {
+                if out.contains("counter packets 0 ") {
+                    Err(out)
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        rules(),
+        before,
+        "the rules in the kernel changed while the enforcer had no API"
+    );
+    assert!(
+        !connects(&store).await,
+        "the store must stay refused while the enforcer has no API: {store}"
+    );
+    assert!(
+        connects(&web).await,
+        "the workstation's allowed flow must stay open while the enforcer has no API: {web}"
+    );
+    e2e::unblock_pods_from_api(lab, node).unwrap();
+    let state = poll(
+        "the enforcer synced and applied again, its API back",
+        Duration::from_secs(120),
+        || {
+            let s = enforcer_state(lab, node);
+            async move {
+                let v = s?;
+                if v["ready"] == json!(true)
+                    && v["synced"] == json!(true)
+                    && v["last_error"] == json!(null)
+                {
+                    Ok(v)
+                } else {
+                    Err(v.to_string())
+                }
+            }
+        },
+    )
+    .await;
+    assert!(state["applies"].as_u64() >= Some(1), "{state}");
+    assert!(!connects(&store).await, "{store}");
+    assert!(connects(&web).await, "{web}");
+}
+
+/// Step 9, `spec.enforcer.mode: audit` on a rerun of the install: the enforcer is replaced by one in
+/// audit mode, verify's matrix shows the policies' denies as `would deny`, and the store, denied
+/// until now, answers the workstation (audit drops nothing) while the connection is counted.
+async fn audit_mode_drops_nothing_and_counts(lab: &Lab, node: &Node, env: &Env, run: &Run) {
+    let answers = lab.answer_file_path();
+    let text = std::fs::read_to_string(&answers).unwrap();
+    assert!(!text.contains("enforcer:"), "{text}");
+    std::fs::write(
+        &answers,
+        text.replacen("\nspec:\n", "\nspec:\n  enforcer:\n    mode: audit\n", 1),
+    )
+    .unwrap();
+    let audit = env.run(&answers, &["install"]).unwrap();
+    assert!(audit.ok(), "{}", audit.all());
+    let phase = audit
+        .of("host_done")
+        .into_iter()
+        .find(|p| p["phase"] == "enforcer")
+        .cloned()
+        .unwrap_or_else(|| panic!("no enforcer phase in\n{}", audit.all()));
+    assert!(
+        phase["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("`audit` on 1 node")),
+        "{phase}"
+    );
+    let matrix = audit
+        .of("message")
+        .into_iter()
+        .filter_map(|m| m["text"].as_str())
+        .find(|t| t.starts_with("probe matrix:"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no probe matrix in\n{}", audit.all()));
+    assert!(matrix.contains("would deny"), "{matrix}");
+    assert!(!matrix.contains("DIFFERS"), "{matrix}");
+    let state = enforcer_state(lab, node).unwrap();
+    assert_eq!(state["mode"], json!("audit"), "{state}");
+    let store = format!("{}:{}", node.addr, app_port(run, "storePort"));
+    assert!(
+        connects(&store).await,
+        "audit mode must drop nothing, the store included: {store}"
+    );
+    poll(
+        "the store's connection counted as would-drop",
+        Duration::from_secs(30),
+        || {
+            let s = enforcer_state(lab, node);
+            async move {
+                let v = s?;
+                if v["would_drop_packets"].as_u64() > Some(0) && v["dropped_packets"] == json!(0) {
+                    Ok(())
+                } else {
+                    Err(v.to_string())
+                }
+            }
+        },
+    )
+    .await;
+}
+
 fn host_pod(name: &str, spec: serde_json::Value) -> Pod {
     let mut spec = spec;
     spec["hostNetwork"] = json!(true);
@@ -639,6 +830,10 @@ fn images_with_a_root_filesystem_run_as_real_containers() {
 
         // 7. The policy enforcer the install deployed.
         the_enforcer_enforces(&lab, node, &run, &c).await;
+        // 8. Without its API, its rules stay.
+        the_enforcer_keeps_its_rules_without_the_api(&lab, node, &run).await;
+        // 9. Audit mode, chosen on a rerun.
+        audit_mode_drops_nothing_and_counts(&lab, node, &env, &run).await;
     })
     }));
     if let Err(panic) = outcome {

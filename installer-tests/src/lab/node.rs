@@ -414,6 +414,10 @@ pub(crate) fn nsenter(nspawn: Proc, script: &str, timeout: Duration) -> Result<O
         "-i",
         "-n",
         "-p",
+        // The node's cgroup namespace too, as an SSH login has: without it a cgroup path such
+        // a script hands to the kernel (`nft ... socket cgroupv2 level 1 "kubepods.slice"`)
+        // was resolved against the host's root, and its rule never matched.
+        "-C",
         "--",
         "/bin/sh",
         "-c",

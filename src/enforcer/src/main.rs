@@ -160,17 +160,29 @@ async fn real_main() -> anyhow::Result<()> {
             cfg.remove_taint = Some(remove_taint).filter(|k| !k.is_empty());
             let fs = CgroupFs::detect(&common.cgroup_root, &common.cgroup_base)?;
             let nft = Nft::new(&common.table, netns.as_deref());
+            // Said (and shown in /state) before the API is reached, which may take long: rules
+            // left by an earlier run stay in force, untouched, until the watchers have synced.
+            let adopted = matches!(nft.listing(), Ok(Some(_)));
+            if adopted {
+                tracing::info!(table = %nft.table, "the rules of an earlier run are in the kernel: they stay in force, unchanged, until the watchers have synced");
+            }
             let shared = Arc::new(Mutex::new(State {
                 node: cfg.node_name.clone(),
                 mode: cfg.mode.as_str().into(),
                 taint: cfg.remove_taint.clone(),
+                adopted,
                 ..State::default()
             }));
             let server = tokio::spawn(state::serve(state_addr, shared.clone()));
             let changed = Arc::new(tokio::sync::Notify::new());
             let source = match &common.snapshot {
                 Some(p) => Source::File(p.clone()),
-                None => Source::Kube(KubeStores::start(changed.clone()).await?),
+                None => {
+                    tracing::info!(
+                        "waiting for the watchers on the API to sync (nothing is changed before)"
+                    );
+                    Source::Kube(KubeStores::start(changed.clone()).await?)
+                }
             };
             tokio::select! {
                 r = controller::run(cfg, fs, nft, shared, source, changed, Duration::from_millis(interval_ms)) => r,
