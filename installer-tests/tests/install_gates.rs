@@ -153,3 +153,92 @@ fn a_second_install_is_refused_with_the_holder_named_and_a_killed_one_leaves_no_
     let third = env.run(&answers, &["install"]).unwrap();
     assert!(third.ok(), "{}", third.all());
 }
+
+/// Issue 12: a node whose enforcer cannot start protecting it (a host firewall there drops what
+/// its pods send to the API, so the enforcer never syncs) keeps the installer's taint, no
+/// application pod is created anywhere, and the install stops at the enforcer's gate naming
+/// that node. With the firewall gone, a rerun finishes.
+#[test]
+fn a_node_whose_enforcer_cannot_start_keeps_its_taint_and_the_install_stops_naming_it() {
+    use installer::phases::enforcer;
+    use installer_tests::e2e;
+    use k8s_openapi::api::core::v1::{Node, Pod};
+
+    let Some(lab) = lab_or_skip!(3) else { return };
+    let env = Env::new().unwrap();
+    let (n1, n2) = (&lab.nodes()[0], &lab.nodes()[1]);
+    e2e::block_pods_from_api(&lab, n2).unwrap();
+    // The gate's wait, shortened (the default is minutes), in the lab's own answer file (so the
+    // kubeconfig lands where `e2e::kube_client` reads it).
+    let answers = lab.answer_file_path();
+    let text = std::fs::read_to_string(&answers).unwrap();
+    std::fs::write(
+        &answers,
+        text.replacen("\nspec:\n", "\nspec:\n  timeouts:\n    rollout: 20s\n", 1),
+    )
+    .unwrap();
+    let run = env.run(&answers, &["install"]).unwrap();
+    let all = run.all();
+    assert_eq!(run.code, 1, "{all}");
+    let failed: Vec<_> = run
+        .of("phase_finished")
+        .into_iter()
+        .filter(|p| p["ok"] == serde_json::json!(false))
+        .map(|p| p["phase"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(failed, ["enforcer"], "{all}");
+    let error = run
+        .of("error")
+        .first()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| panic!("no error event in\n{all}"));
+    assert!(
+        error.contains(&n2.name),
+        "the error does not name {}: {error}",
+        n2.name
+    );
+    assert!(!error.contains(&format!("{}:", n1.name)), "{error}");
+    // The enforcer's own account comes first (a pod not ready is the symptom), its log included.
+    for want in [
+        "the policy enforcer did not protect 1 node",
+        "its watchers have not synced yet",
+        "waiting for the watchers on the API to sync",
+    ] {
+        assert!(error.contains(want), "{want:?} not in {error}");
+    }
+    assert!(
+        !run.of("phase_started").iter().any(|p| p["phase"] == "app"),
+        "the application phase started:\n{all}"
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = e2e::kube_client(&lab).await.unwrap();
+        let nodes: kube::Api<Node> = kube::Api::all(c.clone());
+        assert!(
+            enforcer::node_tainted(&nodes.get(&n2.name).await.unwrap()),
+            "{} lost the installer's taint without an enforcer",
+            n2.name
+        );
+        assert!(
+            !enforcer::node_tainted(&nodes.get(&n1.name).await.unwrap()),
+            "{} is protected, its taint must be gone",
+            n1.name
+        );
+        let pods: kube::Api<Pod> = kube::Api::all(c);
+        let outside: Vec<String> = pods
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() != Some("kube-system"))
+            .map(|p| format!("{:?}/{:?}", p.metadata.namespace, p.metadata.name))
+            .collect();
+        assert!(outside.is_empty(), "application pods exist: {outside:?}");
+    });
+
+    e2e::unblock_pods_from_api(&lab, n2).unwrap();
+    let rerun = env.run(&answers, &["install"]).unwrap();
+    assert!(rerun.ok(), "{}", rerun.all());
+}

@@ -291,7 +291,7 @@ pub fn judge(
                 if s.synced {
                     "no rules applied yet".into()
                 } else {
-                    "its watchers have not synced yet".into()
+                    "its watchers have not synced yet: it has not read the cluster from the Kubernetes API (the node's pods must reach the API servers' port 6443 through the `kubernetes` Service)".into()
                 }
             });
         return NodeVerdict::Waiting(why);
@@ -463,6 +463,56 @@ async fn diagnose(cluster: &Cluster, waiting: &BTreeMap<String, String>) -> Vec<
     out
 }
 
+/// One reading of each host's `/state` and Node, judged.
+async fn judge_all<'h>(
+    cluster: &Cluster,
+    hosts: &[&'h Arc<ConnectedHost>],
+    mode: EnforcerMode,
+) -> Vec<(&'h Arc<ConnectedHost>, NodeVerdict)> {
+    let reads = futures::future::join_all(
+        hosts
+            .iter()
+            .map(|h| async { read_state(h.remote.as_ref(), STATE_PORT).await }),
+    )
+    .await;
+    let mut out = Vec::new();
+    for (h, state) in hosts.iter().zip(reads) {
+        let tainted = match cluster.node(&h.node_name).await {
+            Ok(Some(n)) => node_tainted(&n),
+            Ok(None) => true,
+            Err(_) => true,
+        };
+        out.push((*h, judge(&state, tainted, mode)));
+    }
+    out
+}
+
+/// The rollout gate's error, with first what the enforcer says of each node it does not protect
+/// (its `/state`, its pod, its last log lines): a pod that is not ready is the symptom, the
+/// enforcer knows the cause.
+async fn explain_rollout_failure(
+    cluster: &Cluster,
+    hosts: &[Arc<ConnectedHost>],
+    mode: EnforcerMode,
+    waited: Duration,
+    rollout: &str,
+) -> String {
+    let all: Vec<&Arc<ConnectedHost>> = hosts.iter().collect();
+    let waiting: BTreeMap<String, String> = judge_all(cluster, &all, mode)
+        .await
+        .into_iter()
+        .filter_map(|(h, v)| match v {
+            NodeVerdict::Waiting(why) => Some((h.node_name.clone(), why)),
+            NodeVerdict::Protected(_) => None,
+        })
+        .collect();
+    if waiting.is_empty() {
+        return rollout.to_string();
+    }
+    let nodes = diagnose(cluster, &waiting).await;
+    format!("{}\n{rollout}", describe_failure(&nodes, waited))
+}
+
 /// The state gate: polls every node's `/state` and its Node until all are protected.
 pub async fn state_gate(
     cluster: &Cluster,
@@ -480,19 +530,8 @@ pub async fn state_gate(
             .iter()
             .filter(|h| !done.contains_key(&h.node_name))
             .collect();
-        let reads = futures::future::join_all(
-            pending
-                .iter()
-                .map(|h| async { read_state(h.remote.as_ref(), STATE_PORT).await }),
-        )
-        .await;
-        for (h, state) in pending.iter().zip(reads) {
-            let tainted = match cluster.node(&h.node_name).await {
-                Ok(Some(n)) => node_tainted(&n),
-                Ok(None) => true,
-                Err(_) => true,
-            };
-            match judge(&state, tainted, mode) {
+        for (h, verdict) in judge_all(cluster, &pending, mode).await {
+            match verdict {
                 NodeVerdict::Protected(s) => {
                     reporter.detail(
                         Some(&h.spec.name),
@@ -563,7 +602,7 @@ pub async fn run(
                         .map_err(AppError::from)?,
                 );
             }
-            crate::kube::rollout::gate(
+            if let Err(e) = crate::kube::rollout::gate(
                 cluster,
                 &[workload()],
                 timeout,
@@ -571,7 +610,11 @@ pub async fn run(
                 &reporter,
             )
             .await
-            .map_err(|e| StepError::new(e.to_string()).with_hint(HINT))?;
+            {
+                let text =
+                    explain_rollout_failure(cluster, hosts, mode, timeout, &e.to_string()).await;
+                return Err(StepError::new(text).with_hint(HINT));
+            }
             let states = state_gate(cluster, hosts, mode, timeout, STATE_EVERY, &reporter).await?;
             let n = states.len();
             let detail = format!(
