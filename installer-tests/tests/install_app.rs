@@ -25,6 +25,149 @@ fn status(env: &Env, lab: &Lab) -> (i32, serde_json::Value) {
     (run.code, st)
 }
 
+/// A value of the application as the plan printed it.
+fn app_value(run: &Run, key: &str) -> u16 {
+    let plan = run
+        .of("plan_ready")
+        .first()
+        .map(|e| e["plan"]["app"].clone())
+        .unwrap_or_else(|| panic!("no plan in\n{}", run.all()));
+    plan.as_array()
+        .unwrap()
+        .iter()
+        .find(|kv| kv[0] == serde_json::json!(key))
+        .and_then(|kv| kv[1].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {plan}"))
+}
+
+/// Issue 12: the API scaled up by one (2 to 3 replicas, one per node): once its new pod is Ready,
+/// within 5 s the gateway reaches it, from the gateway's pod on the same node and from one on
+/// another node, while the store's pod beside it and the workstation stay denied. Connections
+/// are made as verify's probe matrix makes them (a shell moved into the source pod's cgroup).
+/// Returns how long after Ready the allowed flows worked.
+async fn a_new_api_pod_is_policed_within_5_s(lab: &Lab, api_port: u16) -> std::time::Duration {
+    use installer::phases::enforcer::probe::{self, Origin, Probe, Seen};
+    use k8s_openapi::api::core::v1::Pod;
+    use std::time::{Duration, Instant};
+
+    let c = e2e::kube_client(lab).await.unwrap();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(c, "appliance");
+    let ready_on = |p: &Pod| -> Option<String> {
+        let ready = p
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then(|| p.spec.as_ref()?.node_name.clone())?
+    };
+    let of = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            pods.list(
+                &kube::api::ListParams::default().labels(&format!("app.kubernetes.io/name={name}")),
+            )
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        }
+    };
+    let before: Vec<String> = of("api").await.iter().filter_map(ready_on).collect();
+    assert_eq!(before.len(), 2, "api pods Ready before: {before:?}");
+    let new_node = e2e::poll(
+        "the API's third pod Ready",
+        Duration::from_secs(120),
+        || {
+            let list = of("api");
+            let before = before.clone();
+            async move {
+                let on: Vec<String> = list.await.iter().filter_map(ready_on).collect();
+                on.into_iter()
+                    .find(|n| !before.contains(n))
+                    .ok_or_else(|| "not yet".to_string())
+            }
+        },
+    )
+    .await;
+    let ready = Instant::now();
+    let node = |name: &str| {
+        lab.nodes()
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no lab node {name}"))
+    };
+    let target = std::net::SocketAddr::new(node(&new_node).addr.into(), api_port);
+    let pod_on = |list: &[Pod], on: &str| -> String {
+        list.iter()
+            .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(on))
+            .and_then(|p| p.metadata.uid.clone())
+            .unwrap_or_else(|| panic!("no pod on {on}"))
+    };
+    let gateways = of("gateway").await;
+    let stores = of("store").await;
+    let other = lab
+        .nodes()
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| *n != new_node)
+        .unwrap();
+    let from = |node: &str, uid: String| Probe {
+        cell: 0,
+        origin: Origin::Pod {
+            node: node.to_string(),
+            uid,
+        },
+        to_node: new_node.clone(),
+        to: target,
+    };
+    let make = |on: &str, p: &Probe| {
+        let script = probe::node_script(&[(0, p)]);
+        let out = lab.exec_ok(node(on), &script).unwrap_or_default();
+        probe::parse(&out).remove(&0)
+    };
+    let allowed = [
+        (other.clone(), from(&other, pod_on(&gateways, &other))),
+        (
+            new_node.clone(),
+            from(&new_node, pod_on(&gateways, &new_node)),
+        ),
+    ];
+    for (on, p) in &allowed {
+        loop {
+            match make(on, p) {
+                Some(Seen::Open) => break,
+                Some(Seen::NotMade(why)) => panic!("probe from {on} not made: {why}"),
+                seen => assert!(
+                    ready.elapsed() < Duration::from_secs(5),
+                    "gateway on {on} -> api on {new_node} ({target}) still not open 5 s after Ready: {seen:?}"
+                ),
+            }
+        }
+    }
+    let took = ready.elapsed();
+    let denied = from(&new_node, pod_on(&stores, &new_node));
+    let seen = make(&new_node, &denied);
+    assert!(
+        seen.as_ref().is_some_and(Seen::denied),
+        "store on {new_node} -> api on {new_node}: {seen:?}"
+    );
+    let outside = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(target),
+    )
+    .await;
+    assert!(
+        !matches!(outside, Ok(Ok(_))),
+        "the workstation reached the new api pod at {target}"
+    );
+    eprintln!(
+        "the API's new pod on {new_node}: the gateway's flows to it open {:.2} s after it turned Ready",
+        took.as_secs_f64()
+    );
+    took
+}
+
 #[test]
 fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_only_its_workload() {
     let Some(lab) = lab_or_skip!(3) else { return };
@@ -127,7 +270,39 @@ fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_onl
             format!("{t}  app:\n    values:\n      apiReplicas: 3\n")
         })
         .unwrap();
-    let run = env.run(&more, &["install"]).unwrap();
+    // While it runs: the API's new pod is policed within 5 s of turning Ready.
+    let mut child = env.spawn(&more, &["install"]).unwrap();
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = out;
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).map(|_| s)
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(a_new_api_pod_is_policed_within_5_s(
+            &lab,
+            app_value(&run, "apiPort"),
+        ))
+    }));
+    if checked.is_err() {
+        let _ = child.kill();
+    }
+    let exit = child.wait().unwrap();
+    let stdout = reader.join().unwrap().unwrap();
+    let run = Run {
+        code: exit.code().unwrap_or(-1),
+        events: stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+        stdout,
+        stderr: String::new(),
+    };
+    if let Err(panic) = checked {
+        eprintln!("the rerun printed:\n{}", run.all());
+        std::panic::resume_unwind(panic);
+    }
     assert!(run.ok(), "{}", run.all());
     let updated: Vec<String> = messages(&run)
         .into_iter()
