@@ -212,6 +212,18 @@ fn support_bundle_on_a_three_host_cluster() {
         "{m}"
     );
     assert!(root.join("cluster/nodes.json").exists() && root.join("installer/plan.json").exists());
+    // Every node's policy enforcer: its /state as it answered, and its pod's log.
+    for node in n {
+        let state = json(&root, &format!("nodes/{}/enforcer/state.json", node.name));
+        assert_eq!(state["node"], node.name.as_str(), "{state}");
+        assert_eq!(state["mode"], "enforce", "{state}");
+        assert_eq!(state["ready"], true, "{state}");
+        assert!(state["stats"]["rules"].as_u64() > Some(0), "{state}");
+        let log =
+            std::fs::read_to_string(root.join(format!("nodes/{}/enforcer/log.txt", node.name)))
+                .unwrap();
+        assert!(log.contains("rules applied"), "{}: {log}", node.name);
+    }
     println!("BUNDLE healthy-3: {secs:.1} s");
 
     // Canaries: none present in any form; counted.
