@@ -5,54 +5,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use installer_enforcer::cgroup::CgroupFs;
 use installer_enforcer::compile::compile;
 use installer_enforcer::controller::resolve;
-use installer_enforcer::model::{Config, Mode, Snapshot};
+use installer_enforcer::model::{Config, Mode};
 use installer_enforcer::nft::Nft;
-use serde_json::json;
 
-const PODS: usize = 100;
-const POLICIES: usize = 50;
-const NODES: usize = 3;
-
-fn snapshot() -> Snapshot {
-    let roles = 10;
-    let pods: Vec<_> = (0..PODS)
-        .map(|i| {
-            json!({
-                "metadata": {"namespace": "app", "name": format!("p{i}"), "uid": format!("0000-bench-{i}"),
-                             "labels": {"role": format!("r{}", i % roles), "idx": i.to_string()}},
-                "spec": {"nodeName": format!("n{}", i % NODES), "hostNetwork": true,
-                         "containers": [{"name": "c", "ports": [{"name": "main", "containerPort": 10000 + i}, {"name": "aux", "containerPort": 20000 + i, "protocol": "UDP"}]}]},
-                "status": {"phase": "Running", "qosClass": "Burstable"}
-            })
-        })
-        .collect();
-    let policies: Vec<_> = (0..POLICIES)
-        .map(|i| {
-            json!({"metadata": {"namespace": "app", "name": format!("pol{i}")}, "spec": {
-                "podSelector": {"matchLabels": {"role": format!("r{}", i % roles)}},
-                "policyTypes": if i % 5 == 0 { json!(["Ingress", "Egress"]) } else { json!(["Ingress"]) },
-                "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": format!("r{}", (i + 1) % roles)}}},
-                                      {"ipBlock": {"cidr": "192.168.0.0/16", "except": [format!("192.168.{i}.0/24")]}}],
-                             "ports": [{"port": "main"}, {"port": 30000, "endPort": 30010}]}],
-                "egress": [{"to": [{"podSelector": {"matchLabels": {"role": format!("r{}", (i + 2) % roles)}}}], "ports": [{"port": "main"}]}]
-            }})
-        })
-        .collect();
-    let nodes: Vec<_> = (0..NODES)
-        .map(|n| json!({"metadata": {"name": format!("n{n}")}, "status": {"addresses": [{"type": "InternalIP", "address": format!("10.254.0.{}", n + 1)}]}}))
-        .collect();
-    serde_json::from_value(json!({"pods": pods, "namespaces": [{"metadata": {"name": "app"}}], "policies": policies, "nodes": nodes})).unwrap()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+mod common;
+use common::{NODES, PODS, POLICIES, median, snapshot};
 
 fn main() {
     let snap = snapshot();

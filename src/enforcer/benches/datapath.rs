@@ -1,0 +1,341 @@
+//! `cargo bench -p installer-enforcer --bench datapath` (root, nft, ip, nsenter, python3): what
+//! the enforcer's rules cost on the data path, in the same run with and without them. Two network
+//! namespaces joined by a veth pair are two nodes (`n0`, `n1` of the 100-pod, 50-policy snapshot,
+//! at the snapshot's node addresses); each gets the table the enforcer compiles for it from that
+//! snapshot. A client in one pod's cgroup on `n0` connects to a server in a pod's cgroup allowed by
+//! the policies, on `n1` (node to node) and on `n0` (one node): the median connect time over 2000
+//! connections and the throughput of 1 GiB on one connection, in rounds that go through no table,
+//! a conntrack-only table (what every k3s node has: kube-proxy's NAT keeps conntrack on) and the
+//! enforcer's tables; the medians of 5 rounds are compared, the rules against conntrack only. Targets (issue 12): under 5 % throughput loss, under 50 µs added median connect
+//! time. Both sides are Python programs, the same in both rounds, so the differences are the
+//! rules'. Everything it creates (namespaces, cgroups, tables) is removed at the end.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use installer_enforcer::cgroup::CgroupFs;
+use installer_enforcer::compile::compile;
+use installer_enforcer::controller::resolve;
+use installer_enforcer::model::{Config, Mode, Snapshot};
+use installer_enforcer::nft::Nft;
+
+mod common;
+use common::{NODES, PODS, snapshot};
+
+/// Pods of the snapshot the flows use (pod `i` is on node `i % 3`, role `r{i % 10}`, port
+/// `10000 + i`): the policy of role r0 admits role r1 on its `main` port.
+const CLIENT: usize = 21; // n0, r1
+const SERVER_OTHER_NODE: usize = 10; // n1, r0
+const SERVER_SAME_NODE: usize = 0; // n0, r0
+/// A pod no policy admits to role r0.
+const DENIED_CLIENT: usize = 3; // n0, r3
+
+const SERVER_PY: &str = "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',int(sys.argv[1])))\ns.listen(512)\nwhile True:\n  c,_=s.accept()\n  try:\n    while c.recv(1<<20):\n      pass\n  except OSError:\n    pass\n  c.close()\n";
+
+/// Prints `<median connect µs> <connects per s> <MB/s>`.
+/// Each connection is closed with a reset (linger 0): thousands of client sockets in TIME_WAIT
+/// slowed the later rounds' connects down to milliseconds.
+const CLIENT_PY: &str = r#"import socket,sys,time,struct
+ip,port,n,total=sys.argv[1],int(sys.argv[2]),int(sys.argv[3]),int(sys.argv[4])
+ts=[]
+lin=struct.pack('ii',1,0)
+t0=time.perf_counter()
+for _ in range(n):
+  a=time.perf_counter_ns()
+  s=socket.create_connection((ip,port),timeout=2)
+  ts.append(time.perf_counter_ns()-a)
+  s.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,lin)
+  s.close()
+rate=n/(time.perf_counter()-t0)
+ts.sort()
+buf=b'x'*(1<<20)
+s=socket.create_connection((ip,port),timeout=5)
+a=time.perf_counter()
+left=total
+while left>0:
+  s.sendall(buf); left-=len(buf)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+mbs=total/(time.perf_counter()-a)/1e6
+print(ts[n//2]/1000, rate, mbs)
+"#;
+
+const CONNECTS: usize = 2000;
+const BYTES: usize = 1 << 30;
+const ROUNDS: usize = 5;
+
+fn sh(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Node {
+    ns: String,
+    ip: String,
+    fs: CgroupFs,
+    cg_dir: PathBuf,
+    nft: Nft,
+}
+
+impl Node {
+    fn pod_cg(&self, i: usize) -> PathBuf {
+        self.cg_dir.join(format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0000_bench_{i}.slice"
+        ))
+    }
+
+    fn python(&self, cg: &Path, script: &str, args: &[String]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns))
+            .args([
+                "sh",
+                "-c",
+                &format!(
+                    "echo $$ > {}/cgroup.procs && exec python3 -c \"$0\" \"$@\"",
+                    cg.display()
+                ),
+                script,
+            ])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    connect_us: f64,
+    connects_per_s: f64,
+    mb_per_s: f64,
+}
+
+fn measure(client: &Node, server: &Node, pod: usize) -> Figures {
+    let out = client
+        .python(
+            &client.pod_cg(CLIENT),
+            CLIENT_PY,
+            &[
+                server.ip.clone(),
+                (10000 + pod).to_string(),
+                CONNECTS.to_string(),
+                BYTES.to_string(),
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert!(
+        out.status.success() && v.len() == 3,
+        "the client from pod {CLIENT} to {}:{} failed (denied by the rules?): {text}{}",
+        server.ip,
+        10000 + pod,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Figures {
+        connect_us: v[0],
+        connects_per_s: v[1],
+        mb_per_s: v[2],
+    }
+}
+
+/// The median of each figure over the rounds (the machine is shared: one slow round is noise).
+fn median(v: &[Figures]) -> Figures {
+    let med = |f: fn(&Figures) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    Figures {
+        connect_us: med(|f| f.connect_us),
+        connects_per_s: med(|f| f.connects_per_s),
+        mb_per_s: med(|f| f.mb_per_s),
+    }
+}
+
+fn wait_listening(client: &Node, server: &Node, port: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let probe = format!(
+        "ip netns exec {} bash -c 'exec 3<>/dev/tcp/{}/{port}' 2>/dev/null",
+        server.ns, server.ip
+    );
+    while !sh(&probe) {
+        assert!(
+            Instant::now() < deadline,
+            "server on {}:{port} did not start",
+            server.ip
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = client;
+}
+
+fn main() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    let tools = ["nft", "ip", "nsenter", "python3"]
+        .iter()
+        .all(|t| sh(&format!("command -v {t} >/dev/null")));
+    if !root || !tools {
+        println!("datapath bench: not measured (needs root, nft, ip, nsenter and python3)");
+        return;
+    }
+    let snap: Snapshot = snapshot();
+    let pid = std::process::id();
+    let v2root = Path::new("/sys/fs/cgroup");
+    let mk = |k: usize| -> Node {
+        let ns = format!("enfdp{pid}n{k}");
+        let base = format!("enfdp{pid}n{k}");
+        let fs = CgroupFs::detect(v2root, &base).unwrap();
+        let v2 = if fs.v2_prefix.is_empty() {
+            v2root.to_path_buf()
+        } else {
+            v2root.join(&fs.v2_prefix)
+        };
+        let cg_dir = v2.join(&base);
+        for i in (0..PODS).filter(|i| i % NODES == k) {
+            std::fs::create_dir_all(cg_dir.join(format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0000_bench_{i}.slice"
+            )))
+            .unwrap();
+        }
+        Node {
+            nft: Nft::new("enfdp", Some(&format!("/run/netns/{ns}"))),
+            ns,
+            ip: format!("10.254.0.{}", k + 1),
+            fs,
+            cg_dir,
+        }
+    };
+    let nodes = [mk(0), mk(1)];
+    for n in &nodes {
+        assert!(sh(&format!(
+            "ip netns del {0} 2>/dev/null; ip netns add {0} && ip -n {0} link set lo up",
+            n.ns
+        )));
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert!(sh(&format!(
+        "ip -n {a} link add vdp{pid} type veth peer name wdp{pid} netns {b} && ip -n {a} addr add {ia}/24 dev vdp{pid} && ip -n {b} addr add {ib}/24 dev wdp{pid} && ip -n {a} link set vdp{pid} up && ip -n {b} link set wdp{pid} up",
+        a = a.ns,
+        b = b.ns,
+        ia = a.ip,
+        ib = b.ip
+    )));
+    let mut servers: Vec<Child> = Vec::new();
+    for (n, pod) in [(b, SERVER_OTHER_NODE), (a, SERVER_SAME_NODE)] {
+        servers.push(
+            n.python(&n.pod_cg(pod), SERVER_PY, &[(10000 + pod).to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_listening(a, n, 10000 + pod);
+    }
+    // Whatever happens while measuring, the servers, tables, namespaces and cgroups go.
+    let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let rules: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                let name = format!("n{k}");
+                let cfg = Config::new(&name, Mode::Enforce, "enfdp", &[], &[]);
+                let rs = compile(&snap, &cfg, &resolve(&snap, &name, &n.fs));
+                println!(
+                    "datapath bench: node {name}: {} rules, {} local pods",
+                    rs.stats.rules, rs.stats.local_pods
+                );
+                rs.text
+            })
+            .collect();
+        // Three states per round: no table at all; conntrack only (a table that accepts what
+        // conntrack calls established, and everything else), as on any k3s node, where
+        // kube-proxy's NAT rules already keep conntrack on; the enforcer's rules.
+        const STATES: [&str; 3] = ["bare", "conntrack only", "with the rules"];
+        let conntrack = "table inet enfdp {\n  chain input { type filter hook input priority filter; policy accept; ct state established,related accept; }\n  chain output { type filter hook output priority filter; policy accept; ct state established,related accept; }\n}\n";
+        let mut seen: Vec<[Vec<Figures>; 2]> =
+            vec![Default::default(), Default::default(), Default::default()];
+        for round in 0..ROUNDS {
+            for (st, state) in STATES.iter().enumerate() {
+                for (n, text) in nodes.iter().zip(&rules) {
+                    n.nft.delete().unwrap();
+                    match st {
+                        1 => n.nft.apply(conntrack).unwrap(),
+                        2 => n.nft.apply(text).unwrap(),
+                        _ => {}
+                    }
+                }
+                if st == 2 && round == 0 {
+                    // The rules are on the path: a pod the policies do not admit is denied.
+                    let denied = a
+                    .python(
+                        &a.pod_cg(DENIED_CLIENT),
+                        "import socket,sys\ntry:\n  socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=1).close()\nexcept Exception:\n  sys.exit(1)\n",
+                        &[b.ip.clone(), (10000 + SERVER_OTHER_NODE).to_string()],
+                    )
+                    .status()
+                    .is_ok_and(|s| !s.success());
+                    assert!(
+                        denied,
+                        "pod {DENIED_CLIENT} reached the server: the rules are not on the path"
+                    );
+                }
+                for (k, (server, pod)) in [(b, SERVER_OTHER_NODE), (a, SERVER_SAME_NODE)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let f = measure(a, server, pod);
+                    println!(
+                        "round {round}, {}, {state}: connect median {:.1} µs, {:.0} connects/s, {:.0} MB/s",
+                        if k == 0 { "node to node" } else { "one node" },
+                        f.connect_us,
+                        f.connects_per_s,
+                        f.mb_per_s
+                    );
+                    seen[st][k].push(f);
+                }
+            }
+        }
+        for (k, what) in ["node to node", "one node"].iter().enumerate() {
+            let [bare, x, y] = [0, 1, 2].map(|st| median(&seen[st][k]));
+            println!(
+                "{what}: conntrack only -> with the rules: connect median {:.1} -> {:.1} µs ({:+.1} µs, target < +50), {:.0} -> {:.0} connects/s, throughput {:.0} -> {:.0} MB/s ({:+.1} %, target > -5 %); no table at all: {:.1} µs, {:.0} MB/s",
+                x.connect_us,
+                y.connect_us,
+                y.connect_us - x.connect_us,
+                x.connects_per_s,
+                y.connects_per_s,
+                x.mb_per_s,
+                y.mb_per_s,
+                (y.mb_per_s / x.mb_per_s - 1.0) * 100.0,
+                bare.connect_us,
+                bare.mb_per_s
+            );
+        }
+    }));
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    for n in &nodes {
+        let _ = n.nft.delete();
+        sh(&format!("ip netns del {}", n.ns));
+        sh(&format!(
+            "find {} -depth -type d -exec rmdir {{}} \\;",
+            n.cg_dir.display()
+        ));
+    }
+    if let Err(panic) = measured {
+        std::panic::resume_unwind(panic);
+    }
+}
