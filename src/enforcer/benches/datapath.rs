@@ -177,6 +177,63 @@ fn wait_listening(client: &Node, server: &Node, port: usize) {
     let _ = client;
 }
 
+/// The real enforcer binary on node n0 of the snapshot (read from a file: no API, so its watch
+/// caches are not counted), its resident memory once its first rules are applied.
+fn rss(snap: &Snapshot, n0: &Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("snapshot.json");
+    std::fs::write(&file, serde_json::to_string(snap).unwrap()).unwrap();
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let base = n0
+        .cg_dir
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_enforcer"))
+        .args(["run", "--node-name", "n0", "--snapshot"])
+        .arg(&file)
+        .args(["--netns", &format!("/run/netns/{}", n0.ns)])
+        .args(["--table", "enfdp", "--cgroup-base", &base])
+        .args(["--state-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let answer = std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .and_then(|mut c| {
+                use std::io::{Read, Write};
+                c.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
+                let mut s = String::new();
+                c.read_to_string(&mut s).ok()?;
+                Some(s)
+            });
+        if answer.is_some_and(|a| a.starts_with("HTTP/1.1 200") || a.starts_with("HTTP/1.0 200")) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "the enforcer never turned ready");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    println!(
+        "the enforcer binary after its first apply on n0 (snapshot file, no API watch caches): RSS {:.1} MB (target < 50 MB)",
+        kb / 1024.0
+    );
+}
+
 fn main() {
     let root = Command::new("id")
         .arg("-u")
@@ -322,6 +379,7 @@ fn main() {
                 bare.mb_per_s
             );
         }
+        rss(&snap, a);
     }));
     for mut s in servers {
         let _ = s.kill();
