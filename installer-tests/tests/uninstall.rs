@@ -48,6 +48,13 @@ const ALLOWED: &[(&str, &str)] = &[
     ("/var/log/", "logs"),
     ("/run/utmp", "logins"),
     ("/run/sshd", "sshd"),
+    // Created by the console's agetty the first time its login prompt waits for input
+    // (util-linux `wait_for_term_input`, mode 0600), at a moment of the node's boot that may
+    // come after the first snapshot: nothing of the installer's.
+    (
+        "/run/agetty.reload",
+        "the console login prompt's reload trigger",
+    ),
     // Kept by design: the application's data (--purge-data deletes it).
     (
         "/var/lib/appliance",
