@@ -27,6 +27,19 @@ impl Run {
         )
     }
 
+    /// A value of the application as the run's plan printed it (`apiPort`, `storePort`, ...).
+    pub fn app_value(&self, key: &str) -> u16 {
+        let plan = self
+            .of("plan_ready")
+            .first()
+            .map(|e| e["plan"]["app"].clone())
+            .unwrap_or_else(|| panic!("no plan in\n{}", self.all()));
+        plan.as_array()
+            .and_then(|kvs| kvs.iter().find(|kv| kv[0] == serde_json::json!(key)))
+            .and_then(|kv| kv[1].as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {plan}"))
+    }
+
     /// Events of one kind (`host_done`, `phase_started`, ...).
     pub fn of(&self, kind: &str) -> Vec<&serde_json::Value> {
         self.events.iter().filter(|e| e["event"] == kind).collect()

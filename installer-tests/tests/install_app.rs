@@ -25,21 +25,6 @@ fn status(env: &Env, lab: &Lab) -> (i32, serde_json::Value) {
     (run.code, st)
 }
 
-/// A value of the application as the plan printed it.
-fn app_value(run: &Run, key: &str) -> u16 {
-    let plan = run
-        .of("plan_ready")
-        .first()
-        .map(|e| e["plan"]["app"].clone())
-        .unwrap_or_else(|| panic!("no plan in\n{}", run.all()));
-    plan.as_array()
-        .unwrap()
-        .iter()
-        .find(|kv| kv[0] == serde_json::json!(key))
-        .and_then(|kv| kv[1].as_str()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {plan}"))
-}
-
 /// Issue 12: the API scaled up by one (2 to 3 replicas, one per node): once its new pod is Ready,
 /// within 5 s the gateway reaches it, from the gateway's pod on the same node and from one on
 /// another node, while the store's pod beside it and the workstation stay denied. Connections
@@ -282,7 +267,7 @@ fn the_appliance_is_ready_its_endpoints_answer_and_a_changed_value_rolls_out_onl
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(a_new_api_pod_is_policed_within_5_s(
             &lab,
-            app_value(&run, "apiPort"),
+            run.app_value("apiPort"),
         ))
     }));
     if checked.is_err() {

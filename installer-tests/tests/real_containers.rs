@@ -119,26 +119,13 @@ async fn the_enforcer_enforces(lab: &Lab, node: &Node, run: &Run, c: &kube::Clie
     );
     // The appliance's own policies, enforced on its running pods: from the workstation
     // the gateway answers, the API and the store do not.
-    let plan = run
-        .of("plan_ready")
-        .first()
-        .map(|e| e["plan"]["app"].clone())
-        .unwrap();
-    let value = |k: &str| -> u16 {
-        plan.as_array()
-            .unwrap()
-            .iter()
-            .find(|kv| kv[0] == json!(k))
-            .and_then(|kv| kv[1].as_str()?.parse().ok())
-            .unwrap_or_else(|| panic!("no {k} in {plan}"))
-    };
-    let gateway = format!("{}:{}", node.addr, value("gatewayPort"));
+    let gateway = format!("{}:{}", node.addr, run.app_value("gatewayPort"));
     assert!(
         connects(&gateway).await,
         "the gateway must answer anyone: {gateway}"
     );
     for k in ["apiPort", "storePort"] {
-        let addr = format!("{}:{}", node.addr, value(k));
+        let addr = format!("{}:{}", node.addr, run.app_value(k));
         assert!(
             !connects(&addr).await,
             "{k} must be refused from outside: {addr}"
@@ -170,22 +157,16 @@ async fn the_enforcer_enforces(lab: &Lab, node: &Node, run: &Run, c: &kube::Clie
         "the enforcer's state: rules applied",
         Duration::from_secs(30),
         || {
-            let out = lab
-                .exec_ok(
-                    node,
-                    &format!("curl -s http://127.0.0.1:{}/state", enforcer::STATE_PORT),
-                )
-                .unwrap_or_default();
+            let s = enforcer_state(lab, node);
             async move {
-                let v: serde_json::Value =
-                    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+                let v = s?;
                 if v["ready"] == json!(true)
                     && v["synced"] == json!(true)
                     && v["applies"].as_u64() >= Some(1)
                 {
                     Ok(v)
                 } else {
-                    Err(out)
+                    Err(v.to_string())
                 }
             }
         },
@@ -274,16 +255,10 @@ async fn the_enforcer_enforces(lab: &Lab, node: &Node, run: &Run, c: &kube::Clie
         connects(&format!("{}:22", node.addr)).await,
         "SSH must stay open"
     );
-    let out = lab
-        .exec_ok(
-            node,
-            &format!("curl -s http://127.0.0.1:{}/state", enforcer::STATE_PORT),
-        )
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = enforcer_state(lab, node).unwrap();
     assert!(
         v["dropped_packets"].as_u64() > Some(0),
-        "the refused connections are counted: {out}"
+        "the refused connections are counted: {v}"
     );
     // The kubelet (a host process of the node itself) still probes it: web stays Ready.
     let p = pods.get("web").await.unwrap();
@@ -292,7 +267,7 @@ async fn the_enforcer_enforces(lab: &Lab, node: &Node, run: &Run, c: &kube::Clie
 
     // Fail-closed: the enforcer killed, its rules stay while nothing runs it (the kubelet's
     // first restart waits 10 s): the store is still refused, the table still in the kernel.
-    let store = format!("{}:{}", node.addr, value("storePort"));
+    let store = format!("{}:{}", node.addr, run.app_value("storePort"));
     lab.exec_ok(node, "pkill -KILL -x enforcer").unwrap();
     let state_gone = lab
         .exec(
@@ -315,19 +290,13 @@ async fn the_enforcer_enforces(lab: &Lab, node: &Node, run: &Run, c: &kube::Clie
         "the enforcer restarted and applied its rules again",
         Duration::from_secs(90),
         || {
-            let out = lab
-                .exec_ok(
-                    node,
-                    &format!("curl -s http://127.0.0.1:{}/state", enforcer::STATE_PORT),
-                )
-                .unwrap_or_default();
+            let s = enforcer_state(lab, node);
             async move {
-                let v: serde_json::Value =
-                    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+                let v = s?;
                 if v["ready"] == json!(true) && v["last_error"] == json!(null) {
                     Ok(())
                 } else {
-                    Err(out)
+                    Err(v.to_string())
                 }
             }
         },
@@ -355,21 +324,6 @@ async fn the_enforcer_enforces(lab: &Lab, node: &Node, run: &Run, c: &kube::Clie
     .await;
 }
 
-/// A port of the application as the plan printed it (`gatewayPort`, `storePort`, ...).
-fn app_port(run: &Run, key: &str) -> u16 {
-    let plan = run
-        .of("plan_ready")
-        .first()
-        .map(|e| e["plan"]["app"].clone())
-        .unwrap_or_else(|| panic!("no plan in\n{}", run.all()));
-    plan.as_array()
-        .unwrap()
-        .iter()
-        .find(|kv| kv[0] == json!(key))
-        .and_then(|kv| kv[1].as_str()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {plan}"))
-}
-
 /// The enforcer's `/state` on `node`, or why there is none.
 fn enforcer_state(lab: &Lab, node: &Node) -> Result<serde_json::Value, String> {
     let out = lab
@@ -389,7 +343,7 @@ fn enforcer_state(lab: &Lab, node: &Node) -> Result<serde_json::Value, String> {
 /// leaves them exactly as they were (the store still refused, the workstation still admitted to
 /// web) and applies again once the API is back.
 async fn the_enforcer_keeps_its_rules_without_the_api(lab: &Lab, node: &Node, run: &Run) {
-    let store = format!("{}:{}", node.addr, app_port(run, "storePort"));
+    let store = format!("{}:{}", node.addr, run.app_value("storePort"));
     let web = format!("{}:{PORT}", node.addr);
     let rules = || {
         lab.exec_ok(node, "nft -s list table inet installer_enforcer")
@@ -520,7 +474,7 @@ async fn audit_mode_drops_nothing_and_counts(lab: &Lab, node: &Node, env: &Env, 
     assert!(!matrix.contains("DIFFERS"), "{matrix}");
     let state = enforcer_state(lab, node).unwrap();
     assert_eq!(state["mode"], json!("audit"), "{state}");
-    let store = format!("{}:{}", node.addr, app_port(run, "storePort"));
+    let store = format!("{}:{}", node.addr, run.app_value("storePort"));
     assert!(
         connects(&store).await,
         "audit mode must drop nothing, the store included: {store}"

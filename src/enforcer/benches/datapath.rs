@@ -160,7 +160,7 @@ fn median(v: &[Figures]) -> Figures {
     }
 }
 
-fn wait_listening(client: &Node, server: &Node, port: usize) {
+fn wait_listening(server: &Node, port: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let probe = format!(
         "ip netns exec {} bash -c 'exec 3<>/dev/tcp/{}/{port}' 2>/dev/null",
@@ -174,7 +174,6 @@ fn wait_listening(client: &Node, server: &Node, port: usize) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = client;
 }
 
 /// The real enforcer binary on node n0 of the snapshot (read from a file: no API, so its watch
@@ -258,20 +257,17 @@ fn main() {
         } else {
             v2root.join(&fs.v2_prefix)
         };
-        let cg_dir = v2.join(&base);
-        for i in (0..PODS).filter(|i| i % NODES == k) {
-            std::fs::create_dir_all(cg_dir.join(format!(
-                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0000_bench_{i}.slice"
-            )))
-            .unwrap();
-        }
-        Node {
+        let node = Node {
             nft: Nft::new("enfdp", Some(&format!("/run/netns/{ns}"))),
             ns,
             ip: format!("10.254.0.{}", k + 1),
             fs,
-            cg_dir,
+            cg_dir: v2.join(&base),
+        };
+        for i in (0..PODS).filter(|i| i % NODES == k) {
+            std::fs::create_dir_all(node.pod_cg(i)).unwrap();
         }
+        node
     };
     let nodes = [mk(0), mk(1)];
     for n in &nodes {
@@ -297,7 +293,7 @@ fn main() {
                 .spawn()
                 .unwrap(),
         );
-        wait_listening(a, n, 10000 + pod);
+        wait_listening(n, 10000 + pod);
     }
     // Whatever happens while measuring, the servers, tables, namespaces and cgroups go.
     let measured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
