@@ -103,6 +103,11 @@ impl CgroupFs {
         } else {
             format!("{}/{rel}", self.v2_prefix)
         };
+        // A path nft's quoting cannot carry (a uid from the API is not trusted to be a UUID) is
+        // never resolved: the pod stays denied, and the batch stays valid for every other pod.
+        if nft_path.contains(['"', '\\', '\n']) {
+            return None;
+        }
         let meta = std::fs::metadata(self.fs_root.join(&nft_path)).ok()?;
         if !meta.is_dir() {
             return None;
@@ -209,6 +214,22 @@ mod tests {
         std::fs::create_dir(&p).unwrap();
         assert_eq!(fs.resolve(UID, None).unwrap().level, 2);
         // (A recreated cgroup's new id is proven on the real cgroup fs by the root harness.)
+    }
+
+    /// A uid nft's quoting cannot carry is never resolved, even when such a directory exists:
+    /// written into the batch, it would end the string early and change the rules.
+    #[test]
+    fn a_uid_with_a_quote_is_never_resolved() {
+        let uid = "x\" accept; \"y";
+        let t = tree(&[&format!("kubepods/besteffort/pod{uid}")]);
+        std::fs::write(t.path().join("cgroup.controllers"), "").unwrap();
+        let fs = CgroupFs::detect(t.path(), "").unwrap();
+        assert!(
+            t.path()
+                .join(format!("kubepods/besteffort/pod{uid}"))
+                .is_dir()
+        );
+        assert!(fs.resolve(uid, Some("BestEffort")).is_none());
     }
 
     #[test]

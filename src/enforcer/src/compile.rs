@@ -406,13 +406,23 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// A comment, quoted and cut to fit nft's 128-byte limit.
 fn q(s: &str) -> String {
-    let clean: String = s
-        .chars()
-        .filter(|c| !matches!(c, '"' | '\\' | '\n'))
-        .take(120)
-        .collect();
+    let mut clean = String::new();
+    for c in s.chars().filter(|c| !matches!(c, '"' | '\\' | '\n')) {
+        if clean.len() + c.len_utf8() > 120 {
+            break;
+        }
+        clean.push(c);
+    }
     format!("\"{clean}\"")
+}
+
+/// A cgroup path, quoted whole: nft resolves it to the cgroup's id, so a cut path names no
+/// cgroup and nft refuses the whole batch (a hybrid host's `unified/` prefix under a longer
+/// cgroup root took the kubelet's paths past the 120 characters comments are cut to).
+fn q_path(s: &str) -> String {
+    format!("\"{s}\"")
 }
 
 fn set_of<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
@@ -849,7 +859,7 @@ pub fn compile(snap: &Snapshot, cfg: &Config, cg: &Cgroups) -> Ruleset {
     for (lvl, pods) in &levels {
         let el: Vec<String> = pods
             .iter()
-            .map(|(i, _, c)| format!("{} : {i}", q(&c.nft_path)))
+            .map(|(i, _, c)| format!("{} : {i}", q_path(&c.nft_path)))
             .collect();
         o.line(&format!(
             "  map mark_l{lvl} {{ typeof socket cgroupv2 level {lvl} : ct mark; elements = {{ {} }}; }}",
@@ -860,7 +870,7 @@ pub fn compile(snap: &Snapshot, cfg: &Config, cg: &Cgroups) -> Ruleset {
             .map(|(i, _, c)| {
                 format!(
                     "{} : {}",
-                    q(&c.nft_path),
+                    q_path(&c.nft_path),
                     in_verdict.get(i).map(String::as_str).unwrap_or("accept")
                 )
             })
@@ -928,7 +938,7 @@ pub fn compile(snap: &Snapshot, cfg: &Config, cg: &Cgroups) -> Ruleset {
             &format!(
                 "ct mark 0 socket cgroupv2 level {} {} {drop_v} comment \"pod without rules yet\"",
                 r.level,
-                q(&r.nft_path)
+                q_path(&r.nft_path)
             ),
         );
     }
@@ -952,7 +962,7 @@ pub fn compile(snap: &Snapshot, cfg: &Config, cg: &Cgroups) -> Ruleset {
             &format!(
                 "socket cgroupv2 level {} {} {drop_v} comment \"pod without rules yet\"",
                 r.level,
-                q(&r.nft_path)
+                q_path(&r.nft_path)
             ),
         );
     }

@@ -389,3 +389,42 @@ fn failsafe_ports_merge_and_include_the_ssh_port() {
     );
     assert_eq!(c.failsafe_udp, vec![(53, 53), (1053, 1053)]);
 }
+
+/// Regression: cgroup paths were cut to 120 characters like comments, so on a hybrid host
+/// (`unified/` prefix) under a longer cgroup root the kubelet's paths named no cgroup and nft
+/// refused the whole batch: the node was never protected (found by the enforcer_watchers bench).
+#[test]
+fn a_cgroup_path_longer_than_a_comment_is_written_whole() {
+    let s = snapshot(vec![]);
+    let mut c = cgroups(&s, &[]);
+    let long = format!(
+        "unified/{}/kubepods.slice",
+        "a-longer-cgroup-root".repeat(8)
+    );
+    assert!(long.len() > 160);
+    c.roots = vec![CgroupRef {
+        nft_path: long.clone(),
+        level: 10,
+        inode: 1,
+    }];
+    for r in c.pods.values_mut() {
+        r.nft_path = format!("{long}/kubepods-burstable.slice/{}", r.nft_path);
+    }
+    let rs = compile(&s, &cfg(Mode::Enforce), &c);
+    let quoted = format!("\"{long}\"");
+    assert!(rs.text.contains(&quoted), "{}", rs.text);
+    for r in c.pods.values() {
+        assert!(
+            rs.text.contains(&format!("\"{}\"", r.nft_path)),
+            "{} not whole in\n{}",
+            r.nft_path,
+            rs.text
+        );
+    }
+    // Comments are still cut to nft's limit (128 bytes).
+    for line in rs.text.lines().filter(|l| l.contains("comment \"")) {
+        let c = line.split("comment \"").nth(1).unwrap_or_default();
+        let c = c.split('"').next().unwrap_or_default();
+        assert!(c.len() <= 120, "{c}");
+    }
+}
