@@ -228,25 +228,52 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !*built {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build.args(["build", "--workspace", "--bins"]);
-        // Without the variables cargo sets for the test it runs: build scripts that track one
-        // of them (ring's tracks CARGO_MANIFEST_DIR) were dirty each time the outer cargo and
-        // this one alternated, so every such build recompiled ring, rustls, russh, kube and
-        // the workspace (about 25 s here, once per test binary and again for the demo).
-        for (k, _) in std::env::vars_os() {
-            if k.to_str().is_some_and(set_by_cargo_for_a_test) {
-                build.env_remove(&k);
-            }
-        }
-        let st = build.status().context("run cargo build")?;
+        let st = cargo_build(&["--workspace", "--bins"])
+            .status()
+            .context("run cargo build")?;
         anyhow::ensure!(
             st.success(),
             "cargo build --workspace --bins failed (wanted {name})"
         );
         *built = true;
     }
+    anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    Ok(path)
+}
+
+/// `cargo build ARGS`, without the variables cargo sets for the test it runs: build scripts that
+/// track one of them (ring's tracks CARGO_MANIFEST_DIR) were dirty each time the outer cargo and
+/// this one alternated, so every such build recompiled ring, rustls, russh, kube and the
+/// workspace (about 25 s here, once per test binary and again for the demo).
+fn cargo_build(args: &[&str]) -> std::process::Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build.arg("build").args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(set_by_cargo_for_a_test) {
+            build.env_remove(&k);
+        }
+    }
+    build
+}
+
+/// One binary of the workspace built with the release profile, for a benchmark that measures it
+/// (`cargo bench` runs from `target/release`, where [`workspace_binary`]'s debug build is not).
+pub fn release_binary(package: &str, name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(Path::to_owned).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let target = dir.parent().map(Path::to_owned).unwrap_or_default();
+    let st = cargo_build(&["--release", "-p", package, "--bin", name])
+        .status()
+        .context("run cargo build --release")?;
+    anyhow::ensure!(
+        st.success(),
+        "cargo build --release -p {package} --bin {name} failed"
+    );
+    let path = target.join("release").join(name);
     anyhow::ensure!(path.exists(), "{} does not exist", path.display());
     Ok(path)
 }
