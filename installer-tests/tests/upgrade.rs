@@ -198,6 +198,45 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
     // The answer file names the hosts by address.
     let addrs: Vec<String> = lab.nodes().iter().map(|n| n.addr.to_string()).collect();
     assert_eq!(restarts, addrs, "{}", dry.all());
+    // ... after the snapshot, planned on the first server and not taken.
+    let planned = dry.of("planned_change");
+    let snap_at = planned.iter().position(|c| {
+        c["phase"] == "snapshot"
+            && c["host"] == addrs[0].as_str()
+            && c["summary"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("take an etcd snapshot"))
+    });
+    let first_restart = planned.iter().position(|c| {
+        c["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("restart k3s"))
+    });
+    assert!(
+        snap_at.is_some() && snap_at < first_restart,
+        "the snapshot is not planned before the first restart: {}",
+        dry.all()
+    );
+    assert!(dry.of("snapshot_saved").is_empty(), "{}", dry.all());
+    let state = answers
+        .parent()
+        .unwrap()
+        .join(".installer")
+        .join(format!("lab{}", lab.id()));
+    let pre_upgrade = |state: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(state)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|n| n.starts_with("pre-upgrade-"))
+            .collect();
+        v.sort();
+        v
+    };
+    for old in pre_upgrade(&state) {
+        std::fs::remove_file(state.join(old)).unwrap();
+    }
     for (n, u) in lab.nodes().iter().zip(&before) {
         assert_eq!(&unit(&lab, n), u, "the dry run changed {}", n.name);
     }
@@ -268,6 +307,53 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
             n.name
         );
     }
+    // Before the first restart, the first server's etcd snapshot was copied beside the
+    // journal, mode 0600, with the SHA-256 the host reported, and the token beside it.
+    let saved = up.of("snapshot_saved");
+    assert_eq!(saved.len(), 1, "{}", up.all());
+    assert_eq!(saved[0]["host"], addrs[0].as_str());
+    let (path, token) = (
+        std::path::PathBuf::from(saved[0]["path"].as_str().unwrap()),
+        std::path::PathBuf::from(saved[0]["token"].as_str().unwrap()),
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("node1"),
+        "not a snapshot of this cluster"
+    );
+    {
+        use sha2::Digest;
+        assert_eq!(
+            saved[0]["sha256"].as_str().unwrap(),
+            hex::encode(sha2::Sha256::digest(&bytes))
+        );
+    }
+    for f in [&path, &token] {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::symlink_metadata(f).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", f.display());
+    }
+    let token_text = std::fs::read_to_string(&token).unwrap();
+    assert!(
+        !up.all().contains(token_text.trim()),
+        "the token was printed"
+    );
+    let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with("pre-upgrade-node1-"), "{name}");
+    assert_eq!(
+        pre_upgrade(&state),
+        vec![name.clone(), format!("{name}.token")]
+    );
+    let phases: Vec<&str> = up
+        .of("phase_started")
+        .into_iter()
+        .filter_map(|p| p["phase"].as_str())
+        .collect();
+    let at = |p: &str| phases.iter().position(|x| *x == p);
+    assert!(
+        at("snapshot").is_some() && at("snapshot") < at("upgrade-servers"),
+        "{phases:?}"
+    );
     // Every staged file was swapped into place: nothing is left at the side paths.
     assert_nothing_staged(&lab, "after the upgrade");
     assert_no_skew(&lab, "after the upgrade A -> B");
@@ -307,6 +393,9 @@ fn an_upgrade_rolls_every_server_onto_the_new_release_one_at_a_time_and_a_downgr
         "a second upgrade changed: {:?}",
         again.changes()
     );
+    // No node restarts, so no snapshot is taken.
+    assert!(again.of("snapshot_saved").is_empty(), "{}", again.all());
+    assert_eq!(pre_upgrade(&state).len(), 2);
     assert!(
         again.of("message").iter().any(|m| m["text"]
             .as_str()

@@ -10,9 +10,9 @@ use crate::cli::UninstallArgs;
 use crate::config::Plan;
 use crate::config::plan::Role;
 use crate::error::Error;
+use crate::phases::snapshot;
 use crate::phases::uninstall::{self, HostResult};
 use crate::phases::uninstall_plan::APP_DATA_DIRS;
-use crate::phases::uninstall_snapshot as snapshot;
 use crate::phases::{Goal, Runner, StepError, StepOk, ids};
 use crate::report::{ChangeAction, Event, Reporter, prompt};
 
@@ -164,7 +164,7 @@ pub async fn run(
     let snapshot_to = (only.is_none() && !args.no_snapshot).then_some(snapshot_dir.as_path());
     let mut list: Vec<&str> = ids::PhaseId::ids(ids::UNINSTALL);
     if snapshot_to.is_none() {
-        list.retain(|p| *p != ids::PhaseId::UninstallSnapshot.id());
+        list.retain(|p| *p != ids::PhaseId::Snapshot.id());
     }
     if only.is_some() {
         list.push(ids::PhaseId::UninstallForget.id());

@@ -6,7 +6,9 @@
 //! unfinished install or uninstall in the journal); `upload` stages the new binary and
 //! images on every node at side paths (the install's phase with
 //! `Destination::Staged`: nothing running changes, and a k3s restarted early stays on the
-//! old release); `upgrade-servers` one at a time, then `upgrade-agents` one at a time, each
+//! old release); `snapshot` copies an etcd snapshot and the cluster token to the workstation
+//! before the first restart (the uninstall's phase; skipped when no node restarts);
+//! `upgrade-servers` one at a time, then `upgrade-agents` one at a time, each
 //! node's staged files swapped into place and the node cordoned right before its restart,
 //! then converged, gated and uncordoned (a failed roll uncordons what it cordoned); then
 //! the install's application phases (dns, enforcer, app, verify). The upgraded version is
@@ -99,6 +101,50 @@ pub async fn run(plan: Plan, args: UpgradeArgs, reporter: Reporter) -> Result<()
     Ok(())
 }
 
+/// The `snapshot` phase with the upgrade's purpose: taken on the first active server and
+/// copied, checksummed, with the token beside it, into the cluster's state directory.
+async fn snapshot_before_restarts(
+    runner: &mut Runner,
+    ctx: &phases::Context,
+    plan: &Plan,
+    hosts: &[Arc<phases::ConnectedHost>],
+) -> Result<(), PipelineError> {
+    let dir = session::state_dir(plan);
+    match phases::snapshot::run(runner, ctx, hosts, &dir, phases::snapshot::UPGRADE).await {
+        phases::snapshot::Outcome::Failed(e) if e.interrupted => {
+            let id = ids::PhaseId::Snapshot;
+            Err(PipelineError::Phase(phases::PhaseFailure {
+                phase: id.id().into(),
+                title: id.title().into(),
+                total: 1,
+                failures: vec![(String::new(), e)],
+            }))
+        }
+        // The message names the server; the phase already reported it.
+        phases::snapshot::Outcome::Failed(e) => Err(PipelineError::Setup {
+            message: format!(
+                "no etcd snapshot was copied to the workstation, so no node was restarted: {}",
+                e.message
+            ),
+            hint: e.hint,
+        }),
+        phases::snapshot::Outcome::Saved(s) => {
+            runner.reporter().info(
+                None,
+                format!(
+                    "the etcd snapshot taken before the upgrade (on {}) is at {} (SHA-256 {}), the cluster token beside it at {}: keep both, a rollback needs them",
+                    s.host,
+                    s.path.display(),
+                    s.sha256,
+                    s.token.display()
+                ),
+            );
+            Ok(())
+        }
+        phases::snapshot::Outcome::Planned { .. } | phases::snapshot::Outcome::NotNeeded => Ok(()),
+    }
+}
+
 async fn pipeline(
     runner: &mut Runner,
     plan: &Plan,
@@ -139,6 +185,23 @@ async fn pipeline(
     )
     .await?;
     let restart = upgrade::needs_restart(&uploaded, &seen, target);
+    // The way back, off the cluster, before the first node restarts (not needed when none does).
+    if restart.values().any(|r| *r) {
+        snapshot_before_restarts(runner, ctx, plan, &hosts).await?;
+    } else {
+        runner
+            .cluster_step(
+                ids::PhaseId::Snapshot.id(),
+                ids::PhaseId::Snapshot.title(),
+                async {
+                    Ok((
+                        phases::StepOk::skipped("no node is restarted: nothing to roll back"),
+                        (),
+                    ))
+                },
+            )
+            .await?;
+    }
     let k3s = K3sPlan::new(ctx, &hosts, restart).ok_or(PipelineError::Setup {
         message: "the plan has no server".into(),
         hint: Some("give at least one host `role: server` in the answer file".into()),

@@ -330,7 +330,7 @@ pub async fn clean(
 pub struct Outcome {
     pub hosts: Vec<(String, HostResult)>,
     /// `None`: no snapshot was asked for (`--node`, `--no-snapshot`).
-    pub snapshot: Option<super::uninstall_snapshot::Outcome>,
+    pub snapshot: Option<super::snapshot::Outcome>,
 }
 
 /// Runs the uninstall phases after `connect` on the hosts it reached (`connected` is
@@ -376,15 +376,16 @@ pub async fn run(
     }
     let mut snapshot = None;
     if let Some(dir) = snapshot_to {
-        let o = super::uninstall_snapshot::run(runner, ctx, &targets, dir).await;
-        if let super::uninstall_snapshot::Outcome::Failed(e) = &o {
+        let hosts: Vec<Arc<ConnectedHost>> = targets.iter().map(|t| t.host.clone()).collect();
+        let o = super::snapshot::run(runner, ctx, &hosts, dir, super::snapshot::UNINSTALL).await;
+        if let super::snapshot::Outcome::Failed(e) = &o {
             let mut why = StepError::new(format!(
                 "not changed: no snapshot was taken ({})",
                 e.message
             ));
             why.hint = e.hint.clone();
             for &i in &target_index {
-                results[i] = Some(not_cleaned(PhaseId::UninstallSnapshot, why.clone()));
+                results[i] = Some(not_cleaned(PhaseId::Snapshot, why.clone()));
             }
             return Outcome {
                 hosts: collect(names, results),
@@ -617,7 +618,7 @@ mod tests {
 
     mod snapshot {
         use super::*;
-        use crate::phases::uninstall_snapshot::{self as snap, Outcome as Snap};
+        use crate::phases::snapshot::{self as snap, Outcome as Snap};
         use std::os::unix::fs::PermissionsExt;
 
         const NAME: &str = "pre-uninstall-node2-1767225600";
@@ -635,7 +636,7 @@ mod tests {
             Arc::new(as_installed(
                 FakeRemote::new("node2")
                     .on(
-                        snap::save_command().as_str(),
+                        snap::save_command(snap::UNINSTALL).as_str(),
                         Reply::exit(
                             0,
                             "",
@@ -761,7 +762,7 @@ mod tests {
             );
             let scripts = remote.scripts();
             let at = |want: &str| scripts.iter().position(|s| s == want);
-            let saved = at(&snap::save_command()).expect("no snapshot taken");
+            let saved = at(&snap::save_command(snap::UNINSTALL)).expect("no snapshot taken");
             let stopped = at(&super::super::us::stop_units_script()).expect("k3s not stopped");
             assert!(saved < stopped, "{scripts:#?}");
             assert!(

@@ -1,11 +1,12 @@
-//! The `snapshot` phase of a whole-cluster `uninstall`: before any host is changed, a last
-//! etcd snapshot is taken on the first server (plan order) whose k3s is active, streamed to
-//! the workstation over SSH into the cluster's state directory (beside the journal), checked
-//! against `sha256sum` on the host, and the cluster token copied beside it (a restore needs
-//! it). The snapshot is taken through the door ([`Ops`]), so a dry run reports it and runs
-//! nothing. When no server's k3s is active the snapshot cannot be taken and nothing is
-//! changed: the admin starts k3s on a server, or says `--no-snapshot` (docs/design.md,
-//! "Uninstall keeps a last snapshot").
+//! The `snapshot` phase, of a whole-cluster `uninstall` (before any host is changed) and of an
+//! `upgrade` (before the first restart): an etcd snapshot is taken on the first server (plan
+//! order) whose k3s is active, streamed to the workstation over SSH into the cluster's state
+//! directory (beside the journal), checked against `sha256sum` on the host, and the cluster
+//! token copied beside it (a restore needs it). The snapshot is taken through the door
+//! ([`Ops`]), so a dry run reports it and runs nothing. When no server's k3s is active the
+//! snapshot cannot be taken and nothing is changed: the admin starts k3s on a server, or (for
+//! uninstall) says `--no-snapshot` (docs/design.md, "Uninstall keeps a last snapshot",
+//! "Upgrade").
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,26 +15,50 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::context::ConnectedHost;
 use super::context::Context;
 use super::ids::PhaseId;
 use super::ops::Ops;
 use super::runner::{Runner, StepError, StepOk};
-use super::uninstall::Target;
 use crate::host::{RemoteCommand, RemoteExt, shell_quote};
 use crate::k3s::paths;
 use crate::report::Event;
 
-/// `--name` of the snapshot: k3s names the file `pre-uninstall-<node>-<unix time>`.
-pub const SNAPSHOT_NAME: &str = "pre-uninstall";
+/// Which command takes the snapshot, and what its messages say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purpose {
+    /// `--name` of the snapshot: k3s names the file `<name>-<node>-<unix time>`.
+    pub name: &'static str,
+    /// What is lost without one (the error when none can be taken).
+    pub loss: &'static str,
+    /// How to go on without one, or after a failure.
+    pub without: &'static str,
+}
+
+/// A whole-cluster uninstall's last snapshot.
+pub const UNINSTALL: Purpose = Purpose {
+    name: "pre-uninstall",
+    loss: "uninstalling would lose the cluster's state (every object and Secret) for good",
+    without: "rerun with --no-snapshot to uninstall without one",
+};
+
+/// An upgrade's way back, taken before the first node restarts.
+pub const UPGRADE: Purpose = Purpose {
+    name: "pre-upgrade",
+    loss: "an upgrade that fails half-way could not be rolled back to the cluster's state of now",
+    without: "nothing has been restarted yet: rerun the upgrade",
+};
+
 /// Where the snapshot is written on the host, given explicitly (`--dir`) so that the file is
 /// where the installer looks whatever the config says; it is k3s's default
 /// (`${data-dir}/server/db/snapshots`), inside the data directory `clean` deletes.
 pub const SNAPSHOT_DIR: &str = "/var/lib/rancher/k3s/server/db/snapshots";
 
 /// The command the door runs on the chosen server.
-pub fn save_command() -> String {
+pub fn save_command(purpose: Purpose) -> String {
     format!(
-        "k3s etcd-snapshot save --name {SNAPSHOT_NAME} --dir {}",
+        "k3s etcd-snapshot save --name {} --dir {}",
+        purpose.name,
         shell_quote(SNAPSHOT_DIR)
     )
 }
@@ -133,13 +158,13 @@ fn parse_sum(out: &str) -> Option<(String, u64)> {
 }
 
 /// The snapshots earlier runs left in `dir` (for the hint when none can be taken now).
-pub fn earlier(dir: &Path) -> Vec<String> {
+pub fn earlier(dir: &Path, purpose: Purpose) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|n| n.starts_with(&format!("{SNAPSHOT_NAME}-")) && !n.ends_with(".token"))
+        .filter(|n| n.starts_with(&format!("{}-", purpose.name)) && !n.ends_with(".token"))
         .collect();
     v.sort();
     v
@@ -172,17 +197,23 @@ fn local_error(path: &Path, e: std::io::Error) -> StepError {
 
 /// Takes the snapshot on `t` and copies it and the token into `dir` (through the door: a dry
 /// run reports it and returns `None`).
-pub async fn take(ops: &Ops, t: &Target, dir: &Path) -> Result<Option<Saved>, StepError> {
-    let host = t.host.spec.name.as_str();
-    let r = t.host.remote.as_ref();
+pub async fn take(
+    ops: &Ops,
+    t: &ConnectedHost,
+    dir: &Path,
+    purpose: Purpose,
+) -> Result<Option<Saved>, StepError> {
+    let host = t.spec.name.as_str();
+    let r = t.remote.as_ref();
     let what = format!(
-        "take an etcd snapshot (k3s etcd-snapshot save --name {SNAPSHOT_NAME}) and copy it with the cluster token to {}",
+        "take an etcd snapshot (k3s etcd-snapshot save --name {}) and copy it with the cluster token to {}",
+        purpose.name,
         dir.display()
     );
     let Some(out) = ops
         .run(
             &what,
-            RemoteCommand::new(save_command())
+            RemoteCommand::new(save_command(purpose))
                 .sudo()
                 .timeout(Duration::from_secs(150))
                 .not_idempotent(),
@@ -197,7 +228,10 @@ pub async fn take(ops: &Ops, t: &Target, dir: &Path) -> Result<Option<Saved>, St
             "k3s etcd-snapshot save did not say which snapshot it wrote: {}",
             crate::host::tail(said.trim(), 5)
         ))
-        .with_hint("look at `k3s etcd-snapshot ls` on the host; rerun, or rerun with --no-snapshot to uninstall without one")
+        .with_hint(format!(
+            "look at `k3s etcd-snapshot ls` on the host; rerun, or {}",
+            purpose.without
+        ))
     })?;
     let remote = format!("{SNAPSHOT_DIR}/{name}");
     let q = shell_quote(&remote);
@@ -256,7 +290,7 @@ pub async fn take(ops: &Ops, t: &Target, dir: &Path) -> Result<Option<Saved>, St
                 paths::SERVER_TOKEN_GENERATED,
                 path.display()
             ))
-            .with_hint("rerun with --no-snapshot to uninstall without a usable snapshot")
+            .with_hint(purpose.without)
         })?;
     // Registered, so that it is masked should it ever reach a line of output.
     let _registered = crate::secret::Secret::new(String::from_utf8_lossy(&token).trim().to_owned());
@@ -273,22 +307,24 @@ pub async fn take(ops: &Ops, t: &Target, dir: &Path) -> Result<Option<Saved>, St
     }))
 }
 
-/// The `snapshot` phase over the hosts to uninstall (`targets`, in plan order).
+/// The `snapshot` phase over `targets` (the hosts to uninstall, or every host of an upgrade, in
+/// plan order).
 pub async fn run(
     runner: &mut Runner,
     ctx: &Context,
-    targets: &[Arc<Target>],
+    targets: &[Arc<ConnectedHost>],
     dir: &Path,
+    purpose: Purpose,
 ) -> Outcome {
     let reporter = runner.reporter().clone();
-    let id = PhaseId::UninstallSnapshot;
+    let id = PhaseId::Snapshot;
     let hosts: Vec<(String, bool, Option<String>)> = targets
         .iter()
         .map(|t| {
             (
-                t.host.spec.name.clone(),
-                t.host.spec.is_server,
-                t.host.facts.k3s_unit.clone(),
+                t.spec.name.clone(),
+                t.spec.is_server,
+                t.facts.k3s_unit.clone(),
             )
         })
         .collect();
@@ -297,11 +333,15 @@ pub async fn run(
         Choice::NoneActive(servers) => {
             let states: Vec<String> = servers.iter().map(|(n, s)| format!("{n}: {s}")).collect();
             let mut e = StepError::new(format!(
-                "no etcd snapshot can be taken: k3s is not running on any server ({}), and `k3s etcd-snapshot save` needs a running server; uninstalling would lose the cluster's state (every object and Secret) for good, so nothing was changed",
-                states.join(", ")
+                "no etcd snapshot can be taken: k3s is not running on any server ({}), and `k3s etcd-snapshot save` needs a running server; {}, so nothing was changed",
+                states.join(", "),
+                purpose.loss
             ));
-            let before = earlier(dir);
-            let mut hint = "start k3s on one server (`systemctl start k3s`) and rerun to copy a last snapshot first, or rerun with --no-snapshot to uninstall without one".to_string();
+            let before = earlier(dir, purpose);
+            let mut hint = format!(
+                "start k3s on one server (`systemctl start k3s`) and rerun to copy a snapshot first, or {}",
+                purpose.without
+            );
             if let Some(last) = before.last() {
                 hint.push_str(&format!(
                     "; an earlier snapshot is in {}: {last}",
@@ -340,10 +380,10 @@ pub async fn run(
             let chosen = [targets[i].clone()];
             let r = runner
                 .phase(id.id(), id.title(), &chosen, 1, |t| {
-                    let ops = Ops::new(t.host.remote.clone(), id.id(), &reporter, ctx.goal);
+                    let ops = Ops::new(t.remote.clone(), id.id(), &reporter, ctx.goal);
                     let reporter = reporter.clone();
                     async move {
-                        match take(&ops, &t, dir).await? {
+                        match take(&ops, &t, dir, purpose).await? {
                             None => Ok((
                                 StepOk::changed("would take a snapshot and copy it here"),
                                 None,
@@ -373,10 +413,10 @@ pub async fn run(
                 Ok(mut v) => match v.pop().flatten() {
                     Some(s) => Outcome::Saved(s),
                     None => Outcome::Planned {
-                        host: Some(targets[i].host.spec.name.clone()),
+                        host: Some(targets[i].spec.name.clone()),
                         note: format!(
                             "a snapshot would be taken on {} and copied to {}",
-                            targets[i].host.spec.name,
+                            targets[i].spec.name,
                             dir.display()
                         ),
                     },
