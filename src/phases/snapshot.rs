@@ -31,22 +31,26 @@ pub struct Purpose {
     pub name: &'static str,
     /// What is lost without one (the error when none can be taken).
     pub loss: &'static str,
-    /// How to go on without one, or after a failure.
-    pub without: &'static str,
+    /// The hint when taking or copying it failed.
+    pub retry: &'static str,
+    /// The hint when no server's k3s is active.
+    pub none_active: &'static str,
 }
 
 /// A whole-cluster uninstall's last snapshot.
 pub const UNINSTALL: Purpose = Purpose {
     name: "pre-uninstall",
     loss: "uninstalling would lose the cluster's state (every object and Secret) for good",
-    without: "rerun with --no-snapshot to uninstall without one",
+    retry: "rerun, or rerun with --no-snapshot to uninstall without one",
+    none_active: "start k3s on one server (`systemctl start k3s`) and rerun to copy a last snapshot first, or rerun with --no-snapshot to uninstall without one",
 };
 
 /// An upgrade's way back, taken before the first node restarts.
 pub const UPGRADE: Purpose = Purpose {
     name: "pre-upgrade",
     loss: "an upgrade that fails half-way could not be rolled back to the cluster's state of now",
-    without: "nothing has been restarted yet: rerun the upgrade",
+    retry: "no node has been restarted yet: rerun the upgrade once the server can take a snapshot (`k3s etcd-snapshot ls` on it lists what it has)",
+    none_active: "start k3s on one server (`systemctl start k3s`) and rerun the upgrade",
 };
 
 /// Where the snapshot is written on the host, given explicitly (`--dir`) so that the file is
@@ -218,7 +222,15 @@ pub async fn take(
                 .timeout(Duration::from_secs(150))
                 .not_idempotent(),
         )
-        .await?
+        .await
+        .map_err(|e| {
+            let e = StepError::from(e);
+            if e.hint.is_some() || e.interrupted {
+                e
+            } else {
+                e.with_hint(purpose.retry)
+            }
+        })?
     else {
         return Ok(None);
     };
@@ -229,8 +241,8 @@ pub async fn take(
             crate::host::tail(said.trim(), 5)
         ))
         .with_hint(format!(
-            "look at `k3s etcd-snapshot ls` on the host; rerun, or {}",
-            purpose.without
+            "look at `k3s etcd-snapshot ls` on the host; {}",
+            purpose.retry
         ))
     })?;
     let remote = format!("{SNAPSHOT_DIR}/{name}");
@@ -290,7 +302,7 @@ pub async fn take(
                 paths::SERVER_TOKEN_GENERATED,
                 path.display()
             ))
-            .with_hint(purpose.without)
+            .with_hint(purpose.retry)
         })?;
     // Registered, so that it is masked should it ever reach a line of output.
     let _registered = crate::secret::Secret::new(String::from_utf8_lossy(&token).trim().to_owned());
@@ -338,10 +350,7 @@ pub async fn run(
                 purpose.loss
             ));
             let before = earlier(dir, purpose);
-            let mut hint = format!(
-                "start k3s on one server (`systemctl start k3s`) and rerun to copy a snapshot first, or {}",
-                purpose.without
-            );
+            let mut hint = purpose.none_active.to_string();
             if let Some(last) = before.last() {
                 hint.push_str(&format!(
                     "; an earlier snapshot is in {}: {last}",

@@ -912,5 +912,50 @@ mod tests {
                 vec!["pre-uninstall-node2-1.zip".to_string()]
             );
         }
+
+        /// The upgrade's snapshot is the same phase: its file is named `pre-upgrade-…`, and a
+        /// failed save stops with the upgrade's way on (no node was restarted), keeping nothing.
+        #[tokio::test]
+        async fn an_upgrade_snapshot_that_cannot_be_taken_says_no_node_was_restarted() {
+            let dir = tempfile::tempdir().unwrap();
+            let remote = Arc::new(FakeRemote::new("node2").on(
+                snap::save_command(snap::UPGRADE).as_str(),
+                Reply::exit(
+                    1,
+                    "",
+                    "time=\"2026-01-01T00:00:00Z\" level=fatal msg=\"Error: etcdserver: request timed out\"\n",
+                ),
+            ));
+            let mut runner = Runner::new(
+                "upgrade",
+                Reporter::new(vec![]),
+                None,
+                CancellationToken::new(),
+            );
+            let host = connected_with(remote.clone(), "unit_k3s=active\n");
+            let out = snap::run(
+                &mut runner,
+                &ctx(super::super::super::Goal::Apply),
+                &[host],
+                dir.path(),
+                snap::UPGRADE,
+            )
+            .await;
+            let Snap::Failed(e) = out else {
+                panic!("{out:?}")
+            };
+            assert!(e.message.contains("node2"), "{e:?}");
+            let hint = e.hint.unwrap_or_default();
+            assert!(hint.contains("rerun the upgrade"), "{hint}");
+            assert!(!hint.contains("--no-snapshot"), "{hint}");
+            assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+            assert_eq!(
+                snap::save_command(snap::UPGRADE),
+                format!(
+                    "k3s etcd-snapshot save --name pre-upgrade --dir {}",
+                    snap::SNAPSHOT_DIR
+                )
+            );
+        }
     }
 }
