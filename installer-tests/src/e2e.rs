@@ -18,6 +18,17 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// An etcd snapshot a run copied to the workstation ([`Run::saved_snapshot`]).
+#[derive(Debug)]
+pub struct SavedSnapshot {
+    /// The server it was taken on, as the plan names it.
+    pub host: String,
+    pub path: PathBuf,
+    /// Its file name (`pre-upgrade-node1-1767225600`).
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
 impl Run {
     /// Everything it printed, for assertion messages.
     pub fn all(&self) -> String {
@@ -43,6 +54,43 @@ impl Run {
     /// Events of one kind (`host_done`, `phase_started`, ...).
     pub fn of(&self, kind: &str) -> Vec<&serde_json::Value> {
         self.events.iter().filter(|e| e["event"] == kind).collect()
+    }
+
+    /// The one etcd snapshot the run copied to the workstation, checked as every command that
+    /// keeps one must leave it: the file's SHA-256 and size are the ones the `snapshot_saved`
+    /// event reports (the host's `sha256sum`), the file and the token beside it are regular
+    /// files of mode 0600, and the token never reached the output. Panics otherwise.
+    pub fn saved_snapshot(&self) -> SavedSnapshot {
+        use sha2::Digest;
+        use std::os::unix::fs::PermissionsExt;
+        let saved = self.of("snapshot_saved");
+        assert_eq!(saved.len(), 1, "{}", self.all());
+        let field = |k: &str| saved[0][k].as_str().unwrap_or_default().to_owned();
+        let (path, token) = (PathBuf::from(field("path")), PathBuf::from(field("token")));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(saved[0]["bytes"], bytes.len() as u64, "{}", self.all());
+        assert_eq!(field("sha256"), hex::encode(sha2::Sha256::digest(&bytes)));
+        for f in [&path, &token] {
+            let m = std::fs::symlink_metadata(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            assert!(m.is_file(), "{}", f.display());
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", f.display());
+        }
+        let token_text = std::fs::read_to_string(&token).unwrap_or_default();
+        assert!(token_text.starts_with("K10"), "{token_text:.3}");
+        assert!(
+            !self.all().contains(token_text.trim()),
+            "the token was printed"
+        );
+        SavedSnapshot {
+            host: field("host"),
+            name: path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned(),
+            path,
+            bytes,
+        }
     }
 
     /// `host_done` events that changed something.
